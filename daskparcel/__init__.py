@@ -1,0 +1,45 @@
+"""daskparcel: out-of-core, distributed brain parcellations from fMRI.
+
+The public API is re-exported here (see ``__all__``). Submodules are imported on first use so that
+``import daskparcel`` stays fast and the CLI starts quickly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "InputError": "daskparcel.errors",
+    "IncompleteStoreError": "daskparcel.errors",
+    "StoreLockedError": "daskparcel.errors",
+    "open_nifti": "daskparcel.ingest.nifti",
+    "find_bids_runs": "daskparcel.ingest.bids",
+    "convert": "daskparcel.ingest.convert",
+    "open_store": "daskparcel.store",
+    "to_nifti": "daskparcel.store",
+    "Parcellations": "daskparcel.estimator",
+    "parcel_means": "daskparcel.parcels",
+    "compression_r2": "daskparcel.metrics",
+    "parcel_sizes": "daskparcel.metrics",
+    "contiguity": "daskparcel.metrics",
+    "adjusted_rand": "daskparcel.metrics",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'daskparcel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

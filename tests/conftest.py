@@ -1,0 +1,60 @@
+"""Shared test helpers: real data paths, laziness checks, small synthetic inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dask
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("DASKPARCEL_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
+
+REAL_SCANS = {
+    "rapidtide": REAL_DATA / "rapidtide" / "sub-RAPIDTIDETEST.nii.gz",
+    "rapidtide_mask": REAL_DATA / "rapidtide" / "sub-RAPIDTIDETEST_brainmask.nii.gz",
+    "nipy": REAL_DATA / "nipy" / "functional.nii.gz",
+    "nitime1": REAL_DATA / "nitime" / "fmri1.nii.gz",
+    "nitime2": REAL_DATA / "nitime" / "fmri2.nii.gz",
+    "pyhrf": REAL_DATA / "pyhrf" / "subj0_bold_session0.nii.gz",
+    "pyhrf_4regions": REAL_DATA / "pyhrf" / "real_data_vol_4_regions_BOLD.nii.gz",
+    "pymvpa": REAL_DATA / "pymvpa" / "bold.nii.gz",
+}
+
+
+def real_scan(name: str) -> Path:
+    """Path of a real scan from ../shared/data/real, or skip the test with the reason."""
+    path = REAL_SCANS[name]
+    if not path.exists():
+        pytest.skip(
+            f"real data {path} is absent: put the project's shared/ folder beside the checkout "
+            "or set DASKPARCEL_REAL_DATA"
+        )
+    return path
+
+
+class CountingScheduler:
+    """A dask scheduler that counts computes and raises past ``max_computes`` (as xarray's tests do)."""
+
+    def __init__(self, max_computes: int = 0) -> None:
+        self.total_computes = 0
+        self.max_computes = max_computes
+
+    def __call__(self, dsk, keys, **kwargs):  # type: ignore[no-untyped-def]
+        self.total_computes += 1
+        if self.total_computes > self.max_computes:
+            raise RuntimeError(
+                f"Too many computes: {self.total_computes} > {self.max_computes} (the graph should be lazy)"
+            )
+        return dask.get(dsk, keys, **kwargs)
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes(max_computes: int = 0) -> Iterator[CountingScheduler]:
+    """Fail if anything inside the block computes more than ``max_computes`` times."""
+    scheduler = CountingScheduler(max_computes)
+    with dask.config.set(scheduler=scheduler):
+        yield scheduler
