@@ -1,0 +1,539 @@
+"""Quality of a parcellation.
+
+Thirion et al. (2014, "Which fMRI clustering gives good brain parcellations?") compare parcellations
+by how well they fit the data, their reproducibility and their shape; ReNA (Hoyos-Idrobo et al. 2018)
+by how well parcel means approximate the voxels. This module gives:
+
+* :func:`compression_r2`, :func:`r2_per_parcel`, :func:`r2_map`: variance of the voxel signals
+  explained by their parcel means, lazily over the signals;
+* :func:`parcel_sizes`: size balance (sizes, coefficient of variation, largest, singletons);
+* :func:`contiguity`: fraction of parcels that are one connected region (6-connectivity);
+* :func:`adjusted_rand`: agreement of two parcellations (split-half reproducibility, or accuracy
+  against a planted ground truth), and :func:`split_half_reproducibility`.
+
+Labels follow the image convention: ``1..K`` for parcels, ``0`` for voxels in no parcel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from flox.xarray import xarray_reduce
+
+from daskparcel.errors import InputError
+from daskparcel.parcels import _check_signals, check_labels, expand, parcel_means
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Contiguity",
+    "ParcelSizes",
+    "adjusted_rand",
+    "compression_r2",
+    "contiguity",
+    "parcel_sizes",
+    "r2_map",
+    "r2_per_parcel",
+    "split_half_reproducibility",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# compression R^2
+# --------------------------------------------------------------------------------------------------
+
+
+def _r2_parts(
+    signals: xr.DataArray, labels: np.ndarray | xr.DataArray, n_parcels: int | None
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Lazy (explained, total) sums of squares per parcel, in float64, from one pass over signals.
+
+    With ``x~_v`` voxel ``v`` centred over time and ``m~_p`` the centred mean of parcel ``p``
+    (``n_p`` voxels): total_p = sum_{v in p} ||x~_v||^2 and explained_p = n_p ||m~_p||^2, so
+    that the residual sum_{v in p} ||x~_v - m~_p||^2 = total_p - explained_p (``m~_p`` is the
+    mean of the ``x~_v``, an orthogonal projection).
+    """
+    signals = _check_signals(signals)
+    codes, n_parcels = check_labels(labels, signals.sizes["voxel"], n_parcels)
+    x = signals.astype(np.float64)
+    x = x.drop_vars([n for n, c in x.coords.items() if "voxel" in c.dims])
+    centred = x - x.mean("time")
+    ss_voxel = (centred**2).sum("time")
+    by = xr.DataArray(codes, dims="voxel", name="parcel")
+    total = xarray_reduce(
+        ss_voxel,
+        by,
+        func="sum",
+        expected_groups=np.arange(1, n_parcels + 1),
+        dim="voxel",
+        fill_value=0.0,
+    )
+    means = parcel_means(x, codes, n_parcels)
+    counts = np.bincount(codes, minlength=n_parcels + 1)[1:]
+    centred_means = means - means.mean("time")
+    explained = (centred_means**2).sum("time").fillna(0.0) * xr.DataArray(counts, dims="parcel")
+    return explained, total
+
+
+def _maybe_compute(result: xr.DataArray, compute: bool) -> Any:
+    return result.compute() if compute else result
+
+
+def compression_r2(
+    signals: xr.DataArray,
+    labels: np.ndarray | xr.DataArray,
+    *,
+    n_parcels: int | None = None,
+    compute: bool = True,
+) -> float | xr.DataArray:
+    """Fraction of the voxels' variance explained by their parcel means (compression R^2).
+
+    With ``x_v`` the signal of voxel ``v`` centred over time (``x_v - mean_t(x_v)``) and ``m_p`` the
+    mean of the centred signals of the voxels of parcel ``p`` (the centred parcel mean)::
+
+        R^2 = 1 - sum_v ||x_v - m_{p(v)}||^2 / sum_v ||x_v||^2
+
+    summed over the voxels with a label ``>= 1`` (voxels labelled 0 are left out). It is 1 when
+    every voxel equals its parcel mean up to a constant, 0 when parcel means carry no signal
+    (e.g. one voxel a parcel gives 1, one parcel of independent voxels about 1 / n_voxels).
+    Centring is over the whole time axis given; to centre each run separately, clean the signals
+    first (e.g. standardize per run). Computed in float64 in one pass over the signals.
+
+    Parameters
+    ----------
+    signals : xarray.DataArray, dims ("voxel", "time")
+        Voxel signals (dask-backed or numpy), any chunking.
+    labels : numpy array or xarray.DataArray, shape (n_voxels,)
+        Parcel of each voxel, ``1..K``; ``0`` = no parcel.
+    n_parcels : int, optional
+        ``K``, default ``max(labels)``.
+    compute : bool, default True
+        If False, return a lazy 0-d DataArray, so callers can compute several metrics at once
+        (``dask.compute(a, b)``).
+
+    Returns
+    -------
+    float or xarray.DataArray
+        R^2; NaN if the labelled voxels have no variance.
+    """
+    explained, total = _r2_parts(signals, labels, n_parcels)
+    tot = total.sum("parcel")
+    r2 = (explained.sum("parcel") / tot.where(tot > 0)).rename("compression_r2")
+    if compute:
+        return float(r2.compute())
+    return r2
+
+
+def r2_per_parcel(
+    signals: xr.DataArray,
+    labels: np.ndarray | xr.DataArray,
+    *,
+    n_parcels: int | None = None,
+    compute: bool = True,
+) -> xr.DataArray:
+    """Compression R^2 of each parcel (the formula of :func:`compression_r2` within the parcel).
+
+    Parameters
+    ----------
+    signals, labels, n_parcels, compute
+        As in :func:`compression_r2`.
+
+    Returns
+    -------
+    xarray.DataArray, dims ("parcel",)
+        Coordinate ``parcel`` = ``1..K``; NaN for an empty parcel or one without variance; 1 for a
+        single-voxel parcel with variance. Lazy when ``compute=False``.
+    """
+    explained, total = _r2_parts(signals, labels, n_parcels)
+    r2 = (explained / total.where(total > 0)).rename("r2")
+    return _maybe_compute(r2.transpose("parcel"), compute)
+
+
+def r2_map(
+    signals: xr.DataArray,
+    labels: np.ndarray | xr.DataArray,
+    *,
+    parcel_signals: xr.DataArray | None = None,
+    compute: bool = True,
+) -> xr.DataArray:
+    """R^2 of each voxel by its parcel mean: ``1 - ||x_v - m_p||^2 / ||x_v||^2`` (both centred).
+
+    Parameters
+    ----------
+    signals : xarray.DataArray, dims ("voxel", "time")
+        Voxel signals.
+    labels : numpy array or xarray.DataArray, shape (n_voxels,)
+        Parcel of each voxel ``1..K`` with ``K = max(labels)``; a voxel labelled 0 gets NaN.
+    parcel_signals : xarray.DataArray, dims ("time", "parcel"), optional
+        The parcel means of ``signals`` if already computed (e.g. by ``transform``). Without them
+        the graph computes them first and then reads the signals a second time: pass them (in
+        memory) for signals larger than memory.
+    compute : bool, default True
+        If False, return the lazy result.
+
+    Returns
+    -------
+    xarray.DataArray, dims ("voxel",)
+        Per-voxel R^2 (can be negative for a voxel anti-correlated with its parcel); NaN for a voxel
+        without variance. Use :func:`daskparcel.parcels.to_volumes`-style scattering (or
+        ``nilearn.masking.unmask``) to make a map.
+    """
+    signals = _check_signals(signals)
+    codes, _ = check_labels(labels, signals.sizes["voxel"])
+    x = signals.astype(np.float64)
+    x = x.drop_vars([n for n, c in x.coords.items() if "voxel" in c.dims])
+    if parcel_signals is None:
+        parcel_signals = parcel_means(x, codes)
+    m = parcel_signals.astype(np.float64)
+    m = m - m.mean("time")
+    centred = x - x.mean("time")
+    fitted = expand(m, codes, voxel_chunks=_voxel_chunks_of(x))
+    fitted = fitted.drop_vars(list(fitted.coords))
+    residual = ((centred - fitted.data) ** 2).sum("time")
+    total = (centred**2).sum("time")
+    r2 = 1.0 - residual / total.where(total > 0)
+    r2 = r2.where(xr.DataArray(codes > 0, dims="voxel")).rename("r2")
+    return _maybe_compute(r2, compute)
+
+
+def _voxel_chunks_of(x: xr.DataArray) -> tuple[int, ...] | None:
+    chunks = x.chunks
+    return None if chunks is None else tuple(chunks[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# parcel sizes
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_int_labels(labels: Any, name: str) -> np.ndarray:
+    """Labels (any dims) as an int64 array; nibabel images are read."""
+    if hasattr(labels, "get_fdata") and hasattr(labels, "affine"):
+        labels = np.asarray(labels.dataobj)
+    elif isinstance(labels, xr.DataArray):
+        labels = labels.values
+    values = np.asarray(labels)
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        if not np.issubdtype(values.dtype, np.number) or not np.all(values == np.round(values)):
+            raise InputError(
+                f"{name}: dtype {values.dtype} with non-integer values; labels must be integers "
+                "0..K (0 = no parcel)"
+            )
+    values = values.astype(np.int64)
+    if values.size and values.min() < 0:
+        raise InputError(
+            f"{name}: has negative values (min {values.min()}); labels must be 0 (no parcel) or "
+            "1..K; if your labels are 0..K-1 cluster indices, pass labels + 1"
+        )
+    return values
+
+
+@dataclass(frozen=True)
+class ParcelSizes:
+    """Sizes of the parcels of a parcellation.
+
+    Attributes
+    ----------
+    sizes : numpy.ndarray of int, shape (K,)
+        Number of voxels of parcel ``k`` at index ``k - 1``.
+    cv : float
+        Coefficient of variation of the sizes: population standard deviation / mean (0 when all
+        parcels have the same size), over all ``K`` parcels.
+    largest : int
+        Size of the largest parcel.
+    largest_label : int
+        Label of the largest parcel (the smallest such label on ties).
+    n_singletons : int
+        Number of parcels of exactly one voxel.
+    n_empty : int
+        Number of parcels ``1..K`` with no voxel.
+    """
+
+    sizes: np.ndarray
+    cv: float
+    largest: int
+    largest_label: int
+    n_singletons: int
+    n_empty: int
+
+    @property
+    def n_parcels(self) -> int:
+        """Number of parcels ``K``."""
+        return int(self.sizes.shape[0])
+
+    def histogram(
+        self, bins: int | np.ndarray = 20, *, log: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Histogram of the non-empty parcel sizes.
+
+        Parameters
+        ----------
+        bins : int or array
+            Number of bins, or the bin edges.
+        log : bool, default True
+            With an integer ``bins``: log-spaced edges from 1 to the largest size (sizes span
+            orders of magnitude for kmeans-type parcellations); else linear edges.
+
+        Returns
+        -------
+        counts, edges : numpy.ndarray
+            As :func:`numpy.histogram`.
+        """
+        sizes = self.sizes[self.sizes > 0]
+        if isinstance(bins, int | np.integer) and log:
+            top = max(int(sizes.max()) if sizes.size else 1, 2)
+            bins = np.logspace(0, np.log10(top), int(bins) + 1)
+            bins[-1] = top  # exact upper edge, so the largest parcel is counted
+        counts, edges = np.histogram(sizes, bins=bins)
+        return counts, edges
+
+
+def parcel_sizes(labels: Any, n_parcels: int | None = None) -> ParcelSizes:
+    """Sizes of the parcels, and summaries of their balance.
+
+    Parameters
+    ----------
+    labels : array-like or nibabel image
+        Labels ``1..K`` (``0`` = background) of voxels (1D) or of a labels image (3D).
+    n_parcels : int, optional
+        ``K``, default ``max(labels)``; parcels up to ``K`` without a voxel count as empty.
+
+    Returns
+    -------
+    ParcelSizes
+
+    Raises
+    ------
+    InputError
+        If the labels are not non-negative integers, contain no parcel, or exceed ``n_parcels``.
+    """
+    values = _as_int_labels(labels, "labels").ravel()
+    _, k = check_labels(values, values.shape[0], n_parcels)
+    sizes = np.bincount(values, minlength=k + 1)[1:]
+    mean = sizes.mean()
+    return ParcelSizes(
+        sizes=sizes,
+        cv=float(sizes.std() / mean) if mean > 0 else float("nan"),
+        largest=int(sizes.max()),
+        largest_label=int(np.argmax(sizes)) + 1,
+        n_singletons=int(np.sum(sizes == 1)),
+        n_empty=int(np.sum(sizes == 0)),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# spatial contiguity
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contiguity:
+    """Spatial contiguity of a parcellation (6-connectivity, as ``grid_to_graph``).
+
+    Attributes
+    ----------
+    fraction : float
+        Fraction of the non-empty parcels that are one connected region.
+    disconnected : numpy.ndarray of int
+        Labels of the parcels made of several regions, sorted.
+    n_components : numpy.ndarray of int, shape (K,)
+        Number of connected regions of parcel ``k`` at index ``k - 1`` (0 for an empty parcel).
+    """
+
+    fraction: float
+    disconnected: np.ndarray
+    n_components: np.ndarray
+
+    def __float__(self) -> float:
+        return self.fraction
+
+
+def contiguity(labels: Any, mask: np.ndarray | None = None) -> Contiguity:
+    """Fraction of parcels that are one connected region of the grid (6-connectivity).
+
+    Two voxels are neighbours when they share a face, as in
+    ``sklearn.feature_extraction.image.grid_to_graph``. All parcels are handled at once: the
+    neighbour pairs with the same label form a graph whose connected components are counted per
+    label (no loop over labels).
+
+    Parameters
+    ----------
+    labels : array-like or nibabel image
+        A 3D labels volume (``0`` = background, ``1..K`` parcels), or, with ``mask``, the 1D labels
+        of the mask's voxels in voxel order.
+    mask : numpy.ndarray of bool, 3D, optional
+        The mask of 1D ``labels``.
+
+    Returns
+    -------
+    Contiguity
+        ``float(result)`` is the fraction; ``result.disconnected`` lists the split parcels.
+
+    Raises
+    ------
+    InputError
+        If the labels are not a 3D volume (or 1D with a matching mask) of non-negative integers.
+    """
+    from scipy.sparse import coo_array
+    from scipy.sparse.csgraph import connected_components
+
+    values = _as_int_labels(labels, "labels")
+    if mask is not None:
+        mask = np.asarray(mask).astype(bool)
+        if mask.ndim != 3 or values.ndim != 1 or values.shape[0] != int(mask.sum()):
+            raise InputError(
+                f"labels: shape {values.shape} with a mask of shape {mask.shape} and "
+                f"{int(mask.sum())} voxels; with a 3D mask pass 1D labels, one per mask voxel"
+            )
+        volume = np.zeros(mask.shape, dtype=np.int64)
+        volume[mask] = values
+    else:
+        if values.ndim != 3:
+            raise InputError(
+                f"labels: has {values.ndim} dimensions; pass a 3D labels volume, or 1D labels "
+                "with mask=<3D bool array>"
+            )
+        volume = values
+    k = int(volume.max()) if volume.size else 0
+    if k < 1:
+        raise InputError("labels: contains no parcel (all 0); pass labels with values 1..K")
+    index = np.arange(volume.size).reshape(volume.shape)
+    rows, cols = [], []
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        a, b = volume[tuple(lo)], volume[tuple(hi)]
+        same = (a == b) & (a > 0)
+        rows.append(index[tuple(lo)][same])
+        cols.append(index[tuple(hi)][same])
+    fg = np.flatnonzero(volume.ravel() > 0)
+    compact = np.full(volume.size, -1, dtype=np.int64)
+    compact[fg] = np.arange(fg.size)
+    r = compact[np.concatenate(rows)]
+    c = compact[np.concatenate(cols)]
+    graph = coo_array((np.ones(r.size, dtype=np.int8), (r, c)), shape=(fg.size, fg.size))
+    _, component = connected_components(graph, directed=False)
+    fg_labels = volume.ravel()[fg]
+    # each component lies inside one parcel: count distinct components per label
+    first = np.unique(component, return_index=True)[1]
+    n_components = np.bincount(fg_labels[first], minlength=k + 1)[1:]
+    present = n_components > 0
+    disconnected = np.flatnonzero(n_components > 1) + 1
+    fraction = float(np.sum(n_components == 1) / np.sum(present))
+    return Contiguity(fraction=fraction, disconnected=disconnected, n_components=n_components)
+
+
+# --------------------------------------------------------------------------------------------------
+# agreement between parcellations
+# --------------------------------------------------------------------------------------------------
+
+
+def adjusted_rand(a: Any, b: Any, mask: np.ndarray | None = None) -> float:
+    """Adjusted Rand index between two parcellations, over the voxels both label.
+
+    This is the reproducibility measure of Thirion et al. 2014 when ``a`` and ``b`` are fitted on
+    two halves of a cohort (or of a run's time series, see :func:`split_half_reproducibility`), and
+    the accuracy measure when ``b`` is the planted parcellation of a synthetic dataset. Label
+    values need not match between ``a`` and ``b`` (the index is invariant to relabelling).
+
+    Parameters
+    ----------
+    a, b : array-like or nibabel image
+        Labels of the same voxels (same shape): labels images (3D) or 1D voxel labels;
+        ``0`` = background.
+    mask : numpy.ndarray of bool, optional
+        Voxels to compare; default: the voxels labelled ``>= 1`` in both ``a`` and ``b``.
+
+    Returns
+    -------
+    float
+        ``sklearn.metrics.adjusted_rand_score`` over those voxels: 1 for identical partitions,
+        about 0 for independent ones.
+
+    Raises
+    ------
+    InputError
+        If the shapes differ or no voxel is compared.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    va, vb = _as_int_labels(a, "a"), _as_int_labels(b, "b")
+    if va.shape != vb.shape:
+        raise InputError(
+            f"a, b: shapes {va.shape} and {vb.shape} differ; both parcellations must label the "
+            "same voxels (resample one labels image onto the other's grid with nearest neighbour)"
+        )
+    if mask is None:
+        keep = (va > 0) & (vb > 0)
+    else:
+        keep = np.asarray(mask).astype(bool)
+        if keep.shape != va.shape:
+            raise InputError(f"mask: shape {keep.shape}, expected {va.shape} like the labels")
+    if not keep.any():
+        raise InputError("a, b: no voxel is labelled in both parcellations (or in mask)")
+    return float(adjusted_rand_score(va[keep], vb[keep]))
+
+
+def split_half_reproducibility(
+    fit_fn: Callable[[xr.DataArray], np.ndarray],
+    signals: xr.DataArray,
+    split: str = "time",
+) -> float:
+    """Split-half reproducibility: ARI between the parcellations of two halves of the data.
+
+    Parameters
+    ----------
+    fit_fn : callable
+        ``fit_fn(signals_half) -> labels`` (one integer label per voxel, in voxel order: cluster
+        indices ``0..K-1`` as clustering functions return, or ``1..K``), e.g. a wrapper around a
+        clustering of ``signals_half``. Every voxel is compared.
+    signals : xarray.DataArray, dims ("voxel", "time")
+        Voxel signals of one run or of runs concatenated along time.
+    split : str, default "time"
+        ``"time"``: first half of the time points against the second half; or the name of a
+        coordinate along time (e.g. ``"run"``, ``"subject"``): its values, in order of first
+        appearance, are dealt alternately to the two halves (Thirion et al. 2014 split a cohort's
+        subjects in two groups).
+
+    Returns
+    -------
+    float
+        :func:`adjusted_rand` of the two labelings (over the voxels both label).
+
+    Raises
+    ------
+    InputError
+        If ``split`` is neither ``"time"`` nor a coordinate along time with at least two values.
+    """
+    signals = _check_signals(signals)
+    if split == "time":
+        n = signals.sizes["time"]
+        if n < 2:
+            raise InputError("signals: fewer than 2 time points; cannot split them in halves")
+        first = np.arange(n) < n // 2
+    else:
+        if split not in signals.coords or signals[split].dims != ("time",):
+            raise InputError(
+                f"split={split!r}: not 'time' nor a coordinate of signals along time; pass "
+                f"split='time' or one of {[c for c in signals.coords if signals[c].dims == ('time',)]}"
+            )
+        groups = np.asarray(signals[split].values)
+        _, order = np.unique(groups, return_index=True)
+        values = groups[np.sort(order)]
+        if values.size < 2:
+            raise InputError(
+                f"split={split!r}: signals has a single {split} ({values[0]!r}); pass split='time'"
+            )
+        first = np.isin(groups, values[0::2])
+    idx = np.arange(signals.sizes["time"])
+    labels_a = fit_fn(signals.isel(time=idx[first]))
+    labels_b = fit_fn(signals.isel(time=idx[~first]))
+    score = adjusted_rand(np.asarray(labels_a) + 1, np.asarray(labels_b) + 1)
+    logger.debug("split_half_reproducibility(split=%s): ARI = %.4f", split, score)
+    return score

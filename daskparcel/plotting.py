@@ -1,0 +1,368 @@
+"""Figures of a parcellation: labels overlays, original vs compressed, parcel-size histograms, R^2 maps.
+
+These reproduce the figures of nilearn's example "Clustering methods to learn a brain parcellation
+from fMRI", using ``nilearn.plotting`` for brain slices and plain matplotlib for the rest. Figures
+are made without pyplot's global state where we create them (``matplotlib.figure.Figure``), so they
+work headless and in threads; :func:`figure_to_png_bytes` / :func:`figure_to_data_uri` turn them
+into PNG for a self-contained HTML report.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+from daskparcel.errors import InputError
+from daskparcel.metrics import _as_int_labels
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "figure_to_data_uri",
+    "figure_to_png_bytes",
+    "label_colormap",
+    "plot_compressed",
+    "plot_labels",
+    "plot_r2_map",
+    "plot_size_histograms",
+]
+
+
+def _check_img(img: Any, name: str, ndim: int = 3) -> Any:
+    """A nibabel image with ``ndim`` dimensions (a 4D image with one volume is accepted as 3D)."""
+    if not (hasattr(img, "affine") and hasattr(img, "shape") and hasattr(img, "get_fdata")):
+        raise InputError(
+            f"{name}: expected a nibabel image (e.g. nibabel.Nifti1Image), got "
+            f"{type(img).__name__}; load a file with nibabel.load(path)"
+        )
+    shape = tuple(img.shape)
+    if len(shape) == 4 and shape[3] == 1 and ndim == 3:
+        from nilearn.image import index_img
+
+        return index_img(img, 0)
+    if len(shape) != ndim:
+        raise InputError(
+            f"{name}: has shape {shape}, expected a {ndim}D image; for a 4D run pass its mean "
+            "image (nilearn.image.mean_img(img))"
+        )
+    return img
+
+
+def label_colormap(n_labels: int, *, seed: int = 0) -> ListedColormap:
+    """A colormap of ``n_labels`` distinct colours in shuffled order (neighbours differ).
+
+    Parameters
+    ----------
+    n_labels : int
+        Number of parcels.
+    seed : int
+        Seed of the shuffle, so the same parcellation gets the same colours.
+
+    Returns
+    -------
+    matplotlib.colors.ListedColormap
+        Colours sampled evenly along ``gist_ncar``-like hues with varied lightness, then shuffled,
+        as nilearn's example does for thousands of parcels.
+    """
+    import matplotlib as mpl
+
+    n = max(int(n_labels), 1)
+    base = mpl.colormaps["gist_rainbow"]
+    colors = base(np.linspace(0.0, 1.0, n))
+    shade = 0.55 + 0.45 * ((np.arange(n) % 3) / 2.0)
+    colors[:, :3] *= shade[:, None]
+    np.random.default_rng(seed).shuffle(colors)
+    return ListedColormap(colors, name=f"parcels_{n}")
+
+
+def plot_labels(
+    labels_img: Any,
+    background_img: Any = None,
+    *,
+    title: str | None = None,
+    display_mode: str = "xz",
+    cut_coords: Any = None,
+    axes: Any = None,
+    figure: Any = None,
+    seed: int = 0,
+) -> Any:
+    """Parcels over a background image, as ``nilearn.plotting.plot_roi`` (one colour per parcel).
+
+    Parameters
+    ----------
+    labels_img : nibabel image, 3D int
+        Labels image, ``0`` = background, ``1..K`` parcels.
+    background_img : nibabel image, 3D, optional
+        E.g. the mean functional image. Default: none (nilearn's MNI template would be wrong for
+        data in subject space).
+    title : str, optional
+        Title drawn on the slices.
+    display_mode : str, default "xz"
+        nilearn display mode (``"ortho"``, ``"xz"``, ``"z"``...).
+    cut_coords : optional
+        nilearn cut coordinates; reuse ``display.cut_coords`` of a first plot to compare
+        parcellations on the same slices.
+    axes, figure : optional
+        Where to draw (as in nilearn). Default: a new ``matplotlib.figure.Figure`` outside pyplot
+        (nothing to close, no global state).
+    seed : int
+        Seed of the colour shuffle (:func:`label_colormap`).
+
+    Returns
+    -------
+    nilearn display (``nilearn.plotting.displays.BaseSlicer``)
+        Its figure is ``display.frame_axes.figure``; pass the display to
+        :func:`figure_to_png_bytes`.
+    """
+    from nilearn import plotting
+
+    labels_img = _check_img(labels_img, "labels_img")
+    values = _as_int_labels(labels_img, "labels_img")
+    n_labels = int(values.max()) if values.size else 0
+    if n_labels < 1:
+        raise InputError("labels_img: contains no parcel (all 0); pass a labels image with 1..K")
+    if background_img is not None:
+        background_img = _check_img(background_img, "background_img")
+    if axes is None and figure is None:
+        figure = Figure(figsize=(8.0, 3.5) if len(display_mode) == 2 else (8.0, 3.0))
+    return plotting.plot_roi(
+        labels_img,
+        bg_img=background_img,
+        title=title,
+        display_mode=display_mode,
+        cut_coords=cut_coords,
+        cmap=label_colormap(n_labels, seed=seed),
+        vmin=0.5,
+        vmax=n_labels + 0.5,
+        colorbar=False,
+        axes=axes,
+        figure=figure,
+        draw_cross=False,
+    )
+
+
+def plot_compressed(
+    original_img: Any,
+    compressed_img: Any,
+    *,
+    cut_coords: Any = None,
+    titles: Sequence[str] = ("Original", "Compressed representation"),
+    display_mode: str = "xz",
+    figsize: tuple[float, float] = (8.0, 6.0),
+) -> Figure:
+    """The original (mean) image above its compressed representation, on one grey scale.
+
+    As in nilearn's example, both panels are ``nilearn.plotting.plot_epi`` with the same ``vmin``
+    and ``vmax`` (the range of both images), so intensities compare directly.
+
+    Parameters
+    ----------
+    original_img, compressed_img : nibabel image, 3D
+        E.g. the mean functional image and the mean of ``inverse_transform(transform(img))``.
+    cut_coords : optional
+        nilearn cut coordinates shared by both panels.
+    titles : pair of str
+        Titles of the two panels.
+    display_mode : str, default "xz"
+        nilearn display mode.
+    figsize : (float, float)
+        Figure size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from nilearn import plotting
+
+    original_img = _check_img(original_img, "original_img")
+    compressed_img = _check_img(compressed_img, "compressed_img")
+    if tuple(original_img.shape) != tuple(compressed_img.shape):
+        raise InputError(
+            f"compressed_img: shape {compressed_img.shape} differs from original_img "
+            f"{original_img.shape}; both must be on the same grid"
+        )
+    if len(titles) != 2:
+        raise InputError(f"titles: {len(titles)} titles given, expected 2 (original, compressed)")
+    a = np.asarray(original_img.get_fdata())
+    b = np.asarray(compressed_img.get_fdata())
+    vmin = float(min(np.nanmin(a), np.nanmin(b)))
+    vmax = float(max(np.nanmax(a), np.nanmax(b)))
+    if vmax <= vmin:
+        vmax = vmin + 1.0
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(2, 1)
+    for ax, img, title in zip(axes, (original_img, compressed_img), titles):
+        plotting.plot_epi(
+            img,
+            cut_coords=cut_coords,
+            display_mode=display_mode,
+            axes=ax,
+            title=title,
+            vmin=vmin,
+            vmax=vmax,
+            colorbar=False,
+            draw_cross=False,
+        )
+    logger.debug("plot_compressed: shared vmin=%g vmax=%g", vmin, vmax)
+    return fig
+
+
+def plot_size_histograms(
+    labels_a: Any,
+    labels_b: Any,
+    names: Sequence[str] = ("kmeans", "hierarchical kmeans"),
+    *,
+    bins: int = 30,
+    figsize: tuple[float, float] = (8.0, 3.5),
+) -> Figure:
+    """Parcel-size histograms of two parcellations side by side, on a log size axis.
+
+    Parameters
+    ----------
+    labels_a, labels_b : array-like or nibabel image
+        Labels (``0`` = background, ``1..K``), 1D voxel labels or labels images.
+    names : pair of str
+        Names of the parcellations (panel titles).
+    bins : int
+        Number of log-spaced bins, the same edges for both (from 1 voxel to the largest parcel).
+    figsize : (float, float)
+        Figure size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two axes; bar heights are the number of parcels whose size falls in each bin.
+    """
+    from daskparcel.metrics import parcel_sizes
+
+    if len(names) != 2:
+        raise InputError(f"names: {len(names)} names given, expected 2 (one per parcellation)")
+    sizes = [
+        parcel_sizes(_as_int_labels(lab, name)) for lab, name in zip((labels_a, labels_b), names)
+    ]
+    top = max(max(s.largest for s in sizes), 2)
+    edges = np.logspace(0, np.log10(top), bins + 1)
+    edges[0], edges[-1] = 1.0, float(top)
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, s, name in zip(axes, sizes, names):
+        ax.hist(s.sizes[s.sizes > 0], bins=edges, color="tab:blue", edgecolor="white")
+        ax.set_xscale("log")
+        ax.set_xlabel("parcel size (voxels)")
+        ax.set_title(f"{name}: {s.n_parcels} parcels, CV {s.cv:.2f}")
+    axes[0].set_ylabel("number of parcels")
+    return fig
+
+
+def plot_r2_map(
+    r2_img: Any,
+    background_img: Any = None,
+    *,
+    title: str | None = "Compression R²",
+    display_mode: str = "ortho",
+    cut_coords: Any = None,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    cmap: str = "viridis",
+    axes: Any = None,
+    figure: Any = None,
+) -> Any:
+    """A map of R^2 (per voxel or per parcel) with a colour bar from ``vmin`` to ``vmax``.
+
+    Parameters
+    ----------
+    r2_img : nibabel image, 3D
+        R^2 values (e.g. :func:`daskparcel.metrics.r2_map` scattered into the mask); NaN or 0
+        outside the mask.
+    background_img : nibabel image, 3D, optional
+        Shown below the map.
+    title, display_mode, cut_coords, axes, figure
+        As in nilearn; default figure: a new ``matplotlib.figure.Figure`` outside pyplot.
+    vmin, vmax : float
+        Colour range (default 0..1).
+    cmap : str
+        matplotlib colormap name.
+
+    Returns
+    -------
+    nilearn display
+    """
+    from nilearn import plotting
+    from nilearn.image import new_img_like
+
+    r2_img = _check_img(r2_img, "r2_img")
+    data = np.nan_to_num(np.asarray(r2_img.get_fdata()), nan=0.0)
+    r2_img = new_img_like(r2_img, data, copy_header=True)
+    if background_img is not None:
+        background_img = _check_img(background_img, "background_img")
+    if axes is None and figure is None:
+        figure = Figure(figsize=(8.0, 3.0))
+    return plotting.plot_img(
+        r2_img,
+        bg_img=background_img,
+        title=title,
+        display_mode=display_mode,
+        cut_coords=cut_coords,
+        vmin=vmin,
+        vmax=vmax,
+        cmap=cmap,
+        colorbar=True,
+        axes=axes,
+        figure=figure,
+        draw_cross=False,
+        black_bg=False,
+    )
+
+
+def _as_figure(fig: Any) -> Figure:
+    if isinstance(fig, Figure):
+        return fig
+    frame = getattr(fig, "frame_axes", None)  # a nilearn display
+    if frame is not None:
+        return frame.figure
+    raise InputError(
+        f"fig: expected a matplotlib Figure or a nilearn display, got {type(fig).__name__}"
+    )
+
+
+def figure_to_png_bytes(fig: Any, *, dpi: int = 100) -> bytes:
+    """PNG bytes of a matplotlib Figure or a nilearn display.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure or nilearn display
+    dpi : int
+        Resolution.
+
+    Returns
+    -------
+    bytes
+        The PNG file content (starts with ``b"\\x89PNG"``).
+    """
+    buffer = io.BytesIO()
+    _as_figure(fig).savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def figure_to_data_uri(fig: Any, *, dpi: int = 100) -> str:
+    """A ``data:image/png;base64,...`` URI of the figure, for ``<img src=...>`` in HTML.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure or nilearn display
+    dpi : int
+        Resolution.
+
+    Returns
+    -------
+    str
+    """
+    encoded = base64.b64encode(figure_to_png_bytes(fig, dpi=dpi)).decode("ascii")
+    return f"data:image/png;base64,{encoded}"
