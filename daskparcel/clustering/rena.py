@@ -1,0 +1,609 @@
+"""Recursive Neighbour Agglomeration (ReNA) as a blockwise dask graph, and Ward on ReNA super-voxels.
+
+ReNA (Hoyos-Idrobo et al. 2018; nilearn's ``ReNA``) repeats: weight every edge of the graph by the
+squared distance between its nodes' features, keep each node's nearest-neighbour edge(s), take the
+connected components of those edges as clusters, and reduce features (cluster means) and graph
+(cluster adjacency). It stops once at most ``n_clusters`` nodes remain or after ``n_iter`` rounds.
+
+Blockwise: the volume is split into spatial blocks (``block_shape``); each node (a voxel, then a
+cluster) lives in the block of its first voxel. In every round
+
+1. one task per block weights the edges of its nodes and selects their nearest neighbours; it reads
+   the features of its own nodes plus a halo (the neighbours that live in other blocks: at the voxel
+   level, a one-voxel halo). Features never leave these tasks.
+2. the nearest-neighbour edges (integers, one or two per node) are joined on the client into global
+   connected components (scipy's ``connected_components``, the same call and numbering as nilearn),
+   and the reduced graph is derived from the integer edge list;
+3. one task per block averages the features of the clusters that live there (reading children from
+   other blocks where a cluster crosses a block border) and the reduced means are persisted for the
+   next round.
+
+Every floating-point operation is done on the same values, in the same order and dtype as nilearn
+(float64 voxel-level weights with numpy's pairwise sum, float32 cluster means accumulated by scipy's
+sparse product in child order, the same ``1 - threshold`` test), and the global steps (the edge
+selection that stops at ``n_clusters``, connected components) run on the full integer edge list, so the
+labels do not depend on the block shape and equal nilearn's ``ReNA`` (up to label names).
+
+Exactly K: nilearn can stop with more than ``n_clusters`` (``n_iter`` runs out). We then merge the
+closest neighbouring clusters (smallest squared distance of their means, ties by index) until exactly
+``n_clusters`` remain. When the mask has several connected components, ReNA runs on each with a share
+of ``n_clusters`` proportional to its voxels, so every parcel is one connected region.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse import coo_matrix, csgraph, dia_matrix
+
+from daskparcel.clustering.agglomerative import MergeTree, _allocate, build_tree
+from daskparcel.clustering.connectivity import grid_edges
+from daskparcel.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["rena", "supervoxel_tree", "ward_on_supervoxels"]
+
+
+# --------------------------------------------------------------------------------------------------
+# per-block kernels (numpy only)
+
+
+def _edge_weights(
+    level: int, threshold: float, local: np.ndarray, li: np.ndarray, lj: np.ndarray
+) -> np.ndarray:
+    """Edge weights as nilearn computes them (level 0: voxels, float64; later: cluster means)."""
+    if level == 0:
+        x64 = local.astype(np.float64)
+        w = np.sum((x64[li] - x64[lj]) ** 2, axis=-1)
+        return w / 2  # nilearn symmetrises with (C + C.T) / 2
+    xt = local.T  # the (component, node) Fortran-ordered view nilearn reduces on
+    w = np.sum((xt[:, li] - xt[:, lj]) ** 2, axis=0)
+    return np.maximum(threshold, w)
+
+
+def _nn_task(
+    level: int,
+    threshold: float,
+    n_own: int,
+    own_ids: np.ndarray,
+    local_ids: np.ndarray,
+    li: np.ndarray,
+    lj: np.ndarray,
+    *pieces: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest-neighbour edges (i -> j) of the block's own nodes; also the zero-weight edges."""
+    local = np.concatenate(pieces, axis=0) if len(pieces) > 1 else np.asarray(pieces[0])
+    w = _edge_weights(level, threshold, local, li, lj)
+    zero = w == 0
+    dropped = np.stack([local_ids[li[zero]], local_ids[lj[zero]]]) if zero.any() else None
+    keep_e = ~zero
+    li, lj, w = li[keep_e], lj[keep_e], w[keep_e]
+    # directed entries (row -> col) for rows that are own nodes (local index < n_own)
+    rows = np.concatenate([li, lj])
+    cols = np.concatenate([lj, li])
+    data = np.concatenate([w, w])
+    own = rows < n_own
+    rows, cols, data = rows[own], cols[own], data[own]
+    inv = 1.0 / data
+    mx = np.zeros(n_own, dtype=inv.dtype)
+    np.maximum.at(mx, rows, inv)
+    with np.errstate(divide="ignore"):
+        scale = 1.0 / mx
+    c = scale[rows] * inv
+    sel = c > 1 - threshold
+    nn = np.stack([local_ids[rows[sel]], local_ids[cols[sel]]])
+    if dropped is None:
+        dropped = np.empty((2, 0), dtype=np.int64)
+    return nn, dropped, own_ids
+
+
+def _weights_task(
+    level: int, threshold: float, li: np.ndarray, lj: np.ndarray, *pieces: np.ndarray
+) -> np.ndarray:
+    local = np.concatenate(pieces, axis=0) if len(pieces) > 1 else np.asarray(pieces[0])
+    return np.asarray(_edge_weights(level, threshold, local, li, lj))
+
+
+def _reduce_task(
+    n_clusters_local: int, child_cluster: np.ndarray, *pieces: np.ndarray
+) -> np.ndarray:
+    """Cluster means of the children, with nilearn's sparse arithmetic (children in global order)."""
+    x = np.concatenate(pieces, axis=0) if len(pieces) > 1 else np.asarray(pieces[0])
+    n = len(child_cluster)
+    incidence = coo_matrix(
+        (np.ones(n), (child_cluster, np.arange(n))),
+        shape=(n_clusters_local, n),
+        dtype=np.float32,
+    ).tocsc()
+    inv_sum_col = dia_matrix(
+        (np.asarray(1.0 / incidence.sum(axis=1)).reshape(-1), 0),
+        shape=(n_clusters_local, n_clusters_local),
+    )
+    incidence = inv_sum_col @ incidence
+    return np.asarray(incidence @ x)
+
+
+# --------------------------------------------------------------------------------------------------
+# the driver
+
+
+def _take(block: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    return np.asarray(block)[pos]
+
+
+class _Level:
+    """Nodes of one ReNA round: home block and position of each node, features per block."""
+
+    def __init__(self, home: np.ndarray, blocks: list[Any]) -> None:
+        self.home = home
+        self.blocks = (
+            blocks  # one dask object per block: (nodes of the block in id order, components)
+        )
+        self.pos = np.empty(len(home), dtype=np.int64)
+        self.sizes = np.bincount(home, minlength=len(blocks))
+        for b in range(len(blocks)):
+            ids = np.flatnonzero(home == b)
+            self.pos[ids] = np.arange(len(ids))
+
+    def gather(self, ids: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+        """Dask pieces holding the features of ``ids`` grouped by home block, and their order."""
+        order, pieces = [], []
+        homes = self.home[ids]
+        for b in np.unique(homes):
+            sel = np.sort(ids[homes == b])
+            pos = self.pos[sel]
+            if len(pos) == self.sizes[b]:
+                pieces.append(self.blocks[b])
+            else:
+                pieces.append(dask.delayed(_take, pure=False)(self.blocks[b], pos))
+            order.append(sel)
+        return np.concatenate(order), pieces
+
+
+def _block_local_edges(
+    level: _Level, b: int, ei: np.ndarray, ej: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Any], int]:
+    own = np.flatnonzero(level.home == b)
+    inc = (level.home[ei] == b) | (level.home[ej] == b)
+    ei_b, ej_b = ei[inc], ej[inc]
+    halo = np.setdiff1d(np.union1d(ei_b, ej_b), own, assume_unique=False)
+    own_order, own_pieces = level.gather(own)
+    if len(halo):
+        halo_order, halo_pieces = level.gather(halo)
+    else:
+        halo_order, halo_pieces = np.empty(0, dtype=np.int64), []
+    local_ids = np.concatenate([own_order, halo_order])
+    lookup = np.argsort(local_ids)
+    sorted_ids = local_ids[lookup]
+    li = lookup[np.searchsorted(sorted_ids, ei_b)]
+    lj = lookup[np.searchsorted(sorted_ids, ej_b)]
+    return own_order, local_ids, li, lj, own_pieces + halo_pieces, len(own)
+
+
+def _nn_grouping(n_nodes: int, nn_i: np.ndarray, nn_j: np.ndarray, n_clusters: int) -> np.ndarray:
+    """nilearn's ``_nearest_neighbor_grouping`` after the nearest-neighbour edges are known."""
+    nn_connectivity = coo_matrix((np.ones_like(nn_j), (nn_i, nn_j)), (n_nodes, n_nodes))
+    n_components = n_nodes - (nn_connectivity + nn_connectivity.T).nnz / 2
+    if n_components < n_clusters:
+        n_edges = n_nodes - n_clusters
+        nn_connectivity = nn_connectivity + nn_connectivity.T
+        i_idx, j_idx = nn_connectivity.nonzero()
+        edges = np.array([i_idx, j_idx])
+        edge_mask = np.argsort(i_idx - j_idx)[:n_edges]
+        weight = np.ones(2 * n_edges)
+        edges = np.hstack([edges[:, edge_mask], edges[::-1, edge_mask]])
+        nn_connectivity = coo_matrix((weight, edges), (n_nodes, n_nodes))
+    _, labels = csgraph.connected_components(nn_connectivity)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _block_ids(mask: np.ndarray, block_shape: tuple[int, int, int] | None) -> np.ndarray:
+    n = int(mask.sum())
+    if block_shape is None:
+        return np.zeros(n, dtype=np.int64)
+    coords = np.argwhere(mask)
+    grid = tuple(-(-s // b) for s, b in zip(mask.shape, block_shape))
+    flat = np.ravel_multi_index(tuple((coords // np.asarray(block_shape)).T), grid)
+    _, ids = np.unique(flat, return_inverse=True)
+    return ids.astype(np.int64)
+
+
+def _union_find_merge(
+    n_nodes: int, ei: np.ndarray, ej: np.ndarray, w: np.ndarray, n_clusters: int
+) -> np.ndarray:
+    """Merge the closest neighbouring pairs (by weight, then index) until ``n_clusters`` remain."""
+    parent = np.arange(n_nodes)
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    count = n_nodes
+    for e in np.lexsort((ej, ei, w)):
+        if count <= n_clusters:
+            break
+        ra, rb = find(int(ei[e])), find(int(ej[e]))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+            count -= 1
+    roots = np.array([find(a) for a in range(n_nodes)])
+    _, labels = np.unique(roots, return_inverse=True)
+    return labels.astype(np.int64)
+
+
+def _rena_connected(
+    x: Any,
+    mask: np.ndarray,
+    n_clusters: int,
+    n_iter: int,
+    threshold: float,
+    block_shape: tuple[int, int, int] | None,
+    single_block_below: int,
+) -> np.ndarray:
+    n_vox = int(mask.sum())
+    if n_clusters >= n_vox:
+        return np.arange(n_vox, dtype=np.int64)
+    home = _block_ids(mask, block_shape)
+    n_blocks = int(home.max()) + 1
+    blocks: list[Any] = []
+    for b in range(n_blocks):
+        ids = np.flatnonzero(home == b)
+        blocks.append(x if len(ids) == n_vox else x[ids])
+    logger.debug("ReNA: %d voxels in %d spatial blocks", n_vox, n_blocks)
+    level = _Level(home, blocks)
+    ei, ej = grid_edges(mask)
+    labels = np.arange(n_vox, dtype=np.int64)
+    n_nodes = n_vox
+    for it in range(n_iter):
+        tasks = []
+        for b in range(int(level.home.max()) + 1):
+            own_order, local_ids, li, lj, pieces, n_own = _block_local_edges(level, b, ei, ej)
+            tasks.append(
+                dask.delayed(_nn_task, pure=False)(
+                    it, threshold, n_own, own_order, local_ids, li, lj, *pieces
+                )
+            )
+        results = dask.compute(*tasks)  # compute point 1: nearest neighbours of every node
+        nn = np.concatenate([r[0] for r in results], axis=1)
+        dropped = np.concatenate([r[1] for r in results], axis=1)
+        if dropped.shape[1]:
+            # zero-weight edges vanish from nilearn's sparse graph: drop them too
+            pairs = np.unique(np.minimum(dropped[0], dropped[1]) * n_nodes + np.maximum(*dropped))
+            key = ei * n_nodes + ej
+            keep = ~np.isin(key, pairs)
+            ei, ej = ei[keep], ej[keep]
+        new = _nn_grouping(n_nodes, nn[0], nn[1], n_clusters)
+        n_new = int(new.max()) + 1
+        labels = new[labels]
+        # reduced graph
+        a, b_ = new[ei], new[ej]
+        cross = a != b_
+        lo, hi = np.minimum(a[cross], b_[cross]), np.maximum(a[cross], b_[cross])
+        key = np.unique(lo * n_new + hi)
+        ei, ej = key // n_new, key % n_new
+        logger.debug("ReNA round %d: %d -> %d nodes", it + 1, n_nodes, n_new)
+        if n_new <= n_clusters:
+            n_nodes = n_new
+            break
+        # reduce the features: one task per block of the new clusters
+        first_child = np.full(n_new, n_nodes, dtype=np.int64)
+        np.minimum.at(first_child, new, np.arange(n_nodes))
+        new_home = level.home[first_child]
+        if n_new <= single_block_below:
+            new_home = np.zeros(n_new, dtype=np.int64)
+        _, new_home = np.unique(new_home, return_inverse=True)
+        new_blocks = []
+        for b in range(int(new_home.max()) + 1):
+            clusters = np.flatnonzero(new_home == b)
+            children = np.flatnonzero(np.isin(new, clusters))  # ascending child ids
+            order, pieces = level.gather(children)
+            local_cluster = np.searchsorted(clusters, new[order])
+            perm = np.argsort(order)  # pieces come grouped by block; restore child id order
+            task = dask.delayed(_reorder_then_reduce, pure=False)(
+                len(clusters), local_cluster[perm], perm, *pieces
+            )
+            new_blocks.append(task)
+        new_blocks = list(dask.persist(*new_blocks))  # compute point 2: the reduced features
+        level = _Level(new_home.astype(np.int64), new_blocks)
+        n_nodes = n_new
+    if n_nodes > n_clusters:
+        logger.info(
+            "ReNA stopped after n_iter=%d rounds with %d clusters; merging the closest neighbouring "
+            "clusters until exactly %d remain",
+            n_iter,
+            n_nodes,
+            n_clusters,
+        )
+        tasks = []
+        for b in range(int(level.home.max()) + 1):
+            own_order, local_ids, li, lj, pieces, n_own = _block_local_edges(level, b, ei, ej)
+            # weights of the edges whose smaller end lives here (each edge once)
+            first = level.home[local_ids[li]] == b
+            first &= local_ids[li] < local_ids[lj]
+            task = dask.delayed(_weights_task, pure=False)(
+                1, threshold, li[first], lj[first], *pieces
+            )
+            tasks.append((local_ids[li[first]], local_ids[lj[first]], task))
+        weights = dask.compute(*[t[2] for t in tasks])
+        wi = np.concatenate([t[0] for t in tasks])
+        wj = np.concatenate([t[1] for t in tasks])
+        w = np.concatenate(weights)
+        final = _union_find_merge(n_nodes, wi, wj, w, n_clusters)
+        labels = final[labels]
+    return labels
+
+
+def _reorder_then_reduce(
+    n_clusters_local: int, child_cluster: np.ndarray, perm: np.ndarray, *pieces: np.ndarray
+) -> np.ndarray:
+    x = np.concatenate(pieces, axis=0) if len(pieces) > 1 else np.asarray(pieces[0])
+    return _reduce_task(n_clusters_local, child_cluster, np.ascontiguousarray(x[perm]))
+
+
+# --------------------------------------------------------------------------------------------------
+# public API
+
+
+def _check_inputs(
+    features: Any, mask: Any, n_clusters: Any, n_iter: Any, threshold: Any, block_shape: Any
+) -> tuple[Any, np.ndarray, tuple[int, int, int] | None]:
+    mask_arr = np.asarray(mask)
+    if mask_arr.ndim != 3:
+        raise InputError(
+            f"mask: expected a 3D boolean array, got shape {mask_arr.shape}; pass the brain mask "
+            "the features were extracted with"
+        )
+    mask_arr = mask_arr.astype(bool)
+    if hasattr(features, "data") and hasattr(features, "dims"):  # xarray.DataArray
+        features = features.data
+    x = features if isinstance(features, da.Array) else da.asarray(np.asarray(features))
+    if x.ndim != 2:
+        raise InputError(
+            f"features: expected a 2D (voxel, component) array, got shape {x.shape}; pass one row "
+            "per mask voxel"
+        )
+    n_vox = int(mask_arr.sum())
+    if x.shape[0] != n_vox:
+        raise InputError(
+            f"mask: has {n_vox} voxels but features have {x.shape[0]} rows; pass the mask the "
+            "features were extracted with"
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    if (
+        isinstance(n_clusters, bool)
+        or not isinstance(n_clusters, (int, np.integer))
+        or n_clusters < 1
+    ):
+        raise InputError(
+            f"n_clusters={n_clusters!r}: must be an integer >= 1; pass n_clusters=50 or another "
+            "positive integer"
+        )
+    if n_clusters > n_vox:
+        raise InputError(
+            f"n_clusters={n_clusters}: larger than the {n_vox} voxels of the mask; pass "
+            f"n_clusters<={n_vox}"
+        )
+    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
+        raise InputError(
+            f"n_iter={n_iter!r}: must be an integer >= 1; pass n_iter=10 (nilearn's default)"
+        )
+    if not (0 <= float(threshold) < 1):
+        raise InputError(f"threshold={threshold!r}: must be in [0, 1); pass threshold=1e-7")
+    bs: tuple[int, int, int] | None = None
+    if block_shape is not None:
+        bs_t = tuple(int(b) for b in block_shape)
+        if len(bs_t) != 3 or min(bs_t) < 1:
+            raise InputError(
+                f"block_shape={block_shape!r}: must be three positive integers (x, y, z); pass "
+                "e.g. block_shape=(32, 32, 32) or None for one block"
+            )
+        bs = (bs_t[0], bs_t[1], bs_t[2])
+    return x, mask_arr, bs
+
+
+def rena(
+    features: Any,
+    n_clusters: int,
+    *,
+    mask: np.ndarray,
+    n_iter: int = 10,
+    scaling: bool = False,
+    threshold: float = 1e-7,
+    block_shape: tuple[int, int, int] | None = None,
+    single_block_below: int = 20_000,
+) -> np.ndarray:
+    """ReNA clustering of mask voxels into exactly ``n_clusters`` connected parcels, blockwise.
+
+    Parameters
+    ----------
+    features : array-like, shape (n_voxels, n_components)
+        One row per mask voxel in voxel order: numpy, dask (read block by block) or xarray.
+    n_clusters : int
+        Number of parcels.
+    mask : ndarray of bool, shape (x, y, z)
+        The mask; the graph is its 6-neighbour lattice.
+    n_iter : int
+        Maximum number of ReNA rounds (nilearn's default and Parcellations' value: 10).
+    scaling : bool
+        Accepted for parity with nilearn; it only scales ``transform`` outputs, never the labels.
+    threshold : float
+        nilearn's tolerance for nearest-neighbour ties (1e-7).
+    block_shape : tuple of 3 int, optional
+        Spatial block shape in voxels; None runs one block. Labels do not depend on it.
+    single_block_below : int
+        Once fewer nodes than this remain, later rounds run in one block.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_voxels,)
+        Labels 0..n_clusters-1. With a connected mask, identical (up to label names) to nilearn's
+        ``ReNA(mask_img, n_clusters, n_iter=n_iter).fit(features.T).labels_`` whenever nilearn returns
+        exactly ``n_clusters``.
+
+    Raises
+    ------
+    InputError
+        Bad mask, features, ``n_clusters``, ``n_iter``, ``threshold`` or ``block_shape``.
+    """
+    del scaling
+    x, mask_arr, bs = _check_inputs(features, mask, n_clusters, n_iter, threshold, block_shape)
+    from scipy import ndimage
+
+    comp_vol, n_comp = ndimage.label(mask_arr)  # 6-connectivity, as the lattice graph
+    if n_comp <= 1:
+        return _rena_connected(
+            x, mask_arr, int(n_clusters), int(n_iter), float(threshold), bs, single_block_below
+        )
+    comp = comp_vol[mask_arr] - 1
+    sizes = np.bincount(comp, minlength=n_comp)
+    alloc = _allocate(int(n_clusters), sizes.astype(np.float64), sizes, "n_clusters")
+    logger.info(
+        "the mask has %d separate components: ReNA runs on each with %s of the %d parcels "
+        "(in proportion to their voxels) so that every parcel is connected",
+        n_comp,
+        ", ".join(str(int(a)) for a in alloc),
+        n_clusters,
+    )
+    labels = np.empty(len(comp), dtype=np.int64)
+    offset = 0
+    for c in range(n_comp):
+        ids = np.flatnonzero(comp == c)
+        sub_mask = comp_vol == c + 1
+        sub_x = x if len(ids) == len(comp) else x[ids]
+        sub = _rena_connected(
+            sub_x, sub_mask, int(alloc[c]), int(n_iter), float(threshold), bs, single_block_below
+        )
+        labels[ids] = sub + offset
+        offset += int(alloc[c])
+    return labels
+
+
+def _segment_sum(block: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
+    inc = sp.csr_matrix(
+        (np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(n_labels, len(labels))
+    )
+    return np.asarray(inc @ block.astype(np.float64))
+
+
+def supervoxel_tree(
+    features: Any,
+    *,
+    mask: np.ndarray,
+    n_supervoxels: int | None = None,
+    n_iter: int = 10,
+    block_shape: tuple[int, int, int] | None = None,
+) -> tuple[np.ndarray, MergeTree]:
+    """Blockwise ReNA down to super-voxels, then the exact Ward tree of the super-voxels.
+
+    Ward runs on the super-voxels' voxel means weighted by their voxel counts, so its inertia is
+    the inertia of the voxels under the constraint that super-voxels stay whole.
+
+    Parameters
+    ----------
+    features : array-like, shape (n_voxels, n_components)
+        numpy, dask or xarray; read block by block.
+    mask : ndarray of bool, shape (x, y, z)
+    n_supervoxels : int, optional
+        Default: a tenth of the voxels.
+    n_iter : int
+        ReNA rounds (exactly ``n_supervoxels`` are produced in any case).
+    block_shape : tuple of 3 int, optional
+        ReNA's spatial blocks.
+
+    Returns
+    -------
+    supervoxel_labels : ndarray of int64, shape (n_voxels,)
+    tree : MergeTree
+        Ward tree whose leaves are the super-voxels; ``tree.cut(k)[supervoxel_labels]`` gives voxel labels.
+    """
+    x, mask_arr, bs = _check_inputs(features, mask, 1, n_iter, 1e-7, block_shape)
+    n_vox = int(mask_arr.sum())
+    n_sv = n_supervoxels if n_supervoxels is not None else max(1, n_vox // 10)
+    sv = rena(x, n_sv, mask=mask_arr, n_iter=n_iter, block_shape=bs)
+    n_sv = int(sv.max()) + 1
+    sizes = np.bincount(sv, minlength=n_sv).astype(np.float64)
+    # voxel sums per super-voxel: one partial sum per chunk of voxels, tree-summed by dask
+    offsets = np.cumsum((0, *x.chunks[0]))
+    parts = [
+        da.from_delayed(
+            dask.delayed(_segment_sum, pure=True)(blk, sv[offsets[i] : offsets[i + 1]], n_sv),
+            shape=(n_sv, x.shape[1]),
+            dtype=np.float64,
+        )
+        for i, blk in enumerate(x[:, :].rechunk({1: -1}).to_delayed()[:, 0])
+    ]
+    sums = da.stack(parts).sum(axis=0).compute()
+    means = sums / sizes[:, None]
+    ei, ej = grid_edges(mask_arr)
+    a, b = sv[ei], sv[ej]
+    cross = a != b
+    conn = sp.csr_matrix((np.ones(int(cross.sum())), (a[cross], b[cross])), shape=(n_sv, n_sv))
+    tree = build_tree(means, conn, "ward", sample_weight=sizes)
+    return sv, tree
+
+
+def ward_on_supervoxels(
+    features: Any,
+    n_clusters: int,
+    *,
+    mask: np.ndarray,
+    n_supervoxels: int | None = None,
+    n_iter: int = 10,
+    block_shape: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """Ward parcels of data that need not fit in memory: Ward on blockwise-ReNA super-voxels.
+
+    Parameters
+    ----------
+    features : array-like, shape (n_voxels, n_components)
+        numpy, dask or xarray.
+    n_clusters : int
+        Number of parcels (each connected; split among mask components in proportion to voxels).
+    mask : ndarray of bool, shape (x, y, z)
+    n_supervoxels : int, optional
+        Default: max(n_clusters, n_voxels // 10).
+    n_iter : int
+        ReNA rounds.
+    block_shape : tuple of 3 int, optional
+        ReNA's spatial blocks.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_voxels,)
+        Labels 0..n_clusters-1.
+    """
+    mask_arr = np.asarray(mask).astype(bool)
+    n_vox = int(mask_arr.sum())
+    if (
+        isinstance(n_clusters, bool)
+        or not isinstance(n_clusters, (int, np.integer))
+        or n_clusters < 1
+    ):
+        raise InputError(
+            f"n_clusters={n_clusters!r}: must be an integer >= 1; pass n_clusters=50 or another "
+            "positive integer"
+        )
+    if n_clusters > n_vox:
+        raise InputError(
+            f"n_clusters={n_clusters}: larger than the {n_vox} voxels of the mask; pass "
+            f"n_clusters<={n_vox}"
+        )
+    n_sv = n_supervoxels if n_supervoxels is not None else max(int(n_clusters), n_vox // 10)
+    if n_sv < n_clusters:
+        raise InputError(
+            f"n_supervoxels={n_sv}: fewer super-voxels than n_clusters={n_clusters}; pass "
+            f"n_supervoxels>={n_clusters} (default: a tenth of the voxels)"
+        )
+    sv, tree = supervoxel_tree(
+        features, mask=mask_arr, n_supervoxels=n_sv, n_iter=n_iter, block_shape=block_shape
+    )
+    return tree.cut(int(n_clusters))[sv]
