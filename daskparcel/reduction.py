@@ -1,0 +1,256 @@
+"""Out-of-core dimension reduction of voxel signals: per-run SVD, then a group SVD.
+
+This is the reduction nilearn's ``Parcellations`` runs before clustering (``_MultiPCA``):
+
+1. per run, the top ``k = min(n_components, n_time, n_voxels)`` left singular vectors of the run's
+   (voxel, time) block, scaled by their singular values (nilearn ``_mask_and_reduce_single`` keeps
+   ``U.T * S``);
+2. the per-run components are stacked, each one normalised to unit norm (nilearn's ``do_cca``), and the
+   top ``n_components`` left singular vectors of the stacked (voxel, sum of k) matrix are the voxel
+   loadings: the clustering features, one row per voxel.
+
+Everything is a dask graph over voxel chunks. A run's SVD is exact (the eigendecomposition of its
+Gram matrix, summed over voxel chunks by a tree reduction, in float64) when the run has at most
+``daskparcel.reduction.exact-max-columns`` time points (nilearn's randomized SVD approximates the
+same thing), otherwise randomized (``dask.array.linalg.svd_compressed`` with nilearn's number of
+power iterations); the group SVD likewise, with nilearn's 3 power iterations when randomized. No task
+holds more than a voxel chunk and small (k x k, k x T) factors. The result is deterministic for a given ``random_state`` on any scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Hashable
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from daskparcel.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["reduce"]
+
+#: Runs (and the stacked group matrix) with at most this many columns get an exact SVD.
+_EXACT_MAX_COLUMNS_DEFAULT = 1500
+
+
+def _exact_max_columns() -> int:
+    return int(
+        dask.config.get("daskparcel.reduction.exact-max-columns", _EXACT_MAX_COLUMNS_DEFAULT)
+    )
+
+
+def _check_finite_block(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    """Raise InputError if a block of signals holds NaN or inf (runs inside the SVD's first pass)."""
+    if not np.isfinite(block).all():
+        where = ""
+        if block_info is not None and 0 in block_info:
+            start, stop = block_info[0]["array-location"][0]
+            where = f" in voxels {start}..{stop - 1}"
+        raise InputError(
+            f"signals: non-finite values (NaN or inf){where}; clean the signals first "
+            "(e.g. mask out voxels outside the brain, or replace NaN with 0)"
+        )
+    return block
+
+
+def _seed(random_state: int, *keys: int) -> int:
+    """A 32-bit seed derived from ``random_state`` and ``keys``, the same on every machine."""
+    return int(np.random.SeedSequence([random_state, *keys]).generate_state(1)[0])
+
+
+def _top_eig(gram: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right singular vectors over singular values (0 where a value is 0), and singular values.
+
+    From the eigendecomposition of the (small) Gram matrix; each vector's largest entry is made
+    positive so that the signs do not depend on rounding.
+    """
+    w, v = np.linalg.eigh(np.asarray(gram, dtype=np.float64))
+    w, v = w[::-1][:k], v[:, ::-1][:, :k]
+    s = np.sqrt(np.maximum(w, 0.0))
+    largest = np.abs(v).argmax(axis=0)
+    v = v * np.sign(v[largest, np.arange(v.shape[1])])
+    # singular values below the Gram matrix's rounding are zero (a rank-deficient block)
+    if s.size:
+        s = np.where(s > s[0] * 1e-7, s, 0.0)
+    scale = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+    return v * scale, s
+
+
+def _top_left_singular(
+    x: da.Array, k: int, *, n_power_iter: int, seed: int, what: str
+) -> tuple[da.Array, da.Array]:
+    """Top ``k`` left singular vectors and values of a tall (voxel, column) dask array.
+
+    Left singular vectors of zero singular values are returned as zero columns.
+    """
+    n_rows, n_cols = x.shape
+    x = x.rechunk({1: -1})
+    if n_cols <= _exact_max_columns():
+        logger.debug("%s: exact SVD (tree-summed Gram matrix) of a %d x %d matrix", what, *x.shape)
+        gram = (x.T @ x).rechunk((-1, -1))
+        factors = dask.delayed(_top_eig, nout=2, pure=True)(gram, k)
+        v = da.from_delayed(factors[0], shape=(n_cols, k), dtype=np.float64)
+        s = da.from_delayed(factors[1], shape=(k,), dtype=np.float64)
+        return x @ v, s
+    logger.debug(
+        "%s: randomized SVD of a %d x %d matrix, rank %d, %d power iterations",
+        what,
+        n_rows,
+        n_cols,
+        k,
+        n_power_iter,
+    )
+    u, s, _ = da.linalg.svd_compressed(x, k, n_power_iter=n_power_iter, seed=seed, compute=False)
+    return u * (s > 0).astype(u.dtype), s
+
+
+def _run_groups(signals: xr.DataArray, run: Hashable | None) -> list[tuple[object, np.ndarray]]:
+    """(run value, time indices) pairs, runs in order of first appearance."""
+    n_time = signals.sizes["time"]
+    if run is None:
+        return [(None, np.arange(n_time))]
+    if run not in signals.coords:
+        raise InputError(
+            f"run={run!r}: no such coordinate on the signals (coordinates: {list(signals.coords)}); "
+            "pass the name of a coordinate along 'time' giving each time point's run, or run=None"
+        )
+    coord = signals.coords[run]
+    if coord.dims != ("time",):
+        raise InputError(
+            f"run={run!r}: the coordinate has dims {coord.dims}, expected ('time',); pass a "
+            "coordinate along 'time'"
+        )
+    values = np.asarray(coord.values)
+    _, first = np.unique(values, return_index=True)
+    ordered = values[np.sort(first)]
+    return [(value, np.flatnonzero(values == value)) for value in ordered]
+
+
+def reduce(
+    signals: xr.DataArray,
+    *,
+    n_components: int = 200,
+    random_state: int = 0,
+    run: Hashable | None = None,
+) -> xr.DataArray:
+    """Reduce voxel signals to ``n_components`` voxel loadings, as nilearn's ``Parcellations``.
+
+    Per run, the top components of the SVD of the run's (voxel, time) block, scaled by their singular
+    values; then the top ``n_components`` left singular vectors of the stacked, unit-normalised per-run
+    components. The rows of the result are the features nilearn clusters (``components.T``), up to a
+    rotation within the subspace (which does not change distances between voxels).
+
+    Parameters
+    ----------
+    signals : xarray.DataArray
+        Dims ("voxel", "time"), dask-backed (a numpy-backed array is wrapped), chunked by voxel blocks.
+    n_components : int, default=200
+        Number of components per run and of the result. Capped (with an INFO log, as nilearn caps
+        silently) at the number of time points of a run, and at the total rank of the stacked runs.
+    random_state : int, default=0
+        Seed of the randomized SVDs (used only for runs longer than
+        ``daskparcel.reduction.exact-max-columns`` time points, default 1500); the result is the
+        same for a given seed on any scheduler.
+    run : hashable or None, default=None
+        Name of a coordinate along "time" giving the run of each time point (e.g. ``"run"``), so that
+        each run is reduced on its own; None means the signals are one run.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ("voxel", "component"), float32, lazy (dask-backed), chunked by voxel blocks; the voxel
+        coordinates of ``signals`` are kept.
+
+    Raises
+    ------
+    InputError
+        If ``signals`` lacks the dims, ``n_components`` is not an integer >= 1, ``run`` is not a time
+        coordinate, or (when the result is computed) the signals hold NaN or inf.
+    """
+    if not isinstance(signals, xr.DataArray) or set(signals.dims) != {"voxel", "time"}:
+        dims = getattr(signals, "dims", None)
+        raise InputError(
+            f"signals: expected an xarray.DataArray with dims ('voxel', 'time'), got "
+            f"{type(signals).__name__} with dims {dims}; build it with the masking step"
+        )
+    if (
+        isinstance(n_components, bool)
+        or not isinstance(n_components, numbers.Integral)
+        or n_components < 1
+    ):
+        raise InputError(
+            f"n_components={n_components!r}: must be an integer >= 1; pass n_components=200 "
+            "(nilearn's value) or another positive integer"
+        )
+    if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
+        raise InputError(
+            f"random_state={random_state!r}: must be an integer; pass random_state=0 or another seed"
+        )
+    n_components = int(n_components)
+    signals = signals.transpose("voxel", "time")
+    n_voxels = signals.sizes["voxel"]
+    if n_voxels < 1 or signals.sizes["time"] < 1:
+        raise InputError(
+            f"signals: shape {signals.shape} is empty; the mask or the time axis selects nothing"
+        )
+    data = signals.data
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=("auto", -1))
+    # checked inside the first pass over the data: no separate validation pass
+    data = data.map_blocks(_check_finite_block, dtype=data.dtype, meta=np.empty((0, 0), data.dtype))
+
+    columns = []
+    for index, (value, times) in enumerate(_run_groups(signals, run)):
+        x = data if len(times) == data.shape[1] else data[:, times]
+        x = x.astype(np.float64)
+        n_time = x.shape[1]
+        k = min(n_components, n_time, n_voxels)
+        name = "signals" if value is None else f"run {value!r}"
+        if k < n_components:
+            logger.info(
+                "%s: n_components=%d capped at %d (the run has %d time points and %d voxels), "
+                "as nilearn does",
+                name,
+                n_components,
+                k,
+                n_time,
+                n_voxels,
+            )
+        # nilearn's _fast_svd: 4 power iterations, or 7 when k is under a tenth of the matrix side
+        n_power_iter = 7 if k < 0.1 * min(x.shape) else 4
+        u, _ = _top_left_singular(
+            x, k, n_power_iter=n_power_iter, seed=_seed(random_state, index), what=name
+        )
+        # nilearn keeps U.T * S per run, then (do_cca) divides each row by its norm, which is S
+        # (or 1 where S is 0): what remains is U, zero where S is 0.
+        columns.append(u)
+
+    stacked = da.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
+    n_total = stacked.shape[1]
+    n_out = min(n_components, n_total)
+    if n_out < n_components:
+        logger.info(
+            "n_components=%d capped at %d, the number of per-run components", n_components, n_out
+        )
+    if len(columns) == 1:
+        # one run: the group SVD of an orthonormal basis is the same subspace; skip it
+        loadings = stacked
+    else:
+        loadings, _ = _top_left_singular(
+            stacked, n_out, n_power_iter=3, seed=_seed(random_state, 2**31 - 1), what="group"
+        )
+    loadings = loadings.astype(np.float32)
+    if loadings.chunks[0] != data.chunks[0] and loadings.shape[0] == data.shape[0]:
+        loadings = loadings.rechunk({0: data.chunks[0]})
+    coords = {name: c for name, c in signals.coords.items() if c.dims == ("voxel",)}
+    return xr.DataArray(
+        loadings,
+        dims=("voxel", "component"),
+        coords={**coords, "component": np.arange(n_out)},
+        name="features",
+    )

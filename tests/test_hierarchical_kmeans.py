@@ -1,0 +1,148 @@
+"""daskparcel.clustering.hierarchical_kmeans against nilearn's HierarchicalKMeans."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import real_scan
+from nilearn.regions import HierarchicalKMeans
+from nilearn.regions.hierarchical_kmeans_clustering import _adjust_small_clusters
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+from threadpoolctl import threadpool_limits
+
+from daskparcel.clustering.hierarchical_kmeans import hierarchical_kmeans, split_sizes
+from daskparcel.errors import InputError
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    with threadpool_limits(1):
+        yield
+
+
+def _nilearn(features: np.ndarray, k: int) -> np.ndarray:
+    # nilearn's Parcellations parameters; HierarchicalKMeans takes (component, voxel)
+    return (
+        HierarchicalKMeans(
+            k, init="k-means++", batch_size=1000, n_init=10, max_no_improvement=10, random_state=0
+        )
+        .fit(features.T)
+        .labels_
+    )
+
+
+def test_same_labels_as_nilearn_on_two_chunkings():
+    x, _ = make_blobs(4000, n_features=40, centers=16, cluster_std=1.0, random_state=0)
+    x = x.astype(np.float32)
+    reference = _nilearn(x, 30)
+    for chunk in (700, 4000):
+        labels = hierarchical_kmeans(da.from_array(x, chunks=(chunk, -1)), 30, random_state=0)
+        assert labels.dtype == np.int64
+        assert np.unique(labels).size == 30
+        assert adjusted_rand_score(reference, labels) == pytest.approx(1.0)
+        np.testing.assert_array_equal(labels, reference)
+
+
+def test_split_sizes_is_nilearns_rounding_when_clusters_are_big_enough():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        k = int(rng.integers(4, 400))
+        n_big = int(np.sqrt(k))
+        counts = rng.integers(k, 5 * k, size=n_big)
+        exact = k * counts / counts.sum()
+        np.testing.assert_array_equal(split_sizes(counts, k), _adjust_small_clusters(exact, k))
+
+
+def test_split_sizes_caps_shares_at_cluster_sizes():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        n_big = int(rng.integers(1, 12))
+        counts = rng.integers(0, 6, size=n_big)
+        if counts.sum() == 0:
+            continue
+        k = int(rng.integers(max(1, int((counts > 0).sum())), counts.sum() + 1))
+        shares = split_sizes(counts, k)
+        assert shares.sum() == k
+        assert (shares <= counts).all()
+        assert (shares[counts > 0] >= 1).all()
+        assert (shares[counts == 0] == 0).all()
+
+
+def test_exactly_k_when_a_coarse_cluster_is_smaller_than_its_share(caplog):
+    # 12 voxels, 12 clusters: every coarse cluster gets exactly its size; with duplicate points
+    # scikit-learn leaves sub-clusters empty, which must be re-seeded
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [np.repeat(rng.standard_normal((3, 4)), 3, axis=0), rng.standard_normal((3, 4))]
+    )
+    with caplog.at_level(logging.INFO, logger="daskparcel.clustering.kmeans"):
+        labels = hierarchical_kmeans(x, 12)
+    assert np.unique(labels).size == 12
+    assert "re-seeded" in caplog.text
+    # nilearn returns fewer labels here
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nilearn_labels = _nilearn(np.hstack([x, x]), 12)
+    assert np.unique(nilearn_labels).size < 12
+
+
+def test_bad_input():
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    with pytest.raises(InputError, match="n_clusters=0: must be an integer >= 1"):
+        hierarchical_kmeans(x, 0)
+    with pytest.raises(InputError, match=r"n_clusters=51: more clusters than voxels \(50\)"):
+        hierarchical_kmeans(x, 51)
+    x[4, 0] = np.nan
+    with pytest.raises(InputError, match="features: non-finite"):
+        hierarchical_kmeans(x, 5)
+
+
+def _size_cv(labels: np.ndarray) -> float:
+    sizes = np.bincount(labels)
+    return float(sizes.std() / sizes.mean())
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_real_scan_matches_nilearn_and_balances_sizes(tmp_path_factory):
+    from nilearn.maskers import NiftiMasker
+    from nilearn.masking import apply_mask
+    from nilearn.regions import Parcellations
+
+    from daskparcel.reduction import reduce
+
+    img, mask = str(real_scan("rapidtide")), str(real_scan("rapidtide_mask"))
+    cache = tmp_path_factory.getbasetemp() / "nilearn-cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = NiftiMasker(
+            mask_img=mask, smoothing_fwhm=10, standardize="zscore_sample"
+        ).fit_transform(img)
+        parcellations = Parcellations(
+            method="hierarchical_kmeans",
+            n_parcels=50,
+            mask=mask,
+            smoothing_fwhm=10,
+            standardize="zscore_sample",
+            random_state=0,
+            memory=str(cache),
+            memory_level=3,
+        ).fit(img)
+    nilearn_labels = apply_mask(parcellations.labels_img_, mask).astype(int) - 1
+    signals = xr.DataArray(da.from_array(x.T, chunks=(8000, -1)), dims=("voxel", "time"))
+    features = reduce(signals).compute(scheduler="sync").values
+    ours = hierarchical_kmeans(da.from_array(features, chunks=(6000, -1)), 50)
+    assert np.unique(ours).size == 50
+    # same features, same algorithm: nilearn's labels
+    assert adjusted_rand_score(_nilearn(features, 50), ours) >= 0.99
+    # the whole pipeline: parcel sizes no less balanced than nilearn's
+    assert _size_cv(ours) <= _size_cv(nilearn_labels) * 1.05, (
+        _size_cv(ours),
+        _size_cv(nilearn_labels),
+    )

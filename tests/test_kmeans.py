@@ -1,0 +1,226 @@
+"""daskparcel.clustering.kmeans against scikit-learn (and nilearn's Parcellations on the real scan)."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import real_scan
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+from threadpoolctl import threadpool_limits
+
+from daskparcel.clustering.kmeans import KMeansResult, kmeans
+from daskparcel.errors import InputError
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    x, truth = make_blobs(6000, n_features=8, centers=12, cluster_std=1.0, random_state=0)
+    return x.astype(np.float32), truth
+
+
+def _within_ss(x: np.ndarray, labels: np.ndarray) -> float:
+    """Sum of squared distances to the cluster means (numpy reference)."""
+    x = x.astype(np.float64)
+    total = 0.0
+    for label in np.unique(labels):
+        rows = x[labels == label]
+        total += float(((rows - rows.mean(0)) ** 2).sum())
+    return total
+
+
+@pytest.mark.parametrize("method", ["minibatch", "lloyd"])
+def test_blobs_match_scikit_learn_on_two_chunkings(blobs, method):
+    x, truth = blobs
+    reference = KMeans(12, n_init=3, random_state=0).fit(x)
+    results = []
+    for chunk in (1000, 2500):
+        result = kmeans(da.from_array(x, chunks=(chunk, -1)), 12, method=method, random_state=0)
+        assert isinstance(result, KMeansResult)
+        assert result.labels.dtype == np.int64 and result.labels.shape == (x.shape[0],)
+        assert np.unique(result.labels).size == 12
+        assert adjusted_rand_score(reference.labels_, result.labels) >= 0.99
+        assert adjusted_rand_score(truth, result.labels) >= 0.99
+        # centres are the cluster means and inertia the within-cluster sum of squares (numpy)
+        means = np.stack([x[result.labels == j].mean(0) for j in range(12)])
+        np.testing.assert_allclose(result.centers, means, rtol=1e-5, atol=1e-5)
+        assert result.inertia == pytest.approx(_within_ss(x, result.labels), rel=1e-6)
+        results.append(result)
+    if method == "lloyd":
+        np.testing.assert_array_equal(results[0].labels, results[1].labels)
+    else:
+        assert results[0].inertia == pytest.approx(results[1].inertia, rel=0.01)
+
+
+def test_lloyd_same_labels_whatever_the_chunking_on_overlapping_clusters():
+    # clusters that overlap, so the answer depends on the start: chunk-independent randomness matters
+    x, _ = make_blobs(4000, n_features=5, centers=20, cluster_std=3.0, random_state=1)
+    a = kmeans(da.from_array(x, chunks=(500, -1)), 20, method="lloyd", random_state=7, n_init=1)
+    b = kmeans(da.from_array(x, chunks=(1300, -1)), 20, method="lloyd", random_state=7, n_init=1)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    c = kmeans(da.from_array(x, chunks=(1300, -1)), 20, method="lloyd", random_state=8, n_init=1)
+    assert not np.array_equal(a.labels, c.labels)  # the seed matters
+
+
+@pytest.mark.parametrize("method", ["minibatch", "lloyd"])
+def test_same_labels_on_sync_and_threads(blobs, method):
+    x, _ = blobs
+    features = da.from_array(x, chunks=(700, -1))
+    with dask.config.set(scheduler="sync"):
+        a = kmeans(features, 12, method=method, random_state=3, n_init=1)
+    with dask.config.set(scheduler="threads"):
+        b = kmeans(features, 12, method=method, random_state=3, n_init=1)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.inertia == b.inertia
+
+
+def test_streamed_minibatch_matches_in_memory_quality(blobs):
+    x, truth = blobs
+    in_memory = kmeans(x, 12, random_state=0)
+    with dask.config.set({"daskparcel.kmeans.in-memory-bytes": 0}):
+        streamed = kmeans(da.from_array(x, chunks=(900, -1)), 12, random_state=0, max_iter=3)
+        again = kmeans(da.from_array(x, chunks=(900, -1)), 12, random_state=0, max_iter=3)
+    assert adjusted_rand_score(truth, streamed.labels) >= 0.99
+    assert streamed.inertia <= in_memory.inertia * 1.02
+    np.testing.assert_array_equal(streamed.labels, again.labels)
+
+
+def test_accepts_numpy_and_dataarray(blobs):
+    x, _ = blobs
+    a = kmeans(x, 12, method="lloyd", n_init=1)
+    features = xr.DataArray(da.from_array(x.T, chunks=(-1, 1500)), dims=("component", "voxel"))
+    b = kmeans(features, 12, method="lloyd", n_init=1)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("method", ["minibatch", "lloyd"])
+def test_exactly_k_clusters_where_scikit_learn_gives_fewer(method):
+    rng = np.random.default_rng(0)
+    distinct = rng.standard_normal((6, 5))
+    x = np.repeat(distinct, 50, axis=0)  # 6 distinct points, 300 voxels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = MiniBatchKMeans(8, n_init=3, random_state=0).fit(x)
+    assert np.unique(reference.labels_).size < 8  # nilearn issue 2238
+    result = kmeans(da.from_array(x, chunks=(70, -1)), 8, method=method)
+    assert np.unique(result.labels).size == 8
+    assert result.n_reseeded >= 1 or method == "lloyd"
+    assert result.inertia == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("n_clusters", "message"),
+    [
+        (0, r"n_clusters=0: must be an integer >= 1"),
+        (2.5, r"n_clusters=2\.5: must be an integer >= 1"),
+        (True, r"n_clusters=True: must be an integer"),
+        (501, r"n_clusters=501: more clusters than voxels \(500\)"),
+    ],
+)
+def test_bad_n_clusters(n_clusters, message):
+    x = np.random.default_rng(0).standard_normal((500, 3))
+    with pytest.raises(InputError, match=message):
+        kmeans(x, n_clusters)
+
+
+@pytest.mark.parametrize("method", ["minibatch", "lloyd", "streamed"])
+def test_non_finite_features(method):
+    x = np.random.default_rng(0).standard_normal((500, 3))
+    x[321, 1] = np.inf
+    limit = 0 if method == "streamed" else 2**30
+    with (
+        dask.config.set({"daskparcel.kmeans.in-memory-bytes": limit}),
+        pytest.raises(InputError, match="features: non-finite"),
+    ):
+        kmeans(
+            da.from_array(x, chunks=(100, -1)),
+            4,
+            method="lloyd" if method == "lloyd" else "minibatch",
+        )
+
+
+def test_bad_options():
+    x = np.zeros((10, 2))
+    with pytest.raises(InputError, match="method='ward'"):
+        kmeans(x, 2, method="ward")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="init='k-means\\|\\|'"):
+        kmeans(x, 2, method="minibatch", init="k-means||")
+    with pytest.raises(InputError, match="features: expected 2 dims"):
+        kmeans(np.zeros(10), 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# the real scan, with the seed's settings (n_parcels=50, smoothing 10 mm, zscore_sample)
+
+
+def _compression_r2(x_time_voxel: np.ndarray, labels: np.ndarray) -> float:
+    """Variance of the voxel signals explained by their parcel means."""
+    x = x_time_voxel.astype(np.float64)
+    counts = np.bincount(labels)
+    means = np.stack([np.bincount(labels, weights=row) for row in x]) / counts
+    residual = x - means[:, labels]
+    return 1.0 - float((residual**2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+@pytest.fixture(scope="module")
+def rapidtide(tmp_path_factory):
+    from nilearn.maskers import NiftiMasker
+    from nilearn.masking import apply_mask
+    from nilearn.regions import Parcellations
+
+    from daskparcel.reduction import reduce
+
+    img, mask = str(real_scan("rapidtide")), str(real_scan("rapidtide_mask"))
+    cache = tmp_path_factory.getbasetemp() / "nilearn-cache"
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        masker = NiftiMasker(mask_img=mask, smoothing_fwhm=10, standardize="zscore_sample")
+        x = masker.fit_transform(img)
+        parcellations = Parcellations(
+            method="kmeans",
+            n_parcels=50,
+            mask=mask,
+            smoothing_fwhm=10,
+            standardize="zscore_sample",
+            random_state=0,
+            memory=str(cache),
+            memory_level=3,
+        ).fit(img)
+        nilearn_labels = apply_mask(parcellations.labels_img_, mask).astype(int) - 1
+        signals = xr.DataArray(da.from_array(x.T, chunks=(8000, -1)), dims=("voxel", "time"))
+        features = reduce(signals).compute(scheduler="sync").values
+    return {"x": x, "features": features, "nilearn_labels": nilearn_labels}
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_real_scan_quality(rapidtide):
+    x, features = rapidtide["x"], rapidtide["features"]
+    nilearn_r2 = _compression_r2(x, rapidtide["nilearn_labels"])
+    reference = MiniBatchKMeans(50, n_init=3, random_state=0).fit(features)
+    # compare like with like: the within-cluster sum of squares of each labelling
+    reference_ss = _within_ss(features, reference.labels_)
+    for chunk, method in ((8000, "minibatch"), (5000, "lloyd")):
+        result = kmeans(
+            da.from_array(features, chunks=(chunk, -1)),
+            50,
+            method=method,
+            random_state=0,
+            n_init=3 if method == "minibatch" else 1,
+        )
+        assert np.unique(result.labels).size == 50
+        assert result.inertia <= reference_ss * 1.02, (method, result.inertia, reference_ss)
+        r2 = _compression_r2(x, result.labels)
+        assert r2 >= nilearn_r2 - 0.01, (method, r2, nilearn_r2)

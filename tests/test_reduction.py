@@ -1,0 +1,216 @@
+"""daskparcel.reduction against nilearn's Parcellations reduction (per-run SVD, then group SVD)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.linalg
+import xarray as xr
+from conftest import raise_if_dask_computes, real_scan
+from threadpoolctl import threadpool_limits
+
+from daskparcel.errors import InputError
+from daskparcel.reduction import reduce
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    # dask threads x BLAS threads oversubscribe the 2-core CI machine
+    with threadpool_limits(1):
+        yield
+
+
+def _signals(x_time_voxel: np.ndarray, chunk: int, runs: np.ndarray | None = None) -> xr.DataArray:
+    coords = {} if runs is None else {"run": ("time", runs)}
+    return xr.DataArray(
+        da.from_array(np.ascontiguousarray(x_time_voxel.T, dtype=np.float32), chunks=(chunk, -1)),
+        dims=("voxel", "time"),
+        coords=coords,
+    )
+
+
+def _angles_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Principal angles between the column spaces, smallest first, in degrees."""
+    return np.sort(np.degrees(scipy.linalg.subspace_angles(a.astype(float), b.astype(float))))
+
+
+def _relative_residual(x_time_voxel: np.ndarray, features: np.ndarray) -> float:
+    """Share of the signals' energy outside the span of the features (reconstruction error)."""
+    q, _ = np.linalg.qr(features.astype(np.float64))
+    xt = x_time_voxel.T.astype(np.float64)
+    residual = xt - q @ (q.T @ xt)
+    return float((residual**2).sum() / (xt**2).sum())
+
+
+def _nilearn_components(imgs, mask, cache) -> np.ndarray:
+    from nilearn.regions import Parcellations
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parcellations = Parcellations(
+            method="kmeans",
+            n_parcels=50,
+            mask=mask,
+            smoothing_fwhm=10,
+            standardize="zscore_sample",
+            random_state=0,
+            memory=str(cache),
+            memory_level=3,
+        ).fit(imgs)
+    return parcellations.components_.T  # (voxel, component), what nilearn clusters
+
+
+@pytest.fixture(scope="module")
+def rapidtide(tmp_path_factory):
+    from nilearn.maskers import NiftiMasker
+
+    img, mask = real_scan("rapidtide"), real_scan("rapidtide_mask")
+    masker = NiftiMasker(mask_img=str(mask), smoothing_fwhm=10, standardize="zscore_sample").fit()
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = masker.transform(str(img))
+    cache = tmp_path_factory.getbasetemp() / "nilearn-cache"
+    return {"img": str(img), "mask": str(mask), "x": x, "cache": cache, "masker": masker}
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_single_run_matches_nilearn_on_two_chunkings(rapidtide):
+    x = rapidtide["x"]
+    with threadpool_limits(1):
+        reference = _nilearn_components(rapidtide["img"], rapidtide["mask"], rapidtide["cache"])
+    results = []
+    for chunk in (4000, 11000):
+        features = reduce(_signals(x, chunk), n_components=200, random_state=0)
+        assert features.dims == ("voxel", "component")
+        assert features.shape == reference.shape
+        results.append(features.compute(scheduler="sync").values)
+    for ours in results:
+        angles = _angles_deg(ours, reference)
+        # the leading half of the subspace is the same (nilearn's randomized SVD is an approximation
+        # of the exact one computed here, so the trailing angles grow)
+        assert angles[:100].max() < 1.0, angles[:100].max()
+        ours_error = _relative_residual(x, ours)
+        nilearn_error = _relative_residual(x, reference)
+        assert ours_error <= nilearn_error * 1.01, (ours_error, nilearn_error)
+    np.testing.assert_allclose(results[0], results[1], atol=2e-4)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_two_runs_match_nilearn(rapidtide):
+    """The rapidtide scan split into two runs of 130 volumes: per-run SVDs, then the group SVD."""
+    from nilearn.image import index_img
+
+    x = rapidtide["x"]
+    n_time = x.shape[0]
+    half = n_time // 2
+    masker = rapidtide["masker"]
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        halves = [
+            index_img(rapidtide["img"], slice(0, half)),
+            index_img(rapidtide["img"], slice(half, None)),
+        ]
+        x_runs = [masker.transform(h) for h in halves]
+        reference = _nilearn_components(halves, rapidtide["mask"], rapidtide["cache"])
+    x2 = np.concatenate(x_runs)
+    runs = np.repeat(["a", "b"], [half, n_time - half])
+    ours = reduce(_signals(x2, 6000, runs), n_components=200, run="run").compute(scheduler="sync")
+    ours = ours.values
+    assert ours.shape == reference.shape == (x.shape[1], 200)
+    angles = _angles_deg(ours, reference)
+    assert angles[:100].max() < 1.0, angles[:100].max()
+    assert _relative_residual(x2, ours) <= _relative_residual(x2, reference) * 1.01
+
+
+def _nitime():
+    import nibabel as nib
+
+    runs = []
+    for name in ("nitime1", "nitime2"):
+        data = nib.load(real_scan(name)).get_fdata(dtype=np.float32)
+        runs.append(data.reshape(-1, data.shape[-1]))
+    keep = np.all([r.std(axis=1) > 0 for r in runs], axis=0)
+    x = [r[keep].T for r in runs]  # (time, voxel) each
+    x = [(r - r.mean(0)) / r.std(0, ddof=1) for r in x]  # zscore_sample
+    return x
+
+
+@pytest.mark.real_data
+def test_multirun_caps_components_and_logs(caplog):
+    x_runs = _nitime()
+    x = np.concatenate(x_runs)
+    runs = np.repeat([1, 2], [r.shape[0] for r in x_runs])
+    signals = _signals(x, 500, runs)
+    with caplog.at_level(logging.INFO, logger="daskparcel.reduction"):
+        features = reduce(signals, n_components=60, run="run")
+    # nilearn: min(60, 40 time points) per run, then min(60, 80) for the group
+    assert features.shape == (x.shape[1], 60)
+    assert "capped at 40" in caplog.text
+    values = features.compute(scheduler="sync").values
+    # the group components are the top 60 left singular vectors of [U1, U2] (exact reference)
+    u = [np.linalg.svd(r.T.astype(float), full_matrices=False)[0][:, :40] for r in x_runs]
+    expected = np.linalg.svd(np.hstack(u), full_matrices=False)[0][:, :60]
+    assert _angles_deg(values, expected).max() < 0.5
+    np.testing.assert_allclose(values.T @ values, np.eye(60), atol=1e-4)
+
+
+@pytest.mark.real_data
+def test_same_result_on_sync_and_threads_schedulers():
+    x_runs = _nitime()
+    x = np.concatenate(x_runs)
+    runs = np.repeat([1, 2], [r.shape[0] for r in x_runs])
+    features = reduce(_signals(x, 300, runs), n_components=30, run="run", random_state=3)
+    a = features.compute(scheduler="sync").values
+    b = features.compute(scheduler="threads").values
+    np.testing.assert_array_equal(a, b)
+
+
+def test_building_is_lazy():
+    x = np.random.default_rng(0).standard_normal((50, 400))
+    with raise_if_dask_computes():
+        features = reduce(_signals(x, 100), n_components=10)
+    assert isinstance(features.data, da.Array)
+
+
+def test_randomized_path_matches_exact_on_leading_components():
+    rng = np.random.default_rng(1)
+    low_rank = rng.standard_normal((120, 8)) @ rng.standard_normal((8, 3000)) * 5
+    x = low_rank + rng.standard_normal((120, 3000))
+    exact = reduce(_signals(x, 700), n_components=20).compute(scheduler="sync").values
+    with dask.config.set({"daskparcel.reduction.exact-max-columns": 50}):
+        randomized = reduce(_signals(x, 700), n_components=20, random_state=5)
+        a = randomized.compute(scheduler="sync").values
+        b = reduce(_signals(x, 1100), n_components=20, random_state=5).compute(scheduler="threads")
+    assert _angles_deg(a[:, :8], exact[:, :8]).max() < 0.5
+    assert _angles_deg(b.values[:, :8], exact[:, :8]).max() < 0.5
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "200"])
+def test_bad_n_components(bad):
+    x = np.ones((10, 30))
+    with pytest.raises(InputError, match=r"n_components=.*integer >= 1"):
+        reduce(_signals(x, 10), n_components=bad)
+
+
+def test_non_finite_signals_raise_when_computed():
+    x = np.random.default_rng(0).standard_normal((20, 300))
+    x[3, 250] = np.nan
+    features = reduce(_signals(x, 100), n_components=5)  # building is fine
+    with pytest.raises(InputError, match=r"non-finite.*voxels 200\.\.299"):
+        features.compute(scheduler="sync")
+
+
+def test_bad_dims_and_run():
+    x = np.ones((10, 30))
+    bad = xr.DataArray(np.ones((30, 10)), dims=("voxel", "t"))
+    with pytest.raises(InputError, match="dims"):
+        reduce(bad)
+    with pytest.raises(InputError, match=r"run=.session.: no such coordinate"):
+        reduce(_signals(x, 10), run="session")
