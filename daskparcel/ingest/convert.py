@@ -17,7 +17,6 @@ import shutil
 import sys
 import time
 import warnings
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,7 +304,10 @@ def _write(
             if index in run_done:
                 start += size
                 continue
-            block = _read_block(bold, start, size, ds.attrs.get("source", name))
+            # a truncated or corrupt file raises InputError here (NiftiVolumes)
+            block = np.asarray(
+                dask.compute(bold[..., start : start + size], scheduler="threads")[0]
+            )
             bad += int(block.size - np.count_nonzero(np.isfinite(block)))
             array[..., start : start + size] = block
             run_done.add(index)
@@ -330,18 +332,6 @@ def _write(
         target, kind, list(run_names), tuple(bold0.shape), bold0.data.chunks[3][0], written, skipped,
         False, n_nonfinite,
     )  # fmt: skip
-
-
-def _read_block(bold: Any, start: int, size: int, source: str) -> np.ndarray:
-    try:
-        return np.asarray(dask.compute(bold[..., start : start + size], scheduler="threads")[0])
-    except (EOFError, zlib.error, ValueError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:
-            raise  # a system error (e.g. the disk), not the file's content
-        raise InputError(
-            f"{source}: could not read volumes {start}-{start + size - 1} ({type(exc).__name__}: {exc}); "
-            "the file is truncated or corrupt: copy or export it again"
-        ) from exc
 
 
 def print_progress(done: int, total: int) -> None:

@@ -16,6 +16,7 @@ import base64
 import functools
 import logging
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,16 @@ class NiftiVolumes:
             if not isinstance(key, tuple):
                 key = (key,)
             key = (*key, *([0] * (len(self.file_shape) - 4)))
-        raw = proxy[key]
+        try:
+            raw = proxy[key]
+        except (EOFError, zlib.error, ValueError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # a system error (e.g. a missing disk), not the file's content
+            reason = " ".join(str(exc).split())
+            raise InputError(
+                f"{self.path}: could not read its volumes ({type(exc).__name__}: {reason}); "
+                "the file is truncated or corrupt: copy or export it again"
+            ) from exc
         return scale_like_nibabel(raw, self.slope, self.inter)
 
 

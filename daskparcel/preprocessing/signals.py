@@ -1,0 +1,327 @@
+"""The signals store: runs -> smoothed, masked, cleaned voxel signals, voxel-major, on disk.
+
+This is the one out-of-core transpose of the pipeline. NIfTI files and run stores give volume-major chunks
+(whole volumes, a block of time points); cleaning, the SVD and clustering want voxel-major chunks (a block of
+voxels, the whole time axis of a run). The transpose is a two-pass write through the store itself:
+
+1. ``smoothed/<run>`` (voxel, time), chunks ``(voxel_chunk, time_chunk)``: each task smooths a block of whole
+   volumes (nilearn's ``smooth_img``), takes the mask's voxels and writes its time block. Memory: a block of
+   volumes.
+2. ``cleaned/<run>`` (voxel, time), chunks ``(voxel_chunk, whole run)``: each task reads one voxel block over
+   the whole run from pass 1 (many small chunks), cleans it (nilearn's ``signal.clean``) and writes it. Memory:
+   a voxel block x the run's time points.
+
+No step holds more than a chunk, whatever the number of runs or voxels, on any scheduler (dask's in-memory
+rechunk would hold the run; its p2p rechunk needs a distributed cluster). ``smoothed`` is kept: ``transform``
+averages it per parcel and cleans the parcel signals, as nilearn's ``NiftiLabelsMasker`` does, without
+re-reading the images.
+
+The store is the cache: its folder name is a hash of everything that shapes it (the inputs' checksums, the mask,
+the smoothing and cleaning parameters, the confounds, the chunking), so asking again with the same inputs reuses
+it and changing any of them makes a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from daskparcel.errors import InputError
+from daskparcel.preprocessing.cleaning import clean, count_zeroed_voxels, warn_zeroed_voxels
+from daskparcel.preprocessing.smoothing import smooth_bold
+from daskparcel.store import quiet_zarr, set_store_info, store_info, store_lock
+
+logger = logging.getLogger(__name__)
+
+dask.config.update_defaults({"daskparcel": {"voxel-chunk": 8192}})
+
+
+@dataclass(frozen=True)
+class CleanParams:
+    """The parameters that shape the signals (nilearn's names and defaults of ``Parcellations``)."""
+
+    smoothing_fwhm: float | None = 4.0
+    detrend: bool = False
+    standardize: Any = False
+    standardize_confounds: bool = True
+    low_pass: float | None = None
+    high_pass: float | None = None
+    t_r: float | None = None
+
+    def standardize_value(self) -> Any:
+        # nilearn >= 0.13: True means "zscore_sample", False means None
+        if self.standardize is True:
+            return "zscore_sample"
+        if self.standardize is False:
+            return None
+        return self.standardize
+
+
+@dataclass
+class RunInput:
+    """One run to preprocess: its Dataset (bold(x, y, z, t)), names, and its identity (what its data are)."""
+
+    name: str
+    data: xr.Dataset
+    identity: str
+    subject: str = ""
+    confounds: np.ndarray | None = None
+    sample_mask: np.ndarray | None = None
+    t_r: float | None = None
+
+    @property
+    def n_time(self) -> int:
+        return int(self.data["bold"].shape[3])
+
+
+@dataclass
+class SignalsStore:
+    """A written signals store: lazy access to its arrays."""
+
+    path: Path
+    runs: list[str]
+    subjects: list[str]
+    mask: np.ndarray
+    affine: np.ndarray
+    params: CleanParams
+    n_zeroed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.mask.sum())
+
+    def _array(self, kind: str, run: str) -> da.Array:
+        with quiet_zarr():
+            array = zarr.open_array(str(self.path), path=f"{kind}/{run}", mode="r", zarr_format=3)
+        chunks = array.chunks if kind == "cleaned" else (array.chunks[0], array.shape[1])
+        return da.from_zarr(array, chunks=chunks, name=f"{kind}-{run}-{self.path.name}")
+
+    def run_signals(self, kind: str = "cleaned") -> list[xr.DataArray]:
+        """Per-run signals (voxel, time): ``cleaned`` (for the fit) or ``smoothed`` (for transform)."""
+        out = []
+        for run, subject in zip(self.runs, self.subjects, strict=True):
+            data = self._array(kind, run)
+            out.append(
+                xr.DataArray(
+                    data,
+                    dims=("voxel", "time"),
+                    coords={
+                        "run": ("time", np.full(data.shape[1], run, dtype=object)),
+                        "subject": ("time", np.full(data.shape[1], subject, dtype=object)),
+                    },
+                    name=kind,
+                )
+            )
+        return out
+
+    def signals(self, kind: str = "cleaned") -> xr.DataArray:
+        """All runs concatenated along time (voxel, time), with ``run`` and ``subject`` coordinates on time and
+        the voxel's grid indices ``i, j, k``; chunked by voxel blocks x one run."""
+        runs = self.run_signals(kind)
+        out = xr.concat(runs, dim="time") if len(runs) > 1 else runs[0]
+        i, j, k = np.nonzero(self.mask)
+        return out.assign_coords(i=("voxel", i), j=("voxel", j), k=("voxel", k))
+
+
+def voxel_signals(bold: xr.DataArray, mask: np.ndarray) -> da.Array:
+    """The mask's voxels of a volume-chunked run: (voxel, time), chunks (all voxels, the run's time blocks)."""
+    data = bold.transpose("x", "y", "z", "t").data
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=(-1, -1, -1, 16))
+    if any(len(c) != 1 for c in data.chunks[:3]):
+        raise InputError(
+            "bold must be chunked in whole volumes; rechunk with .chunk(x=-1, y=-1, z=-1)"
+        )
+    index = np.flatnonzero(mask)
+    flat = data.reshape((-1, data.shape[3]), merge_chunks=True)
+    return flat[index]
+
+
+def signals_identity(
+    runs: Sequence[RunInput],
+    mask: np.ndarray,
+    params: CleanParams,
+    voxel_chunk: int,
+    time_chunk: int,
+) -> str:
+    """A hash of everything that shapes the signals store (used as its folder name)."""
+    digest = hashlib.sha256()
+    doc = {
+        "runs": [
+            {
+                "name": r.name,
+                "identity": r.identity,
+                "confounds": _array_hash(r.confounds),
+                "sample_mask": _array_hash(r.sample_mask),
+                "t_r": r.t_r,
+            }
+            for r in runs
+        ],
+        "mask": _array_hash(mask.astype(bool)),
+        "params": asdict(params),
+        "chunks": [voxel_chunk, time_chunk],
+        "layout": 1,
+    }
+    digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+def _array_hash(array: np.ndarray | None) -> str | None:
+    if array is None:
+        return None
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(
+        array.tobytes() + str(array.shape).encode() + array.dtype.str.encode()
+    ).hexdigest()
+
+
+def write_signals(
+    runs: Sequence[RunInput],
+    mask: np.ndarray,
+    affine: np.ndarray,
+    params: CleanParams,
+    cache_dir: str | os.PathLike[str],
+    *,
+    voxel_chunk: int | None = None,
+) -> SignalsStore:
+    """Write (or reuse) the signals store of ``runs`` under ``cache_dir``.
+
+    Parameters
+    ----------
+    runs : list of RunInput
+        The runs, all on the mask's grid.
+    mask : numpy.ndarray of bool (x, y, z)
+    affine : numpy.ndarray (4, 4)
+    params : CleanParams
+        Smoothing and cleaning parameters (per run: each run is cleaned on its own, as nilearn does).
+    cache_dir : path
+        Folder of the stores; the store is ``cache_dir/signals-<hash>.zarr``.
+    voxel_chunk : int, optional
+        Voxels per chunk (config ``daskparcel.voxel-chunk``, 8192).
+
+    Returns
+    -------
+    SignalsStore
+    """
+    if not runs:
+        raise InputError("no run to preprocess; give at least one BOLD run")
+    n_voxels = int(mask.sum())
+    if n_voxels == 0:
+        raise InputError("the mask has no voxel; use another mask or mask strategy")
+    for run in runs:
+        if run.data["bold"].shape[:3] != mask.shape:
+            raise InputError(
+                f"{run.name}: its grid {run.data['bold'].shape[:3]} differs from the mask's {mask.shape}; "
+                "resample the run or give a mask on its grid"
+            )
+    voxel_chunk = int(voxel_chunk or dask.config.get("daskparcel.voxel-chunk"))
+    voxel_chunk = max(1, min(voxel_chunk, n_voxels))
+    time_chunk = int(runs[0].data["bold"].data.chunks[3][0])
+    key = signals_identity(runs, mask, params, voxel_chunk, time_chunk)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"signals-{key}.zarr"
+    names = [r.name for r in runs]
+    subjects = [r.subject or r.name for r in runs]
+    result = SignalsStore(
+        path, names, subjects, mask.astype(bool), np.asarray(affine, float), params
+    )
+    info = store_info(path)
+    if info is not None and info.get("complete") and info.get("identity") == key:
+        logger.info("signals store %s is up to date: reused", path)
+        result.n_zeroed = int(info.get("n_zeroed", 0))
+        return result
+    # validate the cleaning parameters on every run before anything is written
+    cleaned_graphs = []
+    with store_lock(path):
+        _fresh_store(path, key, names, subjects, mask, affine, params)
+        smoothed_targets, sources = [], []
+        for run in runs:
+            bold = run.data["bold"]
+            smoothed = smooth_bold(bold, affine, params.smoothing_fwhm)
+            values = voxel_signals(smoothed, mask).rechunk({0: voxel_chunk})
+            with quiet_zarr():
+                target = zarr.create_array(
+                    str(path), name=f"smoothed/{run.name}", shape=values.shape, dtype=np.float32,
+                    chunks=(voxel_chunk, time_chunk), dimension_names=("voxel", "time"), overwrite=True,
+                )  # fmt: skip
+            sources.append(values)
+            smoothed_targets.append(target)
+        logger.info("signals: smoothing and masking %d run(s) into %s", len(runs), path)
+        da.store(sources, smoothed_targets, lock=False)  # type: ignore[arg-type]
+
+        store = SignalsStore(
+            path, names, subjects, mask.astype(bool), np.asarray(affine, float), params
+        )
+        cleaned_targets, zeroed = [], []
+        for run, smoothed_run in zip(runs, store.run_signals("smoothed"), strict=True):
+            cleaned = clean(
+                smoothed_run.chunk({"voxel": voxel_chunk, "time": -1}),
+                detrend=params.detrend,
+                standardize=params.standardize_value(),
+                confounds=run.confounds,
+                standardize_confounds=params.standardize_confounds,
+                low_pass=params.low_pass,
+                high_pass=params.high_pass,
+                t_r=run.t_r if run.t_r is not None else params.t_r,
+                sample_mask=run.sample_mask,
+            )
+            with quiet_zarr():
+                target = zarr.create_array(
+                    str(path), name=f"cleaned/{run.name}", shape=cleaned.shape, dtype=np.float32,
+                    chunks=(voxel_chunk, cleaned.shape[1]), dimension_names=("voxel", "time"),
+                    overwrite=True,
+                )  # fmt: skip
+            cleaned_graphs.append(cleaned.data.astype(np.float32))
+            cleaned_targets.append(target)
+            zeroed.append(count_zeroed_voxels(cleaned))
+        logger.info("signals: cleaning %d run(s)", len(runs))
+        stored = da.store(cleaned_graphs, cleaned_targets, lock=False, compute=False)  # type: ignore[arg-type]
+        _, *n_zeroed = dask.compute(stored, *zeroed)
+        total_zeroed = int(max(n_zeroed)) if n_zeroed else 0
+        if params.standardize_value() is not None:
+            warn_zeroed_voxels(total_zeroed, n_voxels, source="signals")
+        set_store_info(path, complete=True, n_zeroed=total_zeroed)
+    result.n_zeroed = total_zeroed
+    return result
+
+
+def _fresh_store(
+    path: Path,
+    key: str,
+    names: list[str],
+    subjects: list[str],
+    mask: np.ndarray,
+    affine: np.ndarray,
+    params: CleanParams,
+) -> None:
+    for child in path.iterdir():
+        if not child.name.startswith(".daskparcel"):
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    with quiet_zarr():
+        root = zarr.open_group(str(path), mode="a", zarr_format=3)
+        root.create_array("mask", data=mask.astype(np.uint8), chunks=mask.shape)
+    set_store_info(
+        path,
+        kind="signals",
+        complete=False,
+        identity=key,
+        runs=names,
+        subjects=subjects,
+        affine=np.asarray(affine, float).tolist(),
+        params=asdict(params),
+    )

@@ -1,0 +1,199 @@
+"""Parcellations: nilearn's API and answers, the estimator contract, caching, laziness, bad input."""
+
+from __future__ import annotations
+
+import pickle
+
+import nibabel as nib
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import raise_if_dask_computes, real_scan
+from scipy import ndimage
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import adjusted_rand_score
+
+from daskparcel import Parcellations, datasets
+from daskparcel.errors import InputError
+from daskparcel.metrics import compression_r2
+
+METHODS = ["kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A small 4 mm synthetic run (with its planted parcellation) written as NIfTI."""
+    folder = tmp_path_factory.mktemp("syn")
+    paths, truth = datasets.write_synthetic_nifti(folder, 1, 4, 40, n_parcels=20)
+    return paths[0], truth
+
+
+@pytest.fixture(scope="module")
+def nitime_mask(tmp_path_factory):
+    mask = np.zeros((10, 10, 18), np.uint8)
+    mask[1:9, 1:9, 2:16] = 1
+    path = tmp_path_factory.mktemp("mask") / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask, nib.load(real_scan("nitime1")).affine), path)
+    return path
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_exactly_k_parcels_and_nilearn_attributes(method, synthetic, tmp_path):
+    path, truth = synthetic
+    est = Parcellations(method=method, n_parcels=20, n_components=20, store=tmp_path, smoothing_fwhm=4.0)
+    assert est.fit(path) is est
+    labels = np.asarray(est.labels_img_.dataobj)
+    mask = np.asarray(est.mask_img_.dataobj).astype(bool)
+    assert est.labels_img_.get_data_dtype() == np.int32
+    assert set(np.unique(labels[mask])) == set(range(1, 21))
+    assert (labels[~mask] == 0).all()
+    assert est.n_elements_ == 20
+    assert est.labels_.dims == ("voxel",) and est.labels_.sizes["voxel"] == mask.sum()
+    assert est.components_.shape == (20, mask.sum())
+    if method in ("ward", "complete", "average", "rena"):
+        for k in range(1, 21):
+            assert ndimage.label(labels == k)[1] == 1, f"{method} parcel {k} is not connected"
+    if method in ("ward", "kmeans", "hierarchical_kmeans", "rena"):
+        # the planted parcellation is recovered (in the voxels of both masks)
+        true = np.asarray(truth.dataobj)
+        both = mask & (true > 0)
+        assert adjusted_rand_score(true[both], labels[both]) > 0.6
+
+
+def test_transform_equals_nilearn_labels_masker(tmp_path):
+    from nilearn.maskers import NiftiLabelsMasker
+
+    scan, mask = real_scan("rapidtide"), real_scan("rapidtide_mask")
+    est = Parcellations(
+        method="kmeans", n_parcels=50, mask=mask, smoothing_fwhm=6.0, standardize="zscore_sample", detrend=True,
+        n_components=30, store=tmp_path,
+    )  # fmt: skip
+    ours = est.fit_transform(scan)
+    assert isinstance(ours, xr.DataArray) and ours.dims == ("time", "parcel")
+    ref = NiftiLabelsMasker(
+        est.labels_img_, mask_img=est.mask_img_, smoothing_fwhm=6.0, standardize="zscore_sample", detrend=True,
+    ).fit_transform(scan)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # the same run under another file name is read from the image, not from the store: same answer
+    copy = tmp_path / "copy.nii.gz"
+    copy.write_bytes(scan.read_bytes() + b"")
+    nib.save(nib.load(scan), copy)
+    np.testing.assert_allclose(np.asarray(est.transform(copy)), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_transform_and_inverse_transform_are_lazy(synthetic, tmp_path):
+    path, _ = synthetic
+    est = Parcellations(method="ward", n_parcels=20, n_components=10, store=tmp_path).fit(path)
+    with raise_if_dask_computes(0):
+        signals = est.transform(path)
+        images = est.inverse_transform(signals)
+    assert images.dims == ("x", "y", "z", "t")
+    values, recon = np.asarray(signals), images.values
+    labels = np.asarray(est.labels_img_.dataobj)
+    # each voxel takes its parcel's signal; background is 0
+    for k in (1, 7, 20):
+        voxel = tuple(np.argwhere(labels == k)[0])
+        np.testing.assert_allclose(recon[voxel], values[:, k - 1], rtol=1e-6)
+    assert (recon[labels == 0] == 0).all()
+
+
+def test_list_of_runs_gives_list_of_signals(tmp_path, nitime_mask):
+    runs = [real_scan("nitime1"), real_scan("nitime2")]
+    est = Parcellations(method="kmeans", n_parcels=5, mask=nitime_mask, n_components=10, store=tmp_path)
+    out = est.fit_transform(runs)
+    assert isinstance(out, list) and len(out) == 2
+    assert all(o.shape == (40, 5) for o in out)
+    assert list(out[1]["run"].values[:1]) == ["fmri2"]
+
+
+def test_estimator_contract(synthetic, tmp_path):
+    path, _ = synthetic
+    est = Parcellations(method="kmeans", n_parcels=10, n_components=10, store=tmp_path)
+    params = est.get_params()
+    assert params["n_parcels"] == 10 and params["smoothing_fwhm"] == 4.0 and params["mask_strategy"] == "epi"
+    twin = clone(est).set_params(n_parcels=12)
+    assert twin.n_parcels == 12 and est.n_parcels == 10
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        est.transform(path)
+    est.fit(path)
+    again = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(again.labels_.values, est.labels_.values)
+    np.testing.assert_allclose(np.asarray(again.transform(path)), np.asarray(est.transform(path)))
+
+
+def test_refit_with_other_n_parcels_reuses_signals_reduction_and_tree(synthetic, tmp_path):
+    path, _ = synthetic
+    first = Parcellations(method="ward", n_parcels=30, n_components=10, store=tmp_path).fit(path)
+    with raise_if_dask_computes(0):
+        second = Parcellations(method="ward", n_parcels=15, n_components=10, store=tmp_path).fit(path)
+    assert second.tree_ is first.tree_
+    assert second.signals_store_ == first.signals_store_
+    # cutting the kept tree = fitting from scratch
+    fresh = Parcellations(method="ward", n_parcels=15, n_components=10, store=tmp_path / "other").fit(path)
+    assert adjusted_rand_score(fresh.labels_.values, second.labels_.values) == 1.0
+
+
+def test_same_random_state_same_labels(synthetic, tmp_path):
+    path, _ = synthetic
+    a = Parcellations(method="kmeans", n_parcels=10, n_components=10, store=tmp_path / "a").fit(path)
+    b = Parcellations(method="kmeans", n_parcels=10, n_components=10, store=tmp_path / "b").fit(path)
+    np.testing.assert_array_equal(a.labels_.values, b.labels_.values)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "n_parcels", "fwhm", "standardize"),
+    [("kmeans", 50, 10.0, "zscore_sample"), ("ward", 1000, 2.0, False)],
+)
+def test_compression_r2_at_least_nilearns_on_the_real_scan(method, n_parcels, fwhm, standardize, tmp_path):
+    """The seed's settings on the real scan: R^2 >= nilearn's - 0.01, judged on the same signals."""
+    from nilearn.regions import Parcellations as NilearnParcellations
+
+    scan, mask = real_scan("rapidtide"), real_scan("rapidtide_mask")
+    kwargs = {"method": method, "n_parcels": n_parcels, "mask": mask, "smoothing_fwhm": fwhm, "standardize": standardize}
+    ours = Parcellations(**kwargs, store=tmp_path).fit(scan)
+    theirs = NilearnParcellations(**kwargs).fit(scan)
+    signals = ours._store.signals("cleaned")
+    mask_arr = np.asarray(ours.mask_img_.dataobj).astype(bool)
+    r2_ours = compression_r2(signals, np.asarray(ours.labels_img_.dataobj)[mask_arr])
+    r2_theirs = compression_r2(signals, np.asarray(theirs.labels_img_.dataobj)[mask_arr])
+    assert r2_ours >= r2_theirs - 0.01, (r2_ours, r2_theirs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "spectral"}, r"method='spectral': unknown; pass one of kmeans"),
+        ({"method": None}, r"method=None: unknown"),
+        ({"method": "ward", "n_parcels": 0}, r"n_parcels=0: must be an integer >= 1"),
+        ({"method": "ward", "n_parcels": -3}, r"n_parcels=-3: must be an integer >= 1"),
+        ({"method": "ward", "n_parcels": 2.5}, r"n_parcels=2.5: must be an integer >= 1"),
+        ({"method": "ward", "n_parcels": 10**7}, r"n_parcels=10000000: larger than the \d+ voxels"),
+        ({"method": "ward", "smoothing_fwhm": -2}, r"smoothing_fwhm=-2: must be >= 0"),
+        ({"method": "ward", "standardize": "minmax"}, r"standardize='minmax': unknown"),
+        ({"method": "ward", "low_pass": 0.1}, r"need the repetition time.*pass t_r="),
+    ],
+)
+def test_bad_parameters_refused_before_any_output(kwargs, message, tmp_path):
+    data = np.random.default_rng(0).normal(100, 5, (8, 8, 8, 20)).astype(np.float32)
+    path = tmp_path / "run.nii.gz"
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 0  # no TR in the header
+    nib.save(img, path)
+    store = tmp_path / "store"
+    with pytest.raises(InputError, match=message):
+        Parcellations(store=store, mask_strategy="background", **kwargs).fit(path)
+    assert not any(store.glob("signals-*")) if store.exists() else True
+
+
+def test_transform_of_a_run_on_another_grid(synthetic, tmp_path):
+    path, _ = synthetic
+    est = Parcellations(method="kmeans", n_parcels=5, n_components=5, store=tmp_path).fit(path)
+    with pytest.raises(InputError, match=r"its grid \(10, 10, 18\) differs from the fitted mask's \(50, 59, 50\)"):
+        est.transform(real_scan("nitime1"))
+    with pytest.raises(InputError, match="signals have 4 parcels, the parcellation has 5"):
+        est.inverse_transform(np.zeros((3, 4)))
+    with pytest.raises(InputError, match="confounds: a list of 2 items for 1 runs"):
+        est.transform(path, confounds=[np.zeros((40, 1)), np.zeros((40, 1))])
