@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from daskparcel import __version__
 from daskparcel.errors import InputError, StoreLockedError
@@ -86,6 +87,288 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+# ----------------------------------------------------------------------------------- fit / transform
+def _add_preprocessing(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("preprocessing (nilearn's names and defaults)")
+    g.add_argument(
+        "--smoothing-fwhm", type=float, default=4.0, help="FWHM in mm (0: none; default 4)"
+    )
+    g.add_argument(
+        "--standardize",
+        default="none",
+        choices=["none", "zscore_sample", "zscore", "psc"],
+        help="standardize each voxel's time series (default: none)",
+    )
+    g.add_argument("--detrend", action="store_true", help="remove linear trends")
+    g.add_argument("--low-pass", type=float, help="low-pass cut-off (Hz)")
+    g.add_argument("--high-pass", type=float, help="high-pass cut-off (Hz)")
+    g.add_argument("--t-r", type=float, help="repetition time (s); default: from the headers")
+    g.add_argument("--confounds", nargs="*", help="confounds TSV files, one per input run")
+    g.add_argument(
+        "--confounds-columns", nargs="*", help="columns of the confounds files (names or globs)"
+    )
+
+
+def _add_where(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where graphs run (default: this machine)")
+    g.add_argument("--scheduler", help="a dask scheduler address, e.g. tcp://host:8786")
+    g.add_argument("--cluster", help="a cluster YAML file (SLURM, PBS, Kubernetes: see deploy/)")
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "inputs", nargs="*", help="4D NIfTI runs, globs, stores, or a BIDS derivatives folder"
+    )
+    g = p.add_argument_group("BIDS derivatives (fMRIPrep)")
+    g.add_argument("--bids", help="a BIDS derivatives folder to take runs from")
+    g.add_argument("--subject", nargs="*", help="BIDS filter: subject labels")
+    g.add_argument("--session", nargs="*", help="BIDS filter: session labels")
+    g.add_argument("--task", nargs="*", help="BIDS filter: task labels")
+    g.add_argument("--space", nargs="*", help="BIDS filter: space labels")
+
+
+def _inputs(args: argparse.Namespace) -> list[Any]:
+    items: list[Any] = list(args.inputs)
+    confounds = list(args.confounds) if args.confounds else None
+    if args.bids is not None:
+        from daskparcel.ingest.bids import find_bids_runs
+
+        runs = find_bids_runs(
+            args.bids, subject=args.subject, session=args.session, task=args.task, space=args.space
+        )
+        items += runs
+        if confounds is None and args.confounds_columns:
+            confounds = [r.confounds for r in runs]
+    if not items:
+        raise InputError("no input given; pass NIfTI runs, globs, a store, or --bids FOLDER")
+    args.confounds_resolved = confounds
+    return items
+
+
+def _where(args: argparse.Namespace) -> Any:
+    if args.scheduler and args.cluster:
+        raise InputError("--scheduler and --cluster: give one of them")
+    return args.scheduler or args.cluster
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "smoothing_fwhm": args.smoothing_fwhm or None,
+        "standardize": None if args.standardize == "none" else args.standardize,
+        "detrend": args.detrend,
+        "low_pass": args.low_pass,
+        "high_pass": args.high_pass,
+        "t_r": args.t_r,
+        "confounds_columns": args.confounds_columns,
+        "client": _where(args),
+    }
+
+
+@command("fit")
+def _fit(args: argparse.Namespace) -> int:
+    from daskparcel.estimator import Parcellations
+    from daskparcel.results import check_out_dir, write_fit_outputs
+
+    out = check_out_dir(args.out, overwrite=args.overwrite)
+    imgs = _inputs(args)
+    est = Parcellations(
+        method=args.method,
+        n_parcels=args.n_parcels,
+        random_state=args.random_state,
+        mask=args.mask,
+        mask_strategy=args.mask_strategy,
+        n_components=args.n_components,
+        store=args.store,
+        **_params(args),
+    )
+    with _progress(args):
+        est.fit(imgs, confounds=args.confounds_resolved)
+        doc = write_fit_outputs(
+            est,
+            imgs,
+            out,
+            confounds=args.confounds_resolved,
+            inputs=[str(i) for i in args.inputs],
+            overwrite=args.overwrite,
+        )
+    m = doc["metrics"]
+    print(
+        f"{args.method} {args.n_parcels} parcels on {doc['data']['n_runs']} run(s), "
+        f"{doc['data']['voxels_in_mask']} voxels: fit {doc['timings']['total']:.1f} s, "
+        f"compression R2 {m['compression_r2']:.3f}, size cv {m['sizes']['cv']:.2f}, "
+        f"contiguity {m['contiguity']:.2f}\nwritten to {out} (labels.nii.gz, report.html, fit.json, ...)"
+    )
+    return EXIT_OK
+
+
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="learn a parcellation and write labels, mask, parcel signals, fit.json and report.html",
+        description="Fit daskparcel.Parcellations on runs and write its outputs to --out.",
+    )
+    _add_inputs(p)
+    p.add_argument(
+        "--method",
+        required=True,
+        choices=["kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena"],
+    )
+    p.add_argument("--n-parcels", type=int, default=50, help="number of parcels (default 50)")
+    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument(
+        "--n-components", type=int, default=200, help="components of the reduction (default 200)"
+    )
+    p.add_argument("--mask", help="a mask image (default: computed by --mask-strategy)")
+    p.add_argument(
+        "--mask-strategy",
+        default="epi",
+        help="epi, background, whole-brain-template, gm-template, wm-template",
+    )
+    p.add_argument(
+        "--store", help="folder of the cached stores (reused by later fits; default: temporary)"
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_preprocessing(p)
+    _add_where(p)
+
+
+@command("transform")
+def _transform(args: argparse.Namespace) -> int:
+    import shutil
+
+    import xarray as xr
+
+    from daskparcel.estimator import Parcellations
+    from daskparcel.results import check_out_dir
+    from daskparcel.store import replace_dir
+
+    out = check_out_dir(args.out, overwrite=args.overwrite)
+    labels = Path(args.labels)
+    mask = args.mask
+    if labels.is_dir():  # a fit folder: its labels, mask and preprocessing parameters
+        import json
+
+        fit_json = labels / "fit.json"
+        if not fit_json.exists():
+            raise InputError(
+                f"{labels}: not a daskparcel fit folder (no fit.json); give labels.nii.gz or a fit folder"
+            )
+        mask = mask or str(labels / "mask.nii.gz")
+        labels = labels / "labels.nii.gz"
+        saved = json.loads(fit_json.read_text())["parameters"]
+        for name in ("smoothing_fwhm", "standardize", "detrend", "low_pass", "high_pass", "t_r"):
+            if getattr(args, name) in (None, False, "none") and saved.get(name) not in (
+                None,
+                False,
+            ):
+                setattr(args, name, saved[name])
+    if not labels.exists():
+        raise InputError(
+            f"{labels}: no such labels image; give the labels.nii.gz of `daskparcel fit`"
+        )
+    imgs = _inputs(args)
+    est = Parcellations.from_labels(labels, mask, **_params(args))
+    from daskparcel.runtime import connect
+
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with _progress(args), connect(est.client):
+            signals = est.transform(
+                imgs if len(imgs) > 1 else imgs[0], confounds=args.confounds_resolved
+            )
+            runs = signals if isinstance(signals, list) else [signals]
+            combined = xr.concat(runs, dim="time") if len(runs) > 1 else runs[0]
+            combined.to_dataset(name="parcel_signals").to_zarr(
+                partial, mode="w", zarr_format=3, consolidated=False
+            )
+        replace_dir(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    print(f"parcel signals of {len(runs)} run(s), {est.n_parcels} parcels, written to {out}")
+    return EXIT_OK
+
+
+def _add_transform(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "transform",
+        help="mean signal of each parcel of runs, written to a zarr store",
+        description="Parcel signals (time, parcel) of runs with a labels image (or a fit folder).",
+    )
+    _add_inputs(p)
+    p.add_argument(
+        "--labels", required=True, help="labels.nii.gz, or a `daskparcel fit` output folder"
+    )
+    p.add_argument("--mask", help="mask image (default: the fit folder's, or the labelled voxels)")
+    p.add_argument("--out", required=True, help="the zarr store to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_preprocessing(p)
+    _add_where(p)
+
+
+@command("report")
+def _report(args: argparse.Namespace) -> int:
+    from daskparcel.report import write_report
+
+    path = write_report(Path(args.folder))
+    print(f"report written to {path}")
+    return EXIT_OK
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="(re)write the HTML report of a fit folder",
+        description="Write DIR/report.html from the outputs of `daskparcel fit ... --out DIR`.",
+    )
+    p.add_argument("folder", help="a `daskparcel fit` output folder")
+
+
+@command("run")
+def _run(args: argparse.Namespace) -> int:
+    from daskparcel.jobs import run_job
+
+    try:
+        return run_job(args.job)
+    except (InputError, StoreLockedError):
+        raise
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"daskparcel run: failed: {type(exc).__name__}: {exc} (see job.log; re-run to resume)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    from daskparcel import jobs
+
+    p = sub.add_parser(
+        "run",
+        help="run a job file (inputs, parcellation, output, where): for cron, SLURM, Kubernetes",
+        description=(jobs.__doc__ or "").split("The job's folder")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("job", help="the job YAML file")
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    """dask's progress bar on stderr for local runs (a distributed cluster has its dashboard)."""
+    import contextlib
+
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from dask.diagnostics import ProgressBar
+
+    return ProgressBar(out=sys.stderr)
+
+
 # -------------------------------------------------------------------------------------------- demo
 @command("demo")
 def _demo(args: argparse.Namespace) -> int:
@@ -127,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_convert, _add_demo):
+    for add in (_add_convert, _add_fit, _add_transform, _add_report, _add_run, _add_demo):
         add(sub)
     return parser
 

@@ -1,7 +1,10 @@
-"""``daskparcel demo``: the parcellation tour on data made offline.
+"""``daskparcel demo``: nilearn's parcellation tour, on data made offline.
 
-It writes a synthetic 4 mm MNI run (nilearn's example size: 50x59x50, 168 volumes) with a planted parcellation,
-converts it to a store, and shows what was written.
+It writes a synthetic 4 mm MNI run (the size of nilearn's example: 50x59x50, 168 volumes) with a planted
+parcellation, converts it to a store, and fits the example's parcellations on it: ward 1000 then 2000 (the second
+cuts the first one's tree), kmeans 50, hierarchical kmeans 50 and rena 5000. Each fit's outputs (labels, mask,
+parcel signals, fit.json and an HTML report) go to ``OUT/<method>-<K>/``; a summary table is printed and saved
+as ``OUT/summary.md``.
 """
 
 from __future__ import annotations
@@ -10,35 +13,99 @@ import logging
 import time
 from pathlib import Path
 
-from daskparcel.store import check_output_path
+from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
+
+# nilearn's example: (method, n_parcels, smoothing_fwhm, standardize)
+TOUR = [
+    ("ward", 1000, 2.0, False),
+    ("ward", 2000, 2.0, False),
+    ("kmeans", 50, 10.0, "zscore_sample"),
+    ("hierarchical_kmeans", 50, 10.0, "zscore_sample"),
+    ("rena", 5000, 2.0, False),
+]
+QUICK = [
+    ("ward", 200, 2.0, False),
+    ("ward", 400, 2.0, False),
+    ("kmeans", 20, 10.0, "zscore_sample"),
+    ("hierarchical_kmeans", 20, 10.0, "zscore_sample"),
+    ("rena", 500, 2.0, False),
+]
 
 
 def run_demo(
     out: Path, *, resolution: int = 4, quick: bool = False, inputs: list[str] | None = None
 ) -> int:
-    """Run the demo into ``out``; returns the exit code."""
+    """Run the tour into ``out``; returns the exit code."""
     from daskparcel import datasets
+    from daskparcel.estimator import Parcellations
     from daskparcel.ingest.convert import convert, print_progress
+    from daskparcel.metrics import adjusted_rand
+    from daskparcel.results import write_fit_outputs
 
     out = Path(out)
     if out.exists() and not out.is_dir():
-        check_output_path(out)
+        raise InputError(f"{out}: the output path is a file; give a folder for --out")
     out.mkdir(parents=True, exist_ok=True)
+    truth = None
     if inputs:
         paths = [Path(p) for p in inputs]
-        truth = None
         print(f"demo on your data: {', '.join(map(str, paths))}")
     else:
         t0 = time.perf_counter()
         n_volumes = 60 if quick else 168
-        paths, truth = datasets.write_synthetic_nifti(out / "data", 1, resolution, n_volumes)
-        print(
-            f"synthetic {resolution} mm MNI run written to {paths[0]} ({time.perf_counter() - t0:.1f} s)"
+        paths, truth = datasets.write_synthetic_nifti(
+            out / "data", 1, resolution, n_volumes, n_parcels=100
         )
-    result = convert(paths, out / "run.zarr", progress=print_progress)
+        print(
+            f"synthetic {resolution} mm MNI run ({n_volumes} volumes, 100 planted parcels) written to "
+            f"{paths[0]} in {time.perf_counter() - t0:.1f} s"
+        )
+    result = convert(paths, out / "runs.zarr", progress=print_progress)
     print(result.summary())
-    if truth is not None:
-        print(f"ground-truth parcellation: {out / 'data' / 'ground_truth_labels.nii.gz'}")
+    store = out / "cache"
+    rows = []
+    for method, k, fwhm, standardize in QUICK if quick else TOUR:
+        est = Parcellations(
+            method=method, n_parcels=k, smoothing_fwhm=fwhm, standardize=standardize, store=store
+        )
+        t0 = time.perf_counter()
+        est.fit(out / "runs.zarr")
+        fit_seconds = time.perf_counter() - t0
+        doc = write_fit_outputs(
+            est,
+            out / "runs.zarr",
+            out / f"{method}-{k}",
+            inputs=[str(p) for p in paths],
+            overwrite=True,
+        )
+        m = doc["metrics"]
+        ari = f"{adjusted_rand(est.labels_img_, truth):.2f}" if truth is not None else "-"
+        rows.append(
+            (
+                method,
+                k,
+                fit_seconds,
+                m["compression_r2"],
+                m["sizes"]["cv"],
+                m["contiguity"],
+                ari,
+                f"{method}-{k}/report.html",
+            )
+        )
+        print(
+            f"  {method:<20} {k:>5} parcels  fit {fit_seconds:6.1f} s  R2 {m['compression_r2']:.3f}"
+        )
+    header = "| method | parcels | fit (s) | compression R2 | size cv | connected parcels | ARI to truth | report |"
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.3f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]} | {r[7]} |"
+        for r in rows
+    ]
+    table = "\n".join(lines)
+    (out / "summary.md").write_text(table + "\n")
+    print()
+    print(table)
+    print(f"\noutputs in {out.resolve()}: open {out.resolve() / rows[0][7]} in a browser")
     return 0

@@ -283,7 +283,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         missing = [r.name for r in runs if r.t_r is None]
         if missing:
             raise InputError(
-                f"low_pass/high_pass need the repetition time, and {missing[0]} has none in its header; pass t_r="
+                f"{missing[0]}: low_pass/high_pass need the repetition time and its header has none; pass t_r="
             )
         values = {float(r.t_r) for r in runs if r.t_r is not None}
         if len(values) > 1:
@@ -296,7 +296,6 @@ class Parcellations(TransformerMixin, BaseEstimator):
         runs = resolve_runs(imgs, chunk_volumes=self.chunk_volumes)
         confounds_list = _per_run("confounds", confounds, len(runs))
         masks_list = _per_run("sample_mask", sample_mask, len(runs))
-        from daskparcel.preprocessing.confounds import load_confounds
 
         ref = runs[0]
         for run, conf, smask in zip(runs, confounds_list, masks_list, strict=True):
@@ -311,15 +310,17 @@ class Parcellations(TransformerMixin, BaseEstimator):
                     "(or its affine does); resample the runs to one grid (nilearn.image.resample_to_img)"
                 )
             if conf is not None:
-                run.confounds = load_confounds(
-                    conf,
-                    run.n_time,
-                    columns=self.confounds_columns,
-                    source=f"confounds of {run.name}",
-                )
+                run.confounds = self._confounds(conf, run)
             if smask is not None:
                 run.sample_mask = _check_sample_mask(smask, run.n_time, run.name)
         return runs
+
+    def _confounds(self, confounds: Any, run: RunInput) -> np.ndarray:
+        """One run's confounds as an array (a file is named by its path in messages, an array by its run)."""
+        from daskparcel.preprocessing.confounds import load_confounds
+
+        source = str(confounds) if isinstance(confounds, str | os.PathLike) else f"of {run.name}"
+        return load_confounds(confounds, run.n_time, columns=self.confounds_columns, source=source)
 
     def _mask(self, runs: Sequence[RunInput], affine: np.ndarray) -> np.ndarray:
         from daskparcel.preprocessing.masking import compute_mask, resample_mask
@@ -524,7 +525,6 @@ class Parcellations(TransformerMixin, BaseEstimator):
         """
         from daskparcel.parcels import parcel_means
         from daskparcel.preprocessing.cleaning import clean
-        from daskparcel.preprocessing.confounds import load_confounds
         from daskparcel.preprocessing.signals import voxel_signals
         from daskparcel.preprocessing.smoothing import smooth_bold
 
@@ -559,16 +559,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
                 voxels = xr.DataArray(voxel_signals(smoothed, mask), dims=("voxel", "time"))
             means = parcel_means(voxels, labels, self.n_parcels)
             params = self._clean_params(self._t_r([run]))
-            conf_array = (
-                load_confounds(
-                    conf,
-                    run.n_time,
-                    columns=self.confounds_columns,
-                    source=f"confounds of {run.name}",
-                )
-                if conf is not None
-                else None
-            )
+            conf_array = self._confounds(conf, run) if conf is not None else None
             as_voxels = (
                 means.transpose("parcel", "time")
                 .rename(parcel="voxel")

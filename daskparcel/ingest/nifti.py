@@ -103,8 +103,9 @@ def load_header(path: str | os.PathLike[str]) -> nib.Nifti1Image:
 def repetition_time(header: nib.Nifti1Header) -> tuple[float | None, str]:
     """TR in seconds from a NIfTI header, and a note on where it came from.
 
-    The 4th zoom is converted from its ``xyzt_units`` (sec, msec or usec). A header with no time unit is read as
-    seconds when the value is positive (what most tools write); a zero or missing value gives ``None``.
+    The 4th zoom is converted from its ``xyzt_units`` (sec, msec or usec). A header with no time unit gives
+    ``None``: many tools write ``pixdim[4] = 1`` with no unit as a placeholder, and filtering with a wrong TR
+    would be silently wrong (pass ``t_r`` instead). A zero or missing value gives ``None`` too.
     """
     zooms = header.get_zooms()
     if len(zooms) < 4:
@@ -115,7 +116,10 @@ def repetition_time(header: nib.Nifti1Header) -> tuple[float | None, str]:
     unit = header.get_xyzt_units()[1]
     scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)
     if scale is None:
-        return value, f"header time unit is {unit!r}: pixdim[4]={value} taken as seconds"
+        return (
+            None,
+            f"header has pixdim[4]={value} but no time unit ({unit!r}): TR unknown, pass t_r",
+        )
     return value * scale, f"header ({unit})"
 
 

@@ -1,0 +1,243 @@
+"""What a fit leaves in its output folder, written by one function for the CLI, the demo and job files.
+
+``DIR/``
+    ``labels.nii.gz``          int32 labels, 0 = background, 1..K
+    ``mask.nii.gz``            the mask
+    ``mean.nii.gz``            temporal mean of the smoothed data in the mask (the background of the figures)
+    ``compressed_mean.nii.gz`` the same mean after compression (each voxel its parcel's mean)
+    ``r2.nii.gz``              per-voxel compression R^2
+    ``parcel_signals.zarr``    parcel signals (time, parcel) of every run, with ``run`` / ``subject`` coordinates
+    ``fit.json``               parameters, versions, data description, timings, quality figures (schema below)
+    ``report.html``            the report (:mod:`daskparcel.report`)
+
+``fit.json``: ``{"schema": 1, "daskparcel_version", "versions": {package: version}, "created",
+"inputs": [str], "parameters": {...}, "data": {"shape", "voxel_size", "t_r", "n_runs", "runs": [names],
+"n_volumes": [per run], "voxels_in_mask"}, "timings": {"mask", "signals", "reduction", "clustering", "fit",
+"transform", "outputs"} (seconds), "metrics": {"compression_r2", "n_parcels", "sizes": {"cv", "largest",
+"smallest", "median", "singletons"}, "contiguity", "disconnected_parcels"}, "files": {name: relative path}}``.
+
+Everything is written to ``DIR.partial`` first and moved into place at the end: a failed fit leaves nothing in
+``DIR`` (and an existing ``DIR`` from an earlier fit is only replaced by a complete new one).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, cast
+
+import dask
+import nibabel as nib
+import numpy as np
+import xarray as xr
+
+from daskparcel import __version__
+from daskparcel.errors import InputError
+from daskparcel.estimator import Parcellations
+from daskparcel.store import replace_dir
+
+logger = logging.getLogger(__name__)
+
+FILES = {
+    "labels": "labels.nii.gz",
+    "mask": "mask.nii.gz",
+    "mean": "mean.nii.gz",
+    "compressed_mean": "compressed_mean.nii.gz",
+    "r2": "r2.nii.gz",
+    "parcel_signals": "parcel_signals.zarr",
+    "fit": "fit.json",
+    "report": "report.html",
+}
+PACKAGES = (
+    "daskparcel",
+    "dask",
+    "distributed",
+    "xarray",
+    "zarr",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "nibabel",
+    "nilearn",
+    "flox",
+)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape a result."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def check_out_dir(out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Refuse an output folder that is a file, or that holds a result, unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(
+            f"{out}: the output path is a file; give a folder path for --out (it is created)"
+        )
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(
+            f"{out}: the output folder is not empty; pass --overwrite to replace it, or choose another --out"
+        )
+    if not out.parent.exists():
+        raise InputError(f"{out}: its parent folder {out.parent} does not exist; create it first")
+    return out
+
+
+def json_parameters(est: Parcellations) -> dict[str, Any]:
+    """The estimator's parameters as JSON values (images and clients by their description)."""
+    params: dict[str, Any] = {}
+    for key, value in est.get_params().items():
+        if value is None or isinstance(value, bool | int | float | str):
+            params[key] = value
+        elif isinstance(value, list | tuple) and all(
+            isinstance(v, str | int | float) for v in value
+        ):
+            params[key] = list(value)
+        elif isinstance(value, dict):
+            params[key] = {
+                str(k): v if isinstance(v, bool | int | float | str) else repr(v)
+                for k, v in value.items()
+            }
+        elif isinstance(value, os.PathLike):
+            params[key] = str(value)
+        else:
+            params[key] = type(value).__name__
+    return params
+
+
+def write_fit_outputs(
+    est: Parcellations,
+    imgs: Any,
+    out: str | os.PathLike[str],
+    *,
+    confounds: Any = None,
+    inputs: list[str] | None = None,
+    overwrite: bool = False,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Write the outputs of the fitted ``est`` on ``imgs`` to ``out`` (see the module docstring).
+
+    The parcel signals of every run are computed with ``transform`` (from the signals store for fitted runs)
+    and written to ``parcel_signals.zarr``; quality figures are computed over the signals store in one pass.
+
+    Returns
+    -------
+    dict
+        The content of ``fit.json``.
+    """
+    from daskparcel.metrics import compression_r2, contiguity, parcel_sizes, r2_map
+
+    out = check_out_dir(out, overwrite=overwrite)
+    est._check_fitted()
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        t0 = time.perf_counter()
+        mask = np.asarray(est.mask_img_.dataobj).astype(bool)
+        affine = est.mask_img_.affine
+        labels = est.labels_.values
+        signals = est._store.signals("cleaned")
+        smoothed = est._store.signals("smoothed")
+        parcel_signals = cast(
+            list[xr.DataArray],
+            est.transform(imgs if isinstance(imgs, list | tuple) else [imgs], confounds=confounds),
+        )
+        combined = (
+            xr.concat(parcel_signals, dim="time") if len(parcel_signals) > 1 else parcel_signals[0]
+        )
+        mean_voxels = smoothed.mean("time")
+        r2_total = compression_r2(signals, labels, compute=False)
+        r2_voxels = r2_map(signals, labels, compute=False)
+        t_transform = time.perf_counter()
+        write = combined.to_dataset(name="parcel_signals").to_zarr(
+            partial / FILES["parcel_signals"],
+            mode="w",
+            zarr_format=3,
+            consolidated=False,
+            compute=False,
+        )
+        mean_v, r2_value, r2_v, _ = dask.compute(mean_voxels.data, r2_total, r2_voxels, write)
+        timings = dict(est.timings_)
+        timings["transform"] = time.perf_counter() - t_transform
+        mean_v = np.asarray(mean_v, dtype=np.float32)
+        sums = np.bincount(labels, weights=mean_v, minlength=est.n_parcels + 1)
+        counts = np.bincount(labels, minlength=est.n_parcels + 1)
+        compressed = (sums / np.maximum(counts, 1))[labels].astype(np.float32)
+
+        def volume(values: np.ndarray, dtype: Any = np.float32) -> nib.Nifti1Image:
+            vol = np.zeros(mask.shape, dtype=dtype)
+            vol[mask] = values
+            return nib.Nifti1Image(vol, affine)
+
+        nib.save(est.labels_img_, partial / FILES["labels"])
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), partial / FILES["mask"])
+        nib.save(volume(mean_v), partial / FILES["mean"])
+        nib.save(volume(compressed), partial / FILES["compressed_mean"])
+        nib.save(volume(np.nan_to_num(np.asarray(r2_v, dtype=np.float32))), partial / FILES["r2"])
+        sizes = parcel_sizes(labels, est.n_parcels)
+        contig = contiguity(np.asarray(est.labels_img_.dataobj))
+        runs = est._store.runs
+        ds_runs = est._store.run_signals("cleaned")
+        timings["outputs"] = time.perf_counter() - t0
+        doc: dict[str, Any] = {
+            "schema": 1,
+            "daskparcel_version": __version__,
+            "versions": versions(),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "inputs": inputs if inputs is not None else _describe_inputs(imgs),
+            "parameters": json_parameters(est),
+            "data": {
+                "shape": list(mask.shape),
+                "voxel_size": [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))],
+                "t_r": est._store.params.t_r,
+                "n_runs": len(runs),
+                "runs": list(runs),
+                "n_volumes": [int(r.sizes["time"]) for r in ds_runs],
+                "voxels_in_mask": int(mask.sum()),
+            },
+            "timings": {k: round(float(v), 3) for k, v in timings.items()},
+            "metrics": {
+                "compression_r2": float(r2_value),
+                "n_parcels": int(est.n_parcels),
+                "sizes": {
+                    "cv": float(sizes.cv),
+                    "largest": int(sizes.largest),
+                    "smallest": int(sizes.sizes.min()),
+                    "median": float(np.median(sizes.sizes)),
+                    "singletons": int(sizes.n_singletons),
+                },
+                "contiguity": float(contig.fraction),
+                "disconnected_parcels": [int(p) for p in contig.disconnected],
+            },
+            "files": dict(FILES),
+        }
+        (partial / FILES["fit"]).write_text(json.dumps(doc, indent=1))
+        if report:
+            from daskparcel.report import write_report
+
+            write_report(partial)
+        replace_dir(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return doc
+
+
+def _describe_inputs(imgs: Any) -> list[str]:
+    items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
+    return [str(i) if isinstance(i, str | os.PathLike) else type(i).__name__ for i in items]
