@@ -22,6 +22,15 @@ _EXPORTS: dict[str, str] = {
     "open_store": "daskparcel.store",
     "to_nifti": "daskparcel.store",
     "Parcellations": "daskparcel.estimator",
+    "connect": "daskparcel.runtime",
+    "reduce": "daskparcel.reduction",
+    "kmeans": "daskparcel.clustering.kmeans",
+    "hierarchical_kmeans": "daskparcel.clustering.hierarchical_kmeans",
+    "agglomerate": "daskparcel.clustering.agglomerative",
+    "rena": "daskparcel.clustering.rena",
+    "datasets": "daskparcel.datasets",
+    "metrics": "daskparcel.metrics",
+    "plotting": "daskparcel.plotting",
     "parcel_means": "daskparcel.parcels",
     "compression_r2": "daskparcel.metrics",
     "parcel_sizes": "daskparcel.metrics",
@@ -36,7 +45,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'daskparcel' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if module == f"daskparcel.{name}" else getattr(imported, name)
     globals()[name] = value
     return value
 
