@@ -350,7 +350,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         n_parcels reuse them)."""
         import zarr
 
-        from daskparcel.reduction import reduce
+        from daskparcel.reduction import reduce_runs
         from daskparcel.store import quiet_zarr
 
         name = f"reduced/c{self.n_components}-r{self.random_state}"
@@ -359,13 +359,14 @@ class Parcellations(TransformerMixin, BaseEstimator):
             if name in group and group[name].attrs.get("complete"):
                 logger.info("reduction reused from %s/%s", store.path, name)
                 return np.asarray(group[name][...])  # type: ignore[index]
-        reduced = reduce(
-            store.signals("cleaned"),
+        # runs' components go to the store before the group step reads them back: memory stays at a chunk
+        features = reduce_runs(
+            store.run_signals("cleaned"),
+            group.require_group(name + "-work"),
             n_components=self.n_components,
             random_state=self.random_state,
-            run="run",
-        ).transpose("voxel", "component")
-        features = np.asarray(dask.compute(reduced.data)[0], dtype=np.float32)
+        )
+        del group[name + "-work"]
         with quiet_zarr():
             array = group.create_array(
                 name, shape=features.shape, dtype=np.float32, chunks=features.shape, overwrite=True

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import numbers
 from collections.abc import Hashable
+from typing import Any
 
 import dask
 import dask.array as da
@@ -32,7 +33,7 @@ from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["reduce"]
+__all__ = ["reduce", "reduce_runs"]
 
 #: Runs (and the stacked group matrix) with at most this many columns get an exact SVD.
 _EXACT_MAX_COLUMNS_DEFAULT = 1500
@@ -254,3 +255,126 @@ def reduce(
         coords={**coords, "component": np.arange(n_out)},
         name="features",
     )
+
+
+# ------------------------------------------------------------------------------ out of core, in passes
+def _passes_left_singular(
+    x: da.Array, k: int, *, n_power_iter: int, seed: int, what: str
+) -> np.ndarray:
+    """Top ``k`` left singular vectors of a tall (voxel, column) array, in separate passes over ``x``.
+
+    Each pass is its own compute, so no task keeps ``x``'s chunks between passes: memory is a chunk plus the
+    (voxel, k) factors. Exact (Gram matrix) up to ``exact-max-columns`` columns, else Halko's randomized
+    range finder with ``n_power_iter`` power iterations (what ``svd_compressed`` does, written as passes).
+    """
+    n_rows, n_cols = x.shape
+    x = x.astype(np.float64)
+    if n_cols <= _exact_max_columns():
+        logger.debug("%s: exact SVD of %d x %d in 2 passes", what, n_rows, n_cols)
+        (gram,) = dask.compute(x.T @ x)
+        w, _ = _top_eig(gram, k)
+        return np.asarray(dask.compute(x @ w)[0])
+    n_oversample = min(n_cols, k + 10)
+    logger.debug(
+        "%s: randomized SVD of %d x %d, rank %d, in %d passes",
+        what,
+        n_rows,
+        n_cols,
+        k,
+        2 * n_power_iter + 2,
+    )
+    omega = np.random.default_rng(seed).standard_normal((n_cols, n_oversample))
+    row_chunks = x.chunks[0]
+
+    def times(right: np.ndarray) -> np.ndarray:  # x @ right, one pass
+        return np.asarray(dask.compute(x @ right)[0])
+
+    def transposed_times(left: np.ndarray) -> np.ndarray:  # x.T @ left, one pass
+        return np.asarray(dask.compute(x.T @ da.from_array(left, chunks=(row_chunks, -1)))[0])
+
+    y = times(omega)
+    for _ in range(n_power_iter):
+        q, _ = np.linalg.qr(y)
+        z, _ = np.linalg.qr(transposed_times(q))
+        y = times(z)
+    q, _ = np.linalg.qr(y)
+    b = transposed_times(q).T  # (oversample, n_cols)
+    ub, s, _ = np.linalg.svd(b, full_matrices=False)
+    u = q @ ub[:, :k]
+    return u * (s[:k] > s[0] * 1e-7)
+
+
+def reduce_runs(
+    runs: list[xr.DataArray],
+    group: Any,
+    *,
+    n_components: int = 200,
+    random_state: int = 0,
+) -> np.ndarray:
+    """:func:`reduce` for cohorts: the same features, computed in passes over the runs' stored signals.
+
+    Each run's components are written to ``group`` (a zarr group: ``runs/<index>``, voxel-chunked) before the
+    group SVD reads them back, so memory is bounded by a chunk plus the (voxel, component) factors whatever the
+    number of runs, where the single graph of :func:`reduce` would keep chunks of every run between passes.
+
+    Parameters
+    ----------
+    runs : list of xarray.DataArray ("voxel", "time")
+        One per run (e.g. read from the signals store), voxel-chunked.
+    group : zarr.Group
+        Where the per-run components are written.
+    n_components, random_state
+        As :func:`reduce`.
+
+    Returns
+    -------
+    numpy.ndarray (voxel, component) float32
+    """
+    import zarr
+
+    if (
+        isinstance(n_components, bool)
+        or not isinstance(n_components, numbers.Integral)
+        or n_components < 1
+    ):
+        raise InputError(f"n_components={n_components!r}: must be an integer >= 1")
+    n_voxels = runs[0].sizes["voxel"]
+    stored = []
+    for index, signals in enumerate(runs):
+        x = signals.transpose("voxel", "time").data
+        x = x.map_blocks(_check_finite_block, dtype=x.dtype, meta=np.empty((0, 0), x.dtype))
+        k = min(n_components, x.shape[1], n_voxels)
+        if k < n_components:
+            logger.info(
+                "run %d: n_components=%d capped at %d (%d time points), as nilearn does",
+                index,
+                n_components,
+                k,
+                x.shape[1],
+            )
+        n_power_iter = 7 if k < 0.1 * min(x.shape) else 4
+        u = _passes_left_singular(
+            x, k, n_power_iter=n_power_iter, seed=_seed(random_state, index), what=f"run {index}"
+        )
+        if len(runs) == 1:
+            return u.astype(
+                np.float32
+            )  # one run: the group SVD would only rotate the same subspace
+        array = group.create_array(
+            f"runs/{index}",
+            shape=u.shape,
+            dtype=np.float32,
+            chunks=(x.chunks[0][0], u.shape[1]),
+            overwrite=True,
+        )
+        array[...] = u.astype(np.float32)
+        stored.append(da.from_zarr(array))
+        del u
+    stacked = da.concatenate(stored, axis=1)
+    n_out = min(n_components, stacked.shape[1])
+    features = _passes_left_singular(
+        stacked, n_out, n_power_iter=3, seed=_seed(random_state, 2**31 - 1), what="group"
+    )
+    if isinstance(group, zarr.Group) and "runs" in group:
+        del group["runs"]
+    return features.astype(np.float32)

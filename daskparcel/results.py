@@ -12,8 +12,8 @@
 
 ``fit.json``: ``{"schema": 1, "daskparcel_version", "versions": {package: version}, "created",
 "inputs": [str], "parameters": {...}, "data": {"shape", "voxel_size", "t_r", "n_runs", "runs": [names],
-"n_volumes": [per run], "voxels_in_mask"}, "timings": {"mask", "signals", "reduction", "clustering", "fit",
-"transform", "outputs"} (seconds), "metrics": {"compression_r2", "n_parcels", "sizes": {"cv", "largest",
+"n_volumes": [per run], "voxels_in_mask"}, "timings": {"mask", "signals", "reduction", "clustering", "total"
+(the fit), "transform", "outputs"} (seconds), "metrics": {"compression_r2", "n_parcels", "sizes": {"cv", "largest",
 "smallest", "median", "singletons"}, "contiguity", "disconnected_parcels"}, "files": {name: relative path}}``.
 
 Everything is written to ``DIR.partial`` first and moved into place at the end: a failed fit leaves nothing in

@@ -214,3 +214,41 @@ def test_bad_dims_and_run():
         reduce(bad)
     with pytest.raises(InputError, match=r"run=.session.: no such coordinate"):
         reduce(_signals(x, 10), run="session")
+
+
+# ---------------------------------------------------------------------- reduce_runs: the same, in passes
+def _subspace_distance(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Largest principal angle (degrees) between the leading k columns' spans."""
+    qa, _ = np.linalg.qr(a[:, :k].astype(np.float64))
+    qb, _ = np.linalg.qr(b[:, :k].astype(np.float64))
+    s = np.linalg.svd(qa.T @ qb, compute_uv=False)
+    return float(np.degrees(np.arccos(np.clip(s.min(), -1, 1))))
+
+
+@pytest.mark.parametrize("exact_max", [1500, 10])
+def test_reduce_runs_equals_reduce(tmp_path, exact_max):
+    """Per-run components stored, then the group SVD in passes: the subspace of the one-graph reduce, on the
+    exact path and on the randomized one (forced with a small exact-max-columns)."""
+    import dask
+    import zarr
+
+    from daskparcel.reduction import reduce_runs
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((600, 6))
+    runs = []
+    for _ in range(3):
+        data = base @ rng.standard_normal((6, 40)) + 0.1 * rng.standard_normal((600, 40))
+        runs.append(
+            xr.DataArray(
+                da.from_array(data.astype(np.float32), chunks=(128, -1)), dims=("voxel", "time")
+            )
+        )
+    stacked = xr.concat(runs, dim="time").assign_coords(run=("time", np.repeat([0, 1, 2], 40)))
+    with dask.config.set({"daskparcel.reduction.exact-max-columns": exact_max}):
+        expected = reduce(stacked, n_components=6, run="run").values
+        group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+        got = reduce_runs(runs, group, n_components=6)
+    assert got.shape == expected.shape == (600, 6)
+    assert _subspace_distance(got, expected, 6) < 0.5
+    assert "runs" not in group

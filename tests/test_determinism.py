@@ -1,0 +1,177 @@
+"""Determinism and faults: same labels on every scheduler and chunking, and after killed workers or processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from daskparcel import Parcellations, datasets
+from daskparcel import estimator as estimator_module
+from daskparcel.store import store_info
+
+METHODS = ["kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena"]
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory):
+    """A crop of a synthetic 4 mm run (~6k brain voxels, 32 volumes), written as NIfTI."""
+    from daskparcel.store import to_nifti
+
+    run = datasets.synthetic_run(4, 32, n_parcels=60).isel(x=slice(12, 38), y=slice(15, 45), z=slice(15, 40))
+    affine = np.asarray(run.attrs["affine"])
+    affine[:3, 3] += affine[:3, :3] @ np.array([12, 15, 15])
+    run.attrs["affine"] = affine.tolist()
+    return to_nifti(run, tmp_path_factory.mktemp("det") / "crop.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def reference(run_path, tmp_path_factory):
+    """Labels of every method on the default (threaded) scheduler."""
+    store = tmp_path_factory.mktemp("ref")
+    return {
+        m: Parcellations(method=m, n_parcels=20, n_components=10, store=store)
+        .fit(run_path)
+        .labels_.values
+        for m in METHODS
+    }
+
+
+def _fit_all(run_path, store, client=None, **kwargs):
+    estimator_module._MASKS.clear()  # every scheduler computes its own mask too
+    return {
+        m: Parcellations(
+            method=m, n_parcels=20, n_components=10, store=store, client=client, **kwargs
+        )
+        .fit(run_path)
+        .labels_.values
+        for m in METHODS
+    }
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "processes"])
+def test_same_labels_on_local_schedulers(scheduler, run_path, reference, tmp_path):
+    import dask
+
+    with dask.config.set(
+        {"daskparcel.runtime.local": scheduler}
+        if scheduler == "processes"
+        else {"scheduler": scheduler}
+    ):
+        labels = _fit_all(run_path, tmp_path / scheduler)
+    for method in METHODS:
+        np.testing.assert_array_equal(
+            labels[method], reference[method], err_msg=f"{method} on {scheduler}"
+        )
+
+
+@pytest.mark.cluster
+def test_same_labels_on_a_distributed_cluster(run_path, reference, tmp_path):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster:
+        with Client(cluster) as client:
+            labels = _fit_all(run_path, tmp_path / "dist", client=client.scheduler.address)
+    for method in METHODS:
+        np.testing.assert_array_equal(
+            labels[method], reference[method], err_msg=f"{method} on distributed"
+        )
+
+
+@pytest.mark.parametrize("method", ["ward", "complete", "average", "rena"])
+def test_deterministic_methods_do_not_depend_on_chunking(method, run_path, tmp_path):
+    labels = [
+        Parcellations(
+            method=method, n_parcels=20, n_components=10, store=tmp_path / f"c{chunk}", voxel_chunk=chunk,
+            chunk_volumes=volumes,
+        ).fit(run_path).labels_.values
+        for chunk, volumes in ((1000, 5), (30_000, 32))
+    ]  # fmt: skip
+    np.testing.assert_array_equal(labels[0], labels[1])
+
+
+@pytest.mark.cluster
+def test_worker_killed_mid_fit_gives_identical_labels(run_path, reference, tmp_path):
+    """SIGKILL one of two worker processes while a fit runs on the cluster: the fit completes, same labels."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster:
+        with Client(cluster) as client:
+            pids = list(client.run(os.getpid).values())
+            result: dict[str, object] = {}
+
+            def fit() -> None:
+                try:
+                    est = Parcellations(
+                        method="ward", n_parcels=20, n_components=10, store=tmp_path, client=client
+                    )
+                    result["labels"] = est.fit(run_path).labels_.values
+                except BaseException as exc:  # pragma: no cover - reported below
+                    result["error"] = exc
+
+            thread = threading.Thread(target=fit)
+            thread.start()
+            deadline = time.monotonic() + 60
+            while not list(tmp_path.glob("signals-*.zarr")) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert thread.is_alive(), "the fit ended before a worker could be killed"
+            os.kill(pids[0], signal.SIGKILL)
+            thread.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    np.testing.assert_array_equal(result["labels"], reference["ward"])
+
+
+_SLOW_FIT = textwrap.dedent(
+    """
+    import sys
+    import dask
+    from daskparcel import Parcellations
+    from daskparcel.preprocessing import signals
+
+    original = signals.smooth_bold
+    def slow_smooth(bold, affine, fwhm, ensure_finite=True):  # each block waits, so the kill lands mid-write
+        import time
+        out = original(bold, affine, fwhm, ensure_finite)
+        return out.copy(data=out.data.map_blocks(lambda b: (time.sleep(0.3), b)[1], dtype=b"f4".decode() and out.dtype))
+    signals.smooth_bold = slow_smooth
+    with dask.config.set(scheduler="synchronous"):
+        Parcellations(method="ward", n_parcels=20, n_components=10, store=sys.argv[2], chunk_volumes=2).fit(sys.argv[1])
+    """
+)
+
+
+def test_fit_killed_mid_write_then_rerun_gives_identical_labels(run_path, reference, tmp_path):
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_FIT, str(run_path), str(store)])
+    deadline = time.monotonic() + 120
+    stores = []
+    while time.monotonic() < deadline and not stores:
+        stores = [p for p in store.glob("signals-*.zarr") if (p / "smoothed").exists()]
+        assert proc.poll() is None, "the fit ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    info = store_info(stores[0])
+    assert info is not None and info["complete"] is False, (
+        "a half-written store must not be marked complete"
+    )
+    labels = (
+        Parcellations(method="ward", n_parcels=20, n_components=10, store=store, chunk_volumes=2)
+        .fit(run_path)
+        .labels_.values
+    )
+    assert store_info(stores[0])["complete"] is True
+    assert adjusted_rand_score(labels, reference["ward"]) == 1.0

@@ -1,0 +1,117 @@
+"""Job files and the CLI end to end: fit, transform from a fit folder, report, run (idempotent, resumable)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import xarray as xr
+
+from daskparcel import datasets
+from daskparcel.cli import main
+from daskparcel.jobs import load_job
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cohort")
+    paths, truth = datasets.write_synthetic_nifti(folder, 2, 4, 30, n_parcels=20)
+    return paths, truth
+
+
+def test_cli_fit_writes_every_output_then_transform_from_the_fit_folder(runs, tmp_path, capsys):
+    paths, _ = runs
+    out = tmp_path / "fit"
+    code = main(["fit", *map(str, paths), "--method", "ward", "--n-parcels", "20", "--n-components", "10",
+                 "--store", str(tmp_path / "cache"), "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    assert "compression R2" in capsys.readouterr().out
+    for name in (
+        "labels.nii.gz",
+        "mask.nii.gz",
+        "mean.nii.gz",
+        "r2.nii.gz",
+        "fit.json",
+        "report.html",
+    ):
+        assert (out / name).exists(), name
+    doc = json.loads((out / "fit.json").read_text())
+    assert doc["data"]["n_runs"] == 2 and doc["data"]["n_volumes"] == [30, 30]
+    assert doc["parameters"]["method"] == "ward" and doc["metrics"]["n_parcels"] == 20
+    assert set(np.unique(np.asarray(nib.load(out / "labels.nii.gz").dataobj))) == set(range(21))
+    fitted = xr.open_zarr(out / "parcel_signals.zarr", consolidated=False)["parcel_signals"]
+    assert fitted.shape == (60, 20)
+    # transform the same runs with the fit folder's labels, mask and parameters: the same parcel signals
+    store = tmp_path / "signals.zarr"
+    assert (
+        main(["transform", *map(str, paths), "--labels", str(out), "--out", str(store), "--quiet"])
+        == 0
+    )
+    again = xr.open_zarr(store, consolidated=False)["parcel_signals"]
+    np.testing.assert_allclose(again.values, fitted.values, rtol=1e-5, atol=1e-3)
+    # the report can be written again
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").exists()
+
+
+def test_cli_fit_refuses_a_non_empty_out_without_overwrite(runs, tmp_path, capsys):
+    out = tmp_path / "fit"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code = main(["fit", str(runs[0][0]), "--method", "kmeans", "--out", str(out)])
+    assert code == 2
+    assert "not empty; pass --overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def _write_job(tmp_path, runs, **extra):
+    paths, _ = runs
+    job = {
+        "inputs": {"files": [str(p) for p in paths]},
+        "parcellation": {"method": "kmeans", "n_parcels": 10, "n_components": 10},
+        "output": str(tmp_path / "job-out"),
+        **extra,
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(job))  # JSON is YAML
+    return path
+
+
+def test_job_runs_once_then_does_nothing(runs, tmp_path, capsys):
+    job = _write_job(tmp_path, runs)
+    assert main(["run", str(job)]) == 0
+    out = tmp_path / "job-out"
+    assert (out / "fit" / "labels.nii.gz").exists() and (out / "done.json").exists()
+    log = (out / "job.log").read_text()
+    assert "job done" in log
+    labels = np.asarray(nib.load(out / "fit" / "labels.nii.gz").dataobj)
+    before = (out / "fit" / "fit.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["run", str(job)]) == 0
+    assert "already done" in capsys.readouterr().out
+    assert (out / "fit" / "fit.json").stat().st_mtime_ns == before
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(out / "fit" / "labels.nii.gz").dataobj), labels
+    )
+
+
+def test_job_resumes_from_completed_stores(runs, tmp_path):
+    """A job that stopped after its stores were written runs again without rewriting them."""
+    job = _write_job(tmp_path, runs)
+    assert main(["run", str(job)]) == 0
+    out = tmp_path / "job-out"
+    (out / "done.json").unlink()  # as if the job had been killed before its end
+    stores = sorted((out / "cache").glob("signals-*.zarr"))
+    stamp = {p: (p / "zarr.json").stat().st_mtime_ns for p in stores}
+    assert main(["run", str(job)]) == 0
+    assert sorted((out / "cache").glob("signals-*.zarr")) == stores
+    assert {p: (p / "zarr.json").stat().st_mtime_ns for p in stores} == stamp
+
+
+def test_job_file_validation(runs, tmp_path):
+    job = load_job(_write_job(tmp_path, runs, where=None))
+    assert job.parcellation["method"] == "kmeans" and len(job.files) == 2
+    assert job.key == load_job(_write_job(tmp_path, runs, where="tcp://elsewhere:8786")).key
