@@ -186,7 +186,7 @@ def run_job(path: str | os.PathLike[str]) -> int:
             f"job already done: outputs in {out / 'fit'} (report: {out / 'fit' / 'report.html'}); nothing to do"
         )
         return 0
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
     (out / "job.yaml").write_text(yaml.safe_dump(job.raw, sort_keys=False))
     handler = logging.FileHandler(out / "job.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))

@@ -73,7 +73,11 @@ def check_output_path(path: str | os.PathLike[str], *, what: str = "store") -> P
             f"{path}: the output path is a file; give a folder path for the {what} (it is created)"
         )
     ours = (LOCK_NAME, PROGRESS_NAME)
-    if path.is_dir() and any(p.name not in ours for p in path.iterdir()) and store_info(path) is None:
+    if (
+        path.is_dir()
+        and any(p.name not in ours for p in path.iterdir())
+        and store_info(path) is None
+    ):
         raise InputError(
             f"{path}: the output folder already holds other files; give a new or empty folder for the {what}"
         )

@@ -15,13 +15,20 @@ from daskparcel.ingest.bids import find_bids_runs, parse_entities
 def _touch_run(root, sub, task, run=None, ses=None, space="MNI152NLin2009cAsym", t_r=None):
     folder = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "func"
     folder.mkdir(parents=True, exist_ok=True)
-    prefix = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + f"_task-{task}" + (f"_run-{run}" if run else "")
+    prefix = (
+        f"sub-{sub}"
+        + (f"_ses-{ses}" if ses else "")
+        + f"_task-{task}"
+        + (f"_run-{run}" if run else "")
+    )
     bold = folder / f"{prefix}_space-{space}_desc-preproc_bold.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4)), bold)
     (folder / f"{prefix}_desc-confounds_timeseries.tsv").write_text("csf\tglobal_signal\n1\t2\n")
     (folder / f"{prefix}_space-{space}_desc-brain_mask.nii.gz").write_bytes(b"")
     if t_r is not None:
-        (folder / f"{prefix}_space-{space}_desc-preproc_bold.json").write_text(json.dumps({"RepetitionTime": t_r}))
+        (folder / f"{prefix}_space-{space}_desc-preproc_bold.json").write_text(
+            json.dumps({"RepetitionTime": t_r})
+        )
     return bold
 
 
@@ -38,7 +45,14 @@ def derivatives(tmp_path):
 
 def test_entities_parsed():
     entities = parse_entities("sub-01_ses-2_task-rest_run-3_space-MNI_desc-preproc_bold.nii.gz")
-    assert entities == {"sub": "01", "ses": "2", "task": "rest", "run": "3", "space": "MNI", "desc": "preproc"}
+    assert entities == {
+        "sub": "01",
+        "ses": "2",
+        "task": "rest",
+        "run": "3",
+        "space": "MNI",
+        "desc": "preproc",
+    }
 
 
 def test_all_preprocessed_runs_found_with_confounds_and_tr(derivatives):
@@ -46,7 +60,10 @@ def test_all_preprocessed_runs_found_with_confounds_and_tr(derivatives):
     assert len(runs) == 5
     first = runs[0]
     assert first.subject == "01" and first.entities["run"] == "1"
-    assert first.confounds is not None and first.confounds.name == "sub-01_task-rest_run-1_desc-confounds_timeseries.tsv"
+    assert (
+        first.confounds is not None
+        and first.confounds.name == "sub-01_task-rest_run-1_desc-confounds_timeseries.tsv"
+    )
     assert first.t_r == 2.0
     assert first.name == "sub-01_task-rest_run-1"
     session_run = next(r for r in runs if r.subject == "02" and r.entities["task"] == "rest")

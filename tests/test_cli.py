@@ -17,7 +17,9 @@ SUBCOMMANDS = list(build_parser()._subparsers._group_actions[0].choices)  # type
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "daskparcel.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "daskparcel.cli", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0
     for name in ("convert", "demo"):
         assert name in out.stdout
@@ -36,7 +38,9 @@ def test_convert_writes_a_store(tmp_path, capsys):
     assert code == 0
     assert "run store" in capsys.readouterr().out
     ds = dp.open_store(tmp_path / "s")
-    np.testing.assert_array_equal(ds["bold"].values, nib.load(real_scan("nipy")).get_fdata(dtype=np.float32))
+    np.testing.assert_array_equal(
+        ds["bold"].values, nib.load(real_scan("nipy")).get_fdata(dtype=np.float32)
+    )
 
 
 def test_bad_input_exits_2_with_one_line_and_nothing_written(tmp_path):

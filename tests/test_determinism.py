@@ -26,7 +26,9 @@ def run_path(tmp_path_factory):
     """A crop of a synthetic 4 mm run (~6k brain voxels, 32 volumes), written as NIfTI."""
     from daskparcel.store import to_nifti
 
-    run = datasets.synthetic_run(4, 32, n_parcels=60).isel(x=slice(12, 38), y=slice(15, 45), z=slice(15, 40))
+    run = datasets.synthetic_run(4, 32, n_parcels=60).isel(
+        x=slice(12, 38), y=slice(15, 45), z=slice(15, 40)
+    )
     affine = np.asarray(run.attrs["affine"])
     affine[:3, 3] += affine[:3, :3] @ np.array([12, 15, 15])
     run.attrs["affine"] = affine.tolist()

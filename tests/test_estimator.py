@@ -41,7 +41,9 @@ def nitime_mask(tmp_path_factory):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_gives_exactly_k_parcels_and_nilearn_attributes(method, synthetic, tmp_path):
     path, truth = synthetic
-    est = Parcellations(method=method, n_parcels=20, n_components=20, store=tmp_path, smoothing_fwhm=4.0)
+    est = Parcellations(
+        method=method, n_parcels=20, n_components=20, store=tmp_path, smoothing_fwhm=4.0
+    )
     assert est.fit(path) is est
     labels = np.asarray(est.labels_img_.dataobj)
     mask = np.asarray(est.mask_img_.dataobj).astype(bool)
@@ -79,7 +81,9 @@ def test_transform_equals_nilearn_labels_masker(tmp_path):
     copy = tmp_path / "copy.nii.gz"
     copy.write_bytes(scan.read_bytes() + b"")
     nib.save(nib.load(scan), copy)
-    np.testing.assert_allclose(np.asarray(est.transform(copy)), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(
+        np.asarray(est.transform(copy)), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max()
+    )
 
 
 def test_transform_and_inverse_transform_are_lazy(synthetic, tmp_path):
@@ -100,7 +104,9 @@ def test_transform_and_inverse_transform_are_lazy(synthetic, tmp_path):
 
 def test_list_of_runs_gives_list_of_signals(tmp_path, nitime_mask):
     runs = [real_scan("nitime1"), real_scan("nitime2")]
-    est = Parcellations(method="kmeans", n_parcels=5, mask=nitime_mask, n_components=10, store=tmp_path)
+    est = Parcellations(
+        method="kmeans", n_parcels=5, mask=nitime_mask, n_components=10, store=tmp_path
+    )
     out = est.fit_transform(runs)
     assert isinstance(out, list) and len(out) == 2
     assert all(o.shape == (40, 5) for o in out)
@@ -111,7 +117,11 @@ def test_estimator_contract(synthetic, tmp_path):
     path, _ = synthetic
     est = Parcellations(method="kmeans", n_parcels=10, n_components=10, store=tmp_path)
     params = est.get_params()
-    assert params["n_parcels"] == 10 and params["smoothing_fwhm"] == 4.0 and params["mask_strategy"] == "epi"
+    assert (
+        params["n_parcels"] == 10
+        and params["smoothing_fwhm"] == 4.0
+        and params["mask_strategy"] == "epi"
+    )
     twin = clone(est).set_params(n_parcels=12)
     assert twin.n_parcels == 12 and est.n_parcels == 10
     with pytest.raises(NotFittedError, match="not fitted yet"):
@@ -126,18 +136,26 @@ def test_refit_with_other_n_parcels_reuses_signals_reduction_and_tree(synthetic,
     path, _ = synthetic
     first = Parcellations(method="ward", n_parcels=30, n_components=10, store=tmp_path).fit(path)
     with raise_if_dask_computes(0):
-        second = Parcellations(method="ward", n_parcels=15, n_components=10, store=tmp_path).fit(path)
+        second = Parcellations(method="ward", n_parcels=15, n_components=10, store=tmp_path).fit(
+            path
+        )
     assert second.tree_ is first.tree_
     assert second.signals_store_ == first.signals_store_
     # cutting the kept tree = fitting from scratch
-    fresh = Parcellations(method="ward", n_parcels=15, n_components=10, store=tmp_path / "other").fit(path)
+    fresh = Parcellations(
+        method="ward", n_parcels=15, n_components=10, store=tmp_path / "other"
+    ).fit(path)
     assert adjusted_rand_score(fresh.labels_.values, second.labels_.values) == 1.0
 
 
 def test_same_random_state_same_labels(synthetic, tmp_path):
     path, _ = synthetic
-    a = Parcellations(method="kmeans", n_parcels=10, n_components=10, store=tmp_path / "a").fit(path)
-    b = Parcellations(method="kmeans", n_parcels=10, n_components=10, store=tmp_path / "b").fit(path)
+    a = Parcellations(method="kmeans", n_parcels=10, n_components=10, store=tmp_path / "a").fit(
+        path
+    )
+    b = Parcellations(method="kmeans", n_parcels=10, n_components=10, store=tmp_path / "b").fit(
+        path
+    )
     np.testing.assert_array_equal(a.labels_.values, b.labels_.values)
 
 
@@ -146,12 +164,20 @@ def test_same_random_state_same_labels(synthetic, tmp_path):
     ("method", "n_parcels", "fwhm", "standardize"),
     [("kmeans", 50, 10.0, "zscore_sample"), ("ward", 1000, 2.0, False)],
 )
-def test_compression_r2_at_least_nilearns_on_the_real_scan(method, n_parcels, fwhm, standardize, tmp_path):
+def test_compression_r2_at_least_nilearns_on_the_real_scan(
+    method, n_parcels, fwhm, standardize, tmp_path
+):
     """The seed's settings on the real scan: R^2 >= nilearn's - 0.01, judged on the same signals."""
     from nilearn.regions import Parcellations as NilearnParcellations
 
     scan, mask = real_scan("rapidtide"), real_scan("rapidtide_mask")
-    kwargs = {"method": method, "n_parcels": n_parcels, "mask": mask, "smoothing_fwhm": fwhm, "standardize": standardize}
+    kwargs = {
+        "method": method,
+        "n_parcels": n_parcels,
+        "mask": mask,
+        "smoothing_fwhm": fwhm,
+        "standardize": standardize,
+    }
     ours = Parcellations(**kwargs, store=tmp_path).fit(scan)
     theirs = NilearnParcellations(**kwargs).fit(scan)
     signals = ours._store.signals("cleaned")
@@ -191,7 +217,9 @@ def test_bad_parameters_refused_before_any_output(kwargs, message, tmp_path):
 def test_transform_of_a_run_on_another_grid(synthetic, tmp_path):
     path, _ = synthetic
     est = Parcellations(method="kmeans", n_parcels=5, n_components=5, store=tmp_path).fit(path)
-    with pytest.raises(InputError, match=r"its grid \(10, 10, 18\) differs from the fitted mask's \(50, 59, 50\)"):
+    with pytest.raises(
+        InputError, match=r"its grid \(10, 10, 18\) differs from the fitted mask's \(50, 59, 50\)"
+    ):
         est.transform(real_scan("nitime1"))
     with pytest.raises(InputError, match="signals have 4 parcels, the parcellation has 5"):
         est.inverse_transform(np.zeros((3, 4)))

@@ -12,7 +12,9 @@ from conftest import raise_if_dask_computes, real_scan
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import open_nifti, repetition_time
 
-CASES = [(n, c) for n in ("nipy", "nitime1", "pymvpa", "pyhrf") for c in (1, 7, None)] + [("rapidtide", None)]
+CASES = [(n, c) for n in ("nipy", "nitime1", "pymvpa", "pyhrf") for c in (1, 7, None)] + [
+    ("rapidtide", None)
+]
 
 
 @pytest.mark.parametrize(("name", "chunk"), CASES)
@@ -33,7 +35,9 @@ def test_scaling_applied_as_nibabel_does():
     img = nib.load(path)
     assert img.dataobj.slope != 1.0
     ds = open_nifti(path, chunk_volumes=3)
-    np.testing.assert_array_equal(ds["bold"][..., 5:11].values, img.get_fdata(dtype=np.float32)[..., 5:11])
+    np.testing.assert_array_equal(
+        ds["bold"][..., 5:11].values, img.get_fdata(dtype=np.float32)[..., 5:11]
+    )
 
 
 def test_open_reads_nothing_but_the_header():
@@ -61,7 +65,10 @@ def _save(tmp_path, data, name="img.nii.gz", **header):
     return path
 
 
-@pytest.mark.parametrize(("unit", "pixdim4", "expected"), [("sec", 2.0, 2.0), ("msec", 2000.0, 2.0), ("usec", 2.5e6, 2.5)])
+@pytest.mark.parametrize(
+    ("unit", "pixdim4", "expected"),
+    [("sec", 2.0, 2.0), ("msec", 2000.0, 2.0), ("usec", 2.5e6, 2.5)],
+)
 def test_repetition_time_units(tmp_path, unit, pixdim4, expected):
     header = nib.Nifti1Header()
     header.set_data_shape((2, 2, 2, 3))
@@ -119,7 +126,9 @@ def test_truncated_uncompressed_nifti_refused_at_open(tmp_path):
 def test_truncated_gzip_detected_when_read(tmp_path):
     from daskparcel.ingest.convert import convert
 
-    path = _save(tmp_path, np.random.default_rng(0).random((8, 8, 8, 40)).astype(np.float32), "cut.nii.gz")
+    path = _save(
+        tmp_path, np.random.default_rng(0).random((8, 8, 8, 40)).astype(np.float32), "cut.nii.gz"
+    )
     raw = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(raw)[: len(gzip.compress(raw)) // 2])
     out = tmp_path / "store"

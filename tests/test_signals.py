@@ -26,16 +26,20 @@ def test_equal_to_nilearn_masker_on_real_scan(tmp_path, voxel_chunk):
     scan, mask_path = real_scan("rapidtide"), real_scan("rapidtide_mask")
     mask = _mask_of(mask_path)
     params = CleanParams(smoothing_fwhm=4.0, detrend=True, standardize="zscore_sample")
-    store = write_signals([_run(scan, 16)], mask, nib.load(scan).affine, params, tmp_path, voxel_chunk=voxel_chunk)
-    ours = store.signals().values.T
-    ref = NiftiMasker(mask_img=mask_path, smoothing_fwhm=4.0, detrend=True, standardize="zscore_sample").fit_transform(
-        scan
+    store = write_signals(
+        [_run(scan, 16)], mask, nib.load(scan).affine, params, tmp_path, voxel_chunk=voxel_chunk
     )
+    ours = store.signals().values.T
+    ref = NiftiMasker(
+        mask_img=mask_path, smoothing_fwhm=4.0, detrend=True, standardize="zscore_sample"
+    ).fit_transform(scan)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     assert store.signals().data.chunks[0][0] == min(voxel_chunk, mask.sum())
     # the smoothed (uncleaned) signals kept for transform equal nilearn's masker without cleaning
     smoothed = store.signals("smoothed").values.T
-    ref_smoothed = NiftiMasker(mask_img=mask_path, smoothing_fwhm=4.0, standardize=None).fit_transform(scan)
+    ref_smoothed = NiftiMasker(
+        mask_img=mask_path, smoothing_fwhm=4.0, standardize=None
+    ).fit_transform(scan)
     np.testing.assert_allclose(smoothed, ref_smoothed, rtol=1e-5, atol=1e-4)
 
 
@@ -45,17 +49,26 @@ def test_several_runs_cleaned_one_by_one_and_concatenated(tmp_path, time_chunk, 
     mask = np.zeros((10, 10, 18), bool)
     mask[2:8, 2:8, 3:15] = True
     mask_img = nib.Nifti1Image(mask.astype(np.uint8), nib.load(a).affine)
-    params = CleanParams(smoothing_fwhm=3.0, detrend=True, standardize="zscore_sample", low_pass=0.1, t_r=1.35)
+    params = CleanParams(
+        smoothing_fwhm=3.0, detrend=True, standardize="zscore_sample", low_pass=0.1, t_r=1.35
+    )
     runs = [_run(a, time_chunk, "a"), _run(b, time_chunk, "b")]
     store = write_signals(runs, mask, nib.load(a).affine, params, tmp_path, voxel_chunk=voxel_chunk)
     signals = store.signals()
     assert signals.dims == ("voxel", "time")
     assert list(np.unique(signals["run"].values)) == ["a", "b"]
     assert signals.sizes["time"] == 80
-    masker = NiftiMasker(mask_img=mask_img, smoothing_fwhm=3.0, detrend=True, standardize="zscore_sample", low_pass=0.1, t_r=1.35)
+    masker = NiftiMasker(
+        mask_img=mask_img,
+        smoothing_fwhm=3.0,
+        detrend=True,
+        standardize="zscore_sample",
+        low_pass=0.1,
+        t_r=1.35,
+    )
     ref = np.vstack([masker.fit_transform(a), masker.fit_transform(b)])
     np.testing.assert_allclose(signals.values.T, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
-    i, j, k = np.nonzero(mask)
+    i, _, k = np.nonzero(mask)
     np.testing.assert_array_equal(signals["i"].values, i)
     np.testing.assert_array_equal(signals["k"].values, k)
     # each run's full time axis is one chunk
@@ -83,7 +96,9 @@ def test_constant_voxels_under_standardize_are_zero_with_a_warning(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
     params = CleanParams(smoothing_fwhm=None, standardize="zscore_sample")
     with pytest.warns(UserWarning, match=r"2 of 216 voxels have a constant"):
-        store = write_signals([_run(path)], np.ones((6, 6, 6), bool), np.eye(4), params, tmp_path / "s")
+        store = write_signals(
+            [_run(path)], np.ones((6, 6, 6), bool), np.eye(4), params, tmp_path / "s"
+        )
     values = store.signals().values
     assert (values[0] == 0).all() and (values[-1] == 0).all()
     assert store.n_zeroed == 2
@@ -94,7 +109,9 @@ def test_bad_inputs(tmp_path):
     affine = nib.load(scan).affine
     with pytest.raises(InputError, match="the mask has no voxel"):
         write_signals([_run(scan)], np.zeros((10, 10, 18), bool), affine, CleanParams(), tmp_path)
-    with pytest.raises(InputError, match=r"grid \(10, 10, 18\) differs from the mask's \(4, 4, 4\)"):
+    with pytest.raises(
+        InputError, match=r"grid \(10, 10, 18\) differs from the mask's \(4, 4, 4\)"
+    ):
         write_signals([_run(scan)], np.ones((4, 4, 4), bool), affine, CleanParams(), tmp_path)
     with pytest.raises(InputError, match="no run"):
         write_signals([], np.ones((4, 4, 4), bool), affine, CleanParams(), tmp_path)

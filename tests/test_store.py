@@ -25,10 +25,14 @@ from daskparcel.store import PROGRESS_NAME, store_info, store_lock
 
 
 def _tree_snapshot(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
 
 
-@pytest.mark.parametrize(("name", "chunk"), [("nipy", 3), ("nipy", 20), ("pyhrf", 16), ("rapidtide", None)])
+@pytest.mark.parametrize(
+    ("name", "chunk"), [("nipy", 3), ("nipy", 20), ("pyhrf", 16), ("rapidtide", None)]
+)
 def test_round_trip_real_scan_exact(tmp_path, name, chunk):
     src = real_scan(name)
     result = convert(src, tmp_path / "run", chunk_volumes=chunk)
@@ -43,9 +47,19 @@ def test_round_trip_real_scan_exact(tmp_path, name, chunk):
     for suffix in (".nii", ".nii.gz"):
         out = dp.to_nifti(ds, tmp_path / f"back{suffix}")
         back = nib.load(out)
-        np.testing.assert_array_equal(back.get_fdata(dtype=np.float32), img.get_fdata(dtype=np.float32))
+        np.testing.assert_array_equal(
+            back.get_fdata(dtype=np.float32), img.get_fdata(dtype=np.float32)
+        )
         np.testing.assert_array_equal(back.affine, img.affine)
-        for field in ("dim", "pixdim", "xyzt_units", "qform_code", "sform_code", "srow_x", "quatern_b"):
+        for field in (
+            "dim",
+            "pixdim",
+            "xyzt_units",
+            "qform_code",
+            "sform_code",
+            "srow_x",
+            "quatern_b",
+        ):
             np.testing.assert_array_equal(back.header[field], img.header[field], err_msg=field)
 
 
@@ -75,7 +89,9 @@ def test_cohort_store(tmp_path):
     assert result.runs == ["fmri1", "fmri2"]
     runs = dict(dp.store.open_runs(tmp_path / "cohort"))
     for name, path in (("fmri1", a), ("fmri2", b)):
-        np.testing.assert_array_equal(runs[name]["bold"].values, nib.load(path).get_fdata(dtype=np.float32))
+        np.testing.assert_array_equal(
+            runs[name]["bold"].values, nib.load(path).get_fdata(dtype=np.float32)
+        )
     tree = dp.open_store(tmp_path / "cohort")
     assert isinstance(tree, xr.DataTree)
     assert set(tree["runs"].children) == {"fmri1", "fmri2"}
@@ -106,8 +122,12 @@ def test_existing_store_from_other_inputs_refused_then_overwritten(tmp_path):
     assert _tree_snapshot(out) == before
     convert(real_scan("nitime1"), out, overwrite=True)
     ds = dp.open_store(out)
-    np.testing.assert_array_equal(ds["bold"].values, nib.load(real_scan("nitime1")).get_fdata(dtype=np.float32))
-    assert not any(p.name.endswith((".daskparcel-new", ".daskparcel-old")) for p in tmp_path.iterdir())
+    np.testing.assert_array_equal(
+        ds["bold"].values, nib.load(real_scan("nitime1")).get_fdata(dtype=np.float32)
+    )
+    assert not any(
+        p.name.endswith((".daskparcel-new", ".daskparcel-old")) for p in tmp_path.iterdir()
+    )
 
 
 def test_failed_overwrite_leaves_previous_store_intact(tmp_path):
@@ -201,7 +221,7 @@ def test_resume_after_sigkill_gives_identical_store(tmp_path):
     proc.wait()
     info = store_info(out)
     assert info is not None and info["complete"] is False
-    with pytest.raises(IncompleteStoreError, match="incomplete store.*re-run"):
+    with pytest.raises(IncompleteStoreError, match=r"incomplete store.*re-run"):
         dp.open_store(out)
     resumed = convert(src, out, chunk_volumes=2)
     assert resumed.skipped_blocks >= 3
@@ -223,7 +243,9 @@ def test_two_processes_writing_one_store(tmp_path):
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == 0
-    np.testing.assert_array_equal(dp.open_store(out)["bold"].values, nib.load(src).get_fdata(dtype=np.float32))
+    np.testing.assert_array_equal(
+        dp.open_store(out)["bold"].values, nib.load(src).get_fdata(dtype=np.float32)
+    )
 
 
 def test_disk_full_gives_clear_error_and_previous_store_intact(tmp_path, monkeypatch):
