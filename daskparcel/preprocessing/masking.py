@@ -15,9 +15,10 @@ float32, so the means differ in the last bits, which cannot move a voxel across 
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -396,16 +397,13 @@ def compute_multi_epi_mask(
     -------
     numpy.ndarray of bool (x, y, z)
     """
-    runs = _check_runs(bolds, "compute_multi_epi_mask")
-    affines = _run_affines(runs, affine)
-    if target_affine is None:
-        _check_same_grid(runs, affines)
-    means = dask.compute(*[temporal_mean(b) for b in runs])
-    masks = []
-    for i, (mean, aff) in enumerate(zip(means, affines)):
-        m = _epi_mask_from_mean(
-            np.asarray(mean),
-            aff,
+    return _multi_mask(
+        bolds,
+        affine,
+        "EPI",
+        _EPI_ADVICE,
+        functools.partial(
+            _epi_mask_from_mean,
             lower_cutoff=lower_cutoff,
             upper_cutoff=upper_cutoff,
             connected=connected,
@@ -414,17 +412,44 @@ def compute_multi_epi_mask(
             ensure_finite=ensure_finite,
             target_affine=target_affine,
             target_shape=target_shape,
-        )
+        ),
+        threshold=threshold,
+        connected=connected,
+        same_grid=target_affine is None,
+    )
+
+
+def _multi_mask(
+    bolds: Sequence[BoldOrMean],
+    affine: np.ndarray | Sequence[np.ndarray],
+    kind: str,
+    advice: str,
+    mask_from_mean: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    threshold: float,
+    connected: bool,
+    same_grid: bool,
+) -> np.ndarray:
+    """One mask per run from its temporal mean (all means in one compute), then nilearn's intersection."""
+    runs = _check_runs(bolds, f"compute_multi_{kind.lower()}_mask")
+    affines = _run_affines(runs, affine)
+    if same_grid:
+        _check_same_grid(runs, affines)
+    means = dask.compute(*[temporal_mean(b) for b in runs])
+    masks = []
+    for i, (mean, aff) in enumerate(zip(means, affines, strict=True)):
+        m = mask_from_mean(np.asarray(mean), aff)
         if not m.any():
             warnings.warn(
-                f"{_describe(runs[i], i)}: its EPI mask is empty. {_EPI_ADVICE}",
+                f"{_describe(runs[i], i)}: its {kind} mask is empty. {advice}",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         masks.append(m)
     mask = _intersect(masks, threshold=threshold, connected=connected)
     names = ", ".join(_describe(b, i) for i, b in enumerate(runs))
-    return _check_not_empty(mask, names, "multi-run EPI", _EPI_ADVICE + " Or lower threshold.")
+    extra = " Or lower threshold." if kind == "EPI" else ""
+    return _check_not_empty(mask, names, f"multi-run {kind}", advice + extra)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -516,32 +541,23 @@ def compute_multi_background_mask(
     -------
     numpy.ndarray of bool (x, y, z)
     """
-    runs = _check_runs(bolds, "compute_multi_background_mask")
-    affines = _run_affines(runs, affine)
-    if target_affine is None:
-        _check_same_grid(runs, affines)
-    means = dask.compute(*[temporal_mean(b) for b in runs])
-    masks = []
-    for i, (mean, aff) in enumerate(zip(means, affines)):
-        m = _background_mask_from_mean(
-            np.asarray(mean),
-            aff,
+    return _multi_mask(
+        bolds,
+        affine,
+        "background",
+        _BACKGROUND_ADVICE,
+        functools.partial(
+            _background_mask_from_mean,
             border_size=border_size,
             connected=connected,
             opening=opening,
             target_affine=target_affine,
             target_shape=target_shape,
-        )
-        if not m.any():
-            warnings.warn(
-                f"{_describe(runs[i], i)}: its background mask is empty. {_BACKGROUND_ADVICE}",
-                UserWarning,
-                stacklevel=2,
-            )
-        masks.append(m)
-    mask = _intersect(masks, threshold=threshold, connected=connected)
-    names = ", ".join(_describe(b, i) for i, b in enumerate(runs))
-    return _check_not_empty(mask, names, "multi-run background", _BACKGROUND_ADVICE)
+        ),
+        threshold=threshold,
+        connected=connected,
+        same_grid=target_affine is None,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
