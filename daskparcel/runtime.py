@@ -850,7 +850,9 @@ class Runtime:
                 assert self._config is not None
                 self.cluster = make_cluster(self._config)
             stack.callback(self.cluster.close)
-            self.client = distributed.Client(self.cluster, timeout=self.timeout)
+            self.client = distributed.Client(
+                self.cluster, timeout=self.timeout, set_as_default=False
+            )
             stack.callback(self.client.close)
         stack.enter_context(self.client.as_current())
         self.dashboard_link = self.client.dashboard_link
@@ -861,7 +863,7 @@ class Runtime:
 
         logger.info("connecting to the dask scheduler at %s", address)
         try:
-            return distributed.Client(address, timeout=self.timeout)
+            return distributed.Client(address, timeout=self.timeout, set_as_default=False)
         except (OSError, TimeoutError) as exc:
             raise InputError(
                 f"scheduler address {address!r}{self._address_origin}: could not connect within "

@@ -58,3 +58,14 @@ def raise_if_dask_computes(max_computes: int = 0) -> Iterator[CountingScheduler]
     scheduler = CountingScheduler(max_computes)
     with dask.config.set(scheduler=scheduler):
         yield scheduler
+
+
+@pytest.fixture(autouse=True)
+def _no_global_scheduler_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test that leaves a global dask scheduler set (it would silently change every later test)."""
+    before = dask.config.get("scheduler", None)
+    yield
+    after = dask.config.get("scheduler", None)
+    if after != before:
+        dask.config.set(scheduler=before)
+        pytest.fail(f"{request.node.nodeid} left dask's scheduler set to {after!r}", pytrace=False)
