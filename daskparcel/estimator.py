@@ -388,6 +388,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
                 method="lloyd" if self.kmeans_method == "lloyd" else "minibatch",
                 random_state=self.random_state,
                 n_init=3,
+                refine=True,
             ).labels
         if self.method == "hierarchical_kmeans":
             from daskparcel.clustering.hierarchical_kmeans import hierarchical_kmeans

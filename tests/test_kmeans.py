@@ -224,3 +224,14 @@ def test_real_scan_quality(rapidtide):
         assert result.inertia <= reference_ss * 1.02, (method, result.inertia, reference_ss)
         r2 = _compression_r2(x, result.labels)
         assert r2 >= nilearn_r2 - 0.01, (method, r2, nilearn_r2)
+
+
+def test_refine_lowers_the_inertia_of_minibatch():
+    """Full Lloyd iterations from the mini-batch centres never increase the inertia (here they lower it)."""
+    from sklearn.datasets import make_blobs
+
+    x, _ = make_blobs(n_samples=6000, centers=40, n_features=8, cluster_std=3.0, random_state=1)
+    plain = kmeans(x.astype(np.float32), 40, random_state=0)
+    refined = kmeans(x.astype(np.float32), 40, random_state=0, refine=True)
+    assert refined.inertia < plain.inertia
+    assert len(np.unique(refined.labels)) == 40

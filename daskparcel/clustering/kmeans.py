@@ -430,6 +430,7 @@ def _minibatch_in_memory(
     batch_size: int,
     max_no_improvement: int | None,
     init: str,
+    refine: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     mbk = MiniBatchKMeans(
         n_clusters=k,
@@ -443,8 +444,17 @@ def _minibatch_in_memory(
     ).fit(x)
     labels = np.asarray(mbk.labels_, dtype=np.int64)
     centers = np.asarray(mbk.cluster_centers_, dtype=np.float64)
+    n_iter = int(mbk.n_iter_)
+    if refine:
+        # full Lloyd iterations from the mini-batch centres: mini-batch stops short of a local optimum
+        full = KMeans(
+            n_clusters=k, init=centers, n_init=1, max_iter=50, random_state=random_state
+        ).fit(x)
+        labels = np.asarray(full.labels_, dtype=np.int64)
+        centers = np.asarray(full.cluster_centers_, dtype=np.float64)
+        n_iter += int(full.n_iter_)
     diff = np.asarray(x, dtype=np.float64) - centers[labels]
-    return labels, np.einsum("ij,ij->i", diff, diff), int(mbk.n_iter_)
+    return labels, np.einsum("ij,ij->i", diff, diff), n_iter
 
 
 def _minibatch_streaming(
@@ -501,6 +511,7 @@ def kmeans(
     batch_size: int = 1024,
     init: Literal["k-means++", "k-means||"] | None = None,
     max_no_improvement: int | None = 10,
+    refine: bool = False,
 ) -> KMeansResult:
     """Cluster voxels by KMeans on their features, returning exactly ``n_clusters`` clusters.
 
@@ -532,6 +543,9 @@ def kmeans(
         5 rounds) for "lloyd"; "k-means++" with "lloyd" draws it from a sample of 3072 voxels.
     max_no_improvement : int or None, default=10
         Mini-batch early stopping (scikit-learn's parameter), in-memory mini-batch only.
+    refine : bool, default=False
+        In-memory mini-batch: finish with full Lloyd iterations (at most 50) from the mini-batch centres,
+        which lowers the inertia (nilearn stops at the mini-batch result).
 
     Returns
     -------
@@ -586,6 +600,7 @@ def kmeans(
                 batch_size=batch_size,
                 max_no_improvement=max_no_improvement,
                 init=init,
+                refine=refine,
             )
             x = da.from_array(arr, chunks=(_default_rows(arr.shape), -1))
         else:
