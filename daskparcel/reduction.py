@@ -258,6 +258,17 @@ def reduce(
 
 
 # ------------------------------------------------------------------------------ out of core, in passes
+def _gather_rows(tall: da.Array) -> np.ndarray:
+    """Compute a tall (voxel, k) array block by block into this process.
+
+    ``dask.compute(tall)`` would concatenate every block in one task, on one worker of a cluster: a
+    (voxel x k) float64 peak there (380 MB at 2 mm and k=200), enough to kill a worker with a tight
+    memory limit. The blocks come back one by one and are stacked here instead.
+    """
+    blocks = dask.compute(*tall.rechunk({1: -1}).to_delayed().ravel())
+    return np.concatenate([np.asarray(b) for b in blocks], axis=0)
+
+
 def _passes_left_singular(
     x: da.Array, k: int, *, n_power_iter: int, seed: int, what: str
 ) -> np.ndarray:
@@ -273,7 +284,7 @@ def _passes_left_singular(
         logger.debug("%s: exact SVD of %d x %d in 2 passes", what, n_rows, n_cols)
         (gram,) = dask.compute(x.T @ x)
         w, _ = _top_eig(gram, k)
-        return np.asarray(dask.compute(x @ w)[0])
+        return _gather_rows(x @ w)
     n_oversample = min(n_cols, k + 10)
     logger.debug(
         "%s: randomized SVD of %d x %d, rank %d, in %d passes",
@@ -287,7 +298,7 @@ def _passes_left_singular(
     row_chunks = x.chunks[0]
 
     def times(right: np.ndarray) -> np.ndarray:  # x @ right, one pass
-        return np.asarray(dask.compute(x @ right)[0])
+        return _gather_rows(x @ right)
 
     def transposed_times(left: np.ndarray) -> np.ndarray:  # x.T @ left, one pass
         return np.asarray(dask.compute(x.T @ da.from_array(left, chunks=(row_chunks, -1)))[0])
