@@ -378,20 +378,7 @@ def _check_inputs(
         )
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    if (
-        isinstance(n_clusters, bool)
-        or not isinstance(n_clusters, (int, np.integer))
-        or n_clusters < 1
-    ):
-        raise InputError(
-            f"n_clusters={n_clusters!r}: must be an integer >= 1; pass n_clusters=50 or another "
-            "positive integer"
-        )
-    if n_clusters > n_vox:
-        raise InputError(
-            f"n_clusters={n_clusters}: larger than the {n_vox} voxels of the mask; pass "
-            f"n_clusters<={n_vox}"
-        )
+    _check_n_clusters(n_clusters, n_vox)
     if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
         raise InputError(
             f"n_iter={n_iter!r}: must be an integer >= 1; pass n_iter=10 (nilearn's default)"
@@ -408,6 +395,24 @@ def _check_inputs(
             )
         bs = (bs_t[0], bs_t[1], bs_t[2])
     return x, mask_arr, bs
+
+
+def _check_n_clusters(n_clusters: Any, n_vox: int) -> None:
+    """An integer from 1 to the number of mask voxels, or an InputError saying so."""
+    if (
+        isinstance(n_clusters, bool)
+        or not isinstance(n_clusters, (int, np.integer))
+        or n_clusters < 1
+    ):
+        raise InputError(
+            f"n_clusters={n_clusters!r}: must be an integer >= 1; pass n_clusters=50 or another "
+            "positive integer"
+        )
+    if n_clusters > n_vox:
+        raise InputError(
+            f"n_clusters={n_clusters}: larger than the {n_vox} voxels of the mask; pass "
+            f"n_clusters<={n_vox}"
+        )
 
 
 def rena(
@@ -583,20 +588,7 @@ def ward_on_supervoxels(
     """
     mask_arr = np.asarray(mask).astype(bool)
     n_vox = int(mask_arr.sum())
-    if (
-        isinstance(n_clusters, bool)
-        or not isinstance(n_clusters, (int, np.integer))
-        or n_clusters < 1
-    ):
-        raise InputError(
-            f"n_clusters={n_clusters!r}: must be an integer >= 1; pass n_clusters=50 or another "
-            "positive integer"
-        )
-    if n_clusters > n_vox:
-        raise InputError(
-            f"n_clusters={n_clusters}: larger than the {n_vox} voxels of the mask; pass "
-            f"n_clusters<={n_vox}"
-        )
+    _check_n_clusters(n_clusters, n_vox)
     n_sv = n_supervoxels if n_supervoxels is not None else max(int(n_clusters), n_vox // 10)
     if n_sv < n_clusters:
         raise InputError(
