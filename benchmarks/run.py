@@ -223,8 +223,9 @@ def fit_daskparcel(
 def _signals_store(
     imgs: str | list[str], mask: str, smoothing_fwhm: float, standardize: bool | str, store: str
 ) -> Any:
-    """daskparcel's signals store of the input (written once, reused); its ``smoothed`` pass is dropped to
-    halve the disk it takes (the judge and the read benchmark use the cleaned signals only)."""
+    """daskparcel's signals store of the input (written once, reused); its ``smoothed`` pass is dropped, when
+    cleaning wrote ``cleaned`` apart, to halve the disk it takes (the judge and the read benchmark use the cleaned
+    signals only)."""
     import nibabel as nib
     import numpy as np
 
@@ -236,7 +237,8 @@ def _signals_store(
     affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
     params = CleanParams(smoothing_fwhm=smoothing_fwhm, standardize=standardize)
     signals = write_signals(runs, mask_array, affine, params, store)
-    shutil.rmtree(Path(signals.path) / "smoothed", ignore_errors=True)
+    if not signals.cleaned_is_smoothed:
+        shutil.rmtree(Path(signals.path) / "smoothed", ignore_errors=True)
     return signals
 
 

@@ -683,11 +683,18 @@ def _check_sample_mask(sample_mask: Any, n_time: int, name: str) -> np.ndarray:
 def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInput]:
     """Turn what a user passes as ``imgs`` into runs (lazy Datasets with an identity for the cache)."""
     from daskparcel.ingest.bids import BidsRun, find_bids_runs
-    from daskparcel.store import file_sha256, open_runs, store_info
+    from daskparcel.store import file_sha256, open_runs, prefetch_sha256, store_info
 
     items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
     if not items:
         raise InputError("imgs is empty; give one or more BOLD runs")
+    prefetch_sha256(
+        [
+            i.path if isinstance(i, BidsRun) else i
+            for i in items
+            if isinstance(i, str | os.PathLike | BidsRun)
+        ]
+    )
     runs: list[RunInput] = []
     for item in items:
         if isinstance(item, BidsRun):
@@ -699,6 +706,7 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
                     "sha256:" + file_sha256(item.path),
                     item.subject,
                     t_r=item.t_r or ds.attrs.get("t_r"),
+                    nifti=str(item.path),
                 )
             )
         elif isinstance(item, str | os.PathLike):
@@ -743,6 +751,7 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
                         "sha256:" + file_sha256(path),
                         run_name(path),
                         t_r=ds.attrs.get("t_r"),
+                        nifti=str(path),
                     )
                 )
         elif isinstance(item, nib.spatialimages.SpatialImage):
@@ -798,6 +807,7 @@ def _run_from_image(img: Any, index: int, chunk_volumes: int | None) -> RunInput
             "sha256:" + file_sha256(filename),
             run_name(filename),
             t_r=ds.attrs.get("t_r"),
+            nifti=str(filename),
         )
     if len(img.shape) != 4:
         raise InputError(

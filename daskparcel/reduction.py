@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["reduce", "reduce_runs"]
 
 #: Runs (and the stacked group matrix) with at most this many columns get an exact SVD.
-_EXACT_MAX_COLUMNS_DEFAULT = 1500
+_EXACT_MAX_COLUMNS_DEFAULT = 4000
 
 
 def _exact_max_columns() -> int:
@@ -93,7 +93,7 @@ def _top_left_singular(
     x = x.rechunk({1: -1})
     if n_cols <= _exact_max_columns():
         logger.debug("%s: exact SVD (tree-summed Gram matrix) of a %d x %d matrix", what, *x.shape)
-        gram = (x.T @ x).rechunk((-1, -1))
+        gram = _gram(x)
         factors = dask.delayed(_top_eig, nout=2, pure=True)(gram, k)
         v = da.from_delayed(factors[0], shape=(n_cols, k), dtype=np.float64)
         s = da.from_delayed(factors[1], shape=(k,), dtype=np.float64)
@@ -155,7 +155,7 @@ def reduce(
         silently) at the number of time points of a run, and at the total rank of the stacked runs.
     random_state : int, default=0
         Seed of the randomized SVDs (used only for runs longer than
-        ``daskparcel.reduction.exact-max-columns`` time points, default 1500); the result is the
+        ``daskparcel.reduction.exact-max-columns`` time points, default 4000); the result is the
         same for a given seed on any scheduler.
     run : hashable or None, default=None
         Name of a coordinate along "time" giving the run of each time point (e.g. ``"run"``), so that
@@ -269,6 +269,39 @@ def _gather_rows(tall: da.Array) -> np.ndarray:
     return np.concatenate([np.asarray(b) for b in blocks], axis=0)
 
 
+def _block_gram(block: np.ndarray) -> np.ndarray:
+    """``block.T @ block`` of a (rows, columns) block, in the block's precision (at least float32) with BLAS
+    syrk (numpy picks it for ``a.T @ a``: half the flops of a general product); float64 for the sum."""
+    b = np.ascontiguousarray(block, dtype=np.result_type(block.dtype, np.float32))
+    return (b.T @ b).astype(np.float64)
+
+
+def _sum(*parts: np.ndarray) -> np.ndarray:
+    total = np.array(parts[0], dtype=np.float64, copy=True)
+    for part in parts[1:]:
+        total += part
+    return total
+
+
+def _gram(x: da.Array, split_every: int = 8) -> Any:
+    """The (columns, columns) Gram matrix of a tall array as a delayed tree sum of per-block Grams."""
+    parts = [
+        dask.delayed(_block_gram, pure=True)(b) for b in x.rechunk({1: -1}).to_delayed().ravel()
+    ]
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(_sum, pure=True)(*parts[i : i + split_every])
+            for i in range(0, len(parts), split_every)
+        ]
+    return parts[0]
+
+
+def _project(x: da.Array, right: np.ndarray) -> da.Array:
+    """``x @ right`` in float32, ``right`` one shared chunk (not copied into every task)."""
+    right32 = da.from_array(np.asarray(right, dtype=np.float32), chunks=right.shape)
+    return x.rechunk({1: -1}).astype(np.float32) @ right32
+
+
 def _passes_left_singular(
     x: da.Array, k: int, *, n_power_iter: int, seed: int, what: str
 ) -> np.ndarray:
@@ -277,14 +310,15 @@ def _passes_left_singular(
     Each pass is its own compute, so no task keeps ``x``'s chunks between passes: memory is a chunk plus the
     (voxel, k) factors. Exact (Gram matrix) up to ``exact-max-columns`` columns, else Halko's randomized
     range finder with ``n_power_iter`` power iterations (what ``svd_compressed`` does, written as passes).
+    Products run in float32 (the signals' precision; BLAS is twice as fast), sums and factorisations of the
+    small matrices in float64.
     """
     n_rows, n_cols = x.shape
-    x = x.astype(np.float64)
     if n_cols <= _exact_max_columns():
         logger.debug("%s: exact SVD of %d x %d in 2 passes", what, n_rows, n_cols)
-        (gram,) = dask.compute(x.T @ x)
+        (gram,) = dask.compute(_gram(x))
         w, _ = _top_eig(gram, k)
-        return _gather_rows(x @ w)
+        return _gather_rows(_project(x, w))
     n_oversample = min(n_cols, k + 10)
     logger.debug(
         "%s: randomized SVD of %d x %d, rank %d, in %d passes",
@@ -295,13 +329,15 @@ def _passes_left_singular(
         2 * n_power_iter + 2,
     )
     omega = np.random.default_rng(seed).standard_normal((n_cols, n_oversample))
-    row_chunks = x.chunks[0]
+    row_chunks = x.rechunk({1: -1}).chunks[0]
+    x32 = x.rechunk({1: -1}).astype(np.float32)
 
     def times(right: np.ndarray) -> np.ndarray:  # x @ right, one pass
-        return _gather_rows(x @ right)
+        return _gather_rows(_project(x32, right)).astype(np.float64)
 
     def transposed_times(left: np.ndarray) -> np.ndarray:  # x.T @ left, one pass
-        return np.asarray(dask.compute(x.T @ da.from_array(left, chunks=(row_chunks, -1)))[0])
+        left32 = da.from_array(left.astype(np.float32), chunks=(row_chunks, -1))
+        return np.asarray(dask.compute(x32.T @ left32)[0], dtype=np.float64)
 
     y = times(omega)
     for _ in range(n_power_iter):
@@ -327,6 +363,8 @@ def reduce_runs(
     Each run's components are written to ``group`` (a zarr group: ``runs/<index>``, voxel-chunked) before the
     group SVD reads them back, so memory is bounded by a chunk plus the (voxel, component) factors whatever the
     number of runs, where the single graph of :func:`reduce` would keep chunks of every run between passes.
+    Runs with an exact SVD are done together: one pass computes every run's Gram matrix, a second writes every
+    run's components, so the runs of a cohort keep all workers busy.
 
     Parameters
     ----------
@@ -350,9 +388,9 @@ def reduce_runs(
     ):
         raise InputError(f"n_components={n_components!r}: must be an integer >= 1")
     n_voxels = runs[0].sizes["voxel"]
-    stored = []
+    data, ranks = [], []
     for index, signals in enumerate(runs):
-        x = signals.transpose("voxel", "time").data
+        x = signals.transpose("voxel", "time").data.rechunk({1: -1})
         x = x.map_blocks(_check_finite_block, dtype=x.dtype, meta=np.empty((0, 0), x.dtype))
         k = min(n_components, x.shape[1], n_voxels)
         if k < n_components:
@@ -363,25 +401,43 @@ def reduce_runs(
                 k,
                 x.shape[1],
             )
-        n_power_iter = 7 if k < 0.1 * min(x.shape) else 4
-        u = _passes_left_singular(
-            x, k, n_power_iter=n_power_iter, seed=_seed(random_state, index), what=f"run {index}"
-        )
-        if len(runs) == 1:
-            return u.astype(
-                np.float32
-            )  # one run: the group SVD would only rotate the same subspace
+        data.append(x)
+        ranks.append(k)
+
+    exact = [i for i, x in enumerate(data) if x.shape[1] <= _exact_max_columns()]
+    logger.debug("runs: exact SVD of %d run(s) together, in 2 passes", len(exact))
+    grams = dask.compute(*[_gram(data[i]) for i in exact])
+    right = {i: _top_eig(gram, ranks[i])[0] for i, gram in zip(exact, grams, strict=True)}
+    if len(runs) == 1:  # one run: the group SVD would only rotate the same subspace
+        if right:
+            return _gather_rows(_project(data[0], right[0]))
+        n_power_iter = 7 if ranks[0] < 0.1 * min(data[0].shape) else 4
+        return _passes_left_singular(
+            data[0], ranks[0], n_power_iter=n_power_iter, seed=_seed(random_state, 0), what="run 0"
+        ).astype(np.float32)
+
+    stored, sources, targets = [], [], []
+    for index, x in enumerate(data):
         array = group.create_array(
             f"runs/{index}",
-            shape=u.shape,
+            shape=(n_voxels, ranks[index]),
             dtype=np.float32,
-            chunks=(x.chunks[0][0], u.shape[1]),
+            chunks=(x.chunks[0][0], ranks[index]),
             overwrite=True,
         )
-        array[...] = u.astype(np.float32)
-        stored.append(da.from_zarr(array))
-        del u
-    stacked = da.concatenate(stored, axis=1)
+        if index in right:
+            sources.append(_project(x, right[index]))
+            targets.append(array)
+        else:  # a long run: randomized, in its own passes
+            n_power_iter = 7 if ranks[index] < 0.1 * min(x.shape) else 4
+            array[...] = _passes_left_singular(
+                x, ranks[index], n_power_iter=n_power_iter, seed=_seed(random_state, index),
+                what=f"run {index}",
+            ).astype(np.float32)  # fmt: skip
+        stored.append(array)
+    if sources:
+        da.store(sources, targets, lock=False)
+    stacked = da.concatenate([da.from_zarr(a) for a in stored], axis=1)
     n_out = min(n_components, stacked.shape[1])
     features = _passes_left_singular(
         stacked, n_out, n_power_iter=3, seed=_seed(random_state, 2**31 - 1), what="group"

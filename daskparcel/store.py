@@ -17,6 +17,7 @@ with :class:`~daskparcel.errors.IncompleteStoreError`. Writers hold :func:`store
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -246,6 +247,15 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 of a file's bytes, cached per (path, size, mtime) for this process."""
     stat = os.stat(path)
     return _sha256_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def prefetch_sha256(paths: list[str | os.PathLike[str]], threads: int = 4) -> None:
+    """Hash several files at once (hashlib releases the GIL), filling :func:`file_sha256`'s cache."""
+    files = [p for p in paths if os.path.isfile(p)]
+    if len(files) < 2:
+        return
+    with concurrent.futures.ThreadPoolExecutor(min(threads, len(files))) as pool:
+        list(pool.map(file_sha256, files))
 
 
 @functools.lru_cache(maxsize=1024)

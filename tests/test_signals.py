@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -13,22 +15,25 @@ from daskparcel.ingest.nifti import open_nifti
 from daskparcel.preprocessing.signals import CleanParams, RunInput, write_signals
 
 
-def _run(path, chunk=None, name="run"):
-    return RunInput(name, open_nifti(path, chunk_volumes=chunk), f"id-{path}", name)
+def _run(path, chunk=None, name="run", stream=False):
+    """A run of ``path``; ``stream``: marked as the untouched file, so a .nii.gz is read in one stream."""
+    data = open_nifti(path, chunk_volumes=chunk)
+    return RunInput(name, data, f"id-{path}", name, nifti=str(path) if stream else None)
 
 
 def _mask_of(path):
     return np.asarray(nib.load(path).dataobj) > 0
 
 
-@pytest.mark.parametrize("voxel_chunk", [4096, 30_529])
-def test_equal_to_nilearn_masker_on_real_scan(tmp_path, voxel_chunk):
+@pytest.mark.parametrize(("voxel_chunk", "stream"), [(4096, False), (30_529, False), (4096, True)])
+def test_equal_to_nilearn_masker_on_real_scan(tmp_path, voxel_chunk, stream):
     scan, mask_path = real_scan("rapidtide"), real_scan("rapidtide_mask")
     mask = _mask_of(mask_path)
     params = CleanParams(smoothing_fwhm=4.0, detrend=True, standardize="zscore_sample")
     store = write_signals(
-        [_run(scan, 16)], mask, nib.load(scan).affine, params, tmp_path, voxel_chunk=voxel_chunk
-    )
+        [_run(scan, 16, stream=stream)], mask, nib.load(scan).affine, params, tmp_path,
+        voxel_chunk=voxel_chunk,
+    )  # fmt: skip
     ours = store.signals().values.T
     ref = NiftiMasker(
         mask_img=mask_path, smoothing_fwhm=4.0, detrend=True, standardize="zscore_sample"
@@ -73,6 +78,64 @@ def test_several_runs_cleaned_one_by_one_and_concatenated(tmp_path, time_chunk, 
     np.testing.assert_array_equal(signals["k"].values, k)
     # each run's full time axis is one chunk
     assert signals.data.chunks[1] == (40, 40)
+
+
+@pytest.mark.parametrize(("time_chunk", "voxel_chunk"), [(7, 50), (40, 333)])
+def test_streamed_gzip_runs_equal_blockwise_reads(tmp_path, caplog, time_chunk, voxel_chunk):
+    # int16 with scl_slope/scl_inter (scaled like nibabel), a second run with another length, and a plain
+    # .nii (never streamed): the stores are identical whichever way the volumes were read
+    rng = np.random.default_rng(1)
+    affine = np.diag([3.0, 3.0, 3.5, 1.0])
+    paths = []
+    for name, n_time in (("a", 45), ("b", 31)):
+        img = nib.Nifti1Image(rng.integers(-300, 3000, (9, 8, 7, n_time)).astype(np.int16), affine)
+        img.header.set_slope_inter(0.37, 12.5)
+        paths.append(tmp_path / f"{name}.nii.gz")
+        nib.save(img, paths[-1])
+    paths.append(tmp_path / "c.nii")
+    nib.save(nib.Nifti1Image(rng.normal(size=(9, 8, 7, 20)).astype(np.float32), affine), paths[-1])
+    mask = np.zeros((9, 8, 7), bool)
+    mask[1:8, 2:7, 1:6] = True
+    params = CleanParams(smoothing_fwhm=5.0, detrend=True, standardize="zscore_sample")
+    caplog.set_level(logging.INFO, logger="daskparcel.preprocessing.signals")
+    stores = []
+    for stream in (False, True):
+        runs = [_run(p, time_chunk, p.name.split(".")[0], stream) for p in paths]
+        stores.append(
+            write_signals(
+                runs, mask, affine, params, tmp_path / str(stream), voxel_chunk=voxel_chunk
+            )
+        )
+    assert (
+        "3 run(s)" in caplog.text and "(0 streamed" in caplog.text and "(2 streamed" in caplog.text
+    )
+    for kind in ("smoothed", "cleaned"):
+        np.testing.assert_array_equal(
+            stores[1].signals(kind).values, stores[0].signals(kind).values
+        )
+    # and the streamed values are nilearn's (nibabel's scaling, then smoothing and masking)
+    mask_img = nib.Nifti1Image(mask.astype(np.uint8), affine)
+    ref = NiftiMasker(mask_img, smoothing_fwhm=5.0, standardize=None).fit_transform(paths[0])
+    ours = stores[1].signals("smoothed").sel(time=stores[1].signals()["run"] == "a").values.T
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-3)
+
+
+def test_a_truncated_gzip_run_fails_with_input_error_when_streamed(tmp_path):
+    data = np.random.default_rng(0).normal(size=(6, 6, 6, 40)).astype(np.float32)
+    whole = tmp_path / "whole.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), whole)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(
+        InputError, match=r"cut.nii.gz: could not read its volumes.*truncated or corrupt"
+    ):
+        write_signals(
+            [_run(cut, 8, stream=True)],
+            np.ones((6, 6, 6), bool),
+            np.eye(4),
+            CleanParams(),
+            tmp_path / "s",
+        )
 
 
 def test_cache_reused_then_recomputed_when_a_parameter_changes(tmp_path):

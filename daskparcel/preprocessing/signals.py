@@ -6,7 +6,8 @@ voxels, the whole time axis of a run). The transpose is a two-pass write through
 
 1. ``smoothed/<run>`` (voxel, time), chunks ``(voxel_chunk, time_chunk)``: each task smooths a block of whole
    volumes (nilearn's ``smooth_img``), takes the mask's voxels and writes its time block. Memory: a block of
-   volumes.
+   volumes. A gzipped NIfTI run can only be inflated in order, so it is one task that streams the file once
+   (inflating in a background thread) and does the same per block; runs go in parallel.
 2. ``cleaned/<run>`` (voxel, time), chunks ``(voxel_chunk, whole run)``: each task reads one voxel block over
    the whole run from pass 1 (many small chunks), cleans it (nilearn's ``signal.clean``) and writes it. Memory:
    a voxel block x the run's time points.
@@ -40,8 +41,9 @@ import xarray as xr
 import zarr
 
 from daskparcel.errors import InputError
+from daskparcel.ingest.nifti import NiftiVolumes
 from daskparcel.preprocessing.cleaning import clean, count_zeroed_voxels, warn_zeroed_voxels
-from daskparcel.preprocessing.smoothing import smooth_bold
+from daskparcel.preprocessing.smoothing import smooth_block, smooth_bold, smoothing_kernel
 from daskparcel.store import quiet_zarr, set_store_info, store_info, store_lock
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,9 @@ class RunInput:
     confounds: np.ndarray | None = None
     sample_mask: np.ndarray | None = None
     t_r: float | None = None
+    #: The NIfTI file that ``data["bold"]`` reads, untouched (as :func:`open_nifti` made it); when it is gzipped,
+    #: the smoothing pass reads it in one sequential stream instead of block by block.
+    nifti: str | None = None
 
     @property
     def n_time(self) -> int:
@@ -99,12 +104,17 @@ class SignalsStore:
     params: CleanParams
     n_zeroed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: No cleaning step applies (no detrend, standardize, filter, confounds or censoring): ``cleaned`` is
+    #: ``smoothed`` and is not written twice.
+    cleaned_is_smoothed: bool = False
 
     @property
     def n_voxels(self) -> int:
         return int(self.mask.sum())
 
     def _array(self, kind: str, run: str) -> da.Array:
+        if kind == "cleaned" and self.cleaned_is_smoothed:
+            kind = "smoothed"
         with quiet_zarr():
             array = zarr.open_array(str(self.path), path=f"{kind}/{run}", mode="r", zarr_format=3)
         chunks = array.chunks if kind == "cleaned" else (array.chunks[0], array.shape[1])
@@ -174,7 +184,7 @@ def signals_identity(
         "mask": _array_hash(mask.astype(bool)),
         "params": asdict(params),
         "chunks": [voxel_chunk, time_chunk],
-        "layout": 1,
+        "layout": 2,  # 2: no cleaned/ arrays when cleaning is the identity
     }
     digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
@@ -240,6 +250,7 @@ def write_signals(
     result = SignalsStore(
         path, names, subjects, mask.astype(bool), np.asarray(affine, float), params
     )
+    result.cleaned_is_smoothed = _cleaning_is_identity(runs, params)
     info = store_info(path)
     if info is not None and info.get("complete") and info.get("identity") == key:
         logger.info("signals store %s is up to date: reused", path)
@@ -249,20 +260,40 @@ def write_signals(
     cleaned_graphs = []
     with store_lock(path):
         _fresh_store(path, key, names, subjects, mask, affine, params)
-        smoothed_targets, sources = [], []
+        smoothed_targets, sources, streams = [], [], []
+        sigma, fast = smoothing_kernel(params.smoothing_fwhm, affine)
         for run in runs:
-            bold = run.data["bold"]
-            smoothed = smooth_bold(bold, affine, params.smoothing_fwhm)
-            values = voxel_signals(smoothed, mask).rechunk({0: voxel_chunk})
+            shape = (n_voxels, run.n_time)
             with quiet_zarr():
                 target = zarr.create_array(
-                    str(path), name=f"smoothed/{run.name}", shape=values.shape, dtype=np.float32,
+                    str(path), name=f"smoothed/{run.name}", shape=shape, dtype=np.float32,
                     chunks=(voxel_chunk, time_chunk), dimension_names=("voxel", "time"), overwrite=True,
                 )  # fmt: skip
-            sources.append(values)
+            volumes = _gzipped_volumes(run)
+            if volumes is not None:
+                streams.append(
+                    dask.delayed(_stream_smoothed, pure=False)(
+                        volumes, str(path), run.name, mask.astype(bool), sigma, fast, time_chunk
+                    )
+                )
+                continue
+            smoothed = smooth_bold(run.data["bold"], affine, params.smoothing_fwhm)
+            sources.append(voxel_signals(smoothed, mask).rechunk({0: voxel_chunk}))
             smoothed_targets.append(target)
-        logger.info("signals: smoothing and masking %d run(s) into %s", len(runs), path)
-        da.store(sources, smoothed_targets, lock=False)  # type: ignore[arg-type]
+        logger.info(
+            "signals: smoothing and masking %d run(s) into %s (%d streamed from .nii.gz)",
+            len(runs),
+            path,
+            len(streams),
+        )
+        blockwise = da.store(sources, smoothed_targets, lock=False, compute=False)  # type: ignore[arg-type]
+        dask.compute(blockwise, *streams)
+        if result.cleaned_is_smoothed:
+            logger.info(
+                "signals: no cleaning step applies; the smoothed signals are the cleaned ones"
+            )
+            set_store_info(path, complete=True, n_zeroed=0)
+            return result
 
         store = SignalsStore(
             path, names, subjects, mask.astype(bool), np.asarray(affine, float), params
@@ -298,6 +329,48 @@ def write_signals(
         set_store_info(path, complete=True, n_zeroed=total_zeroed)
     result.n_zeroed = total_zeroed
     return result
+
+
+def _cleaning_is_identity(runs: Sequence[RunInput], params: CleanParams) -> bool:
+    """Whether ``clean`` would return its input (smoothed signals are finite and float32 already)."""
+    return (
+        not params.detrend
+        and params.standardize_value() is None
+        and params.low_pass is None
+        and params.high_pass is None
+        and all(r.confounds is None and r.sample_mask is None for r in runs)
+    )
+
+
+def _gzipped_volumes(run: RunInput) -> NiftiVolumes | None:
+    """The run's gzipped NIfTI file, when its ``bold`` is that file's volumes untouched (else None)."""
+    if run.nifti is None:
+        return None
+    volumes = NiftiVolumes(run.nifti)
+    if not volumes.gzipped or volumes.shape != tuple(run.data["bold"].shape):
+        return None
+    return volumes
+
+
+def _stream_smoothed(
+    volumes: NiftiVolumes,
+    store: str,
+    run: str,
+    mask: np.ndarray,
+    sigma: np.ndarray | None,
+    fast: bool,
+    time_chunk: int,
+) -> int:
+    """Pass 1 for a gzipped run, as one task: stream its volumes once, smooth and mask each block of
+    ``time_chunk`` volumes (whole zarr chunks along time) and write it to ``smoothed/<run>``."""
+    with quiet_zarr():
+        target = zarr.open_array(store, path=f"smoothed/{run}", mode="r+", zarr_format=3)
+    n = 0
+    for start, block in volumes.stream(time_chunk):
+        smoothed = smooth_block(block, sigma, fast)
+        target[:, start : start + block.shape[3]] = smoothed[mask]
+        n += block.shape[3]
+    return n
 
 
 def _fresh_store(

@@ -135,9 +135,19 @@ def smooth_array(
     return arr
 
 
-def _smooth_block(
-    block: np.ndarray, sigma: np.ndarray | None, fast: bool, ensure_finite: bool
+def smoothing_kernel(fwhm: FWHM, affine: np.ndarray) -> tuple[np.ndarray | None, bool]:
+    """``(sigma in voxels or None, fast)``: what :func:`smooth_block` needs for a FWHM on an affine's grid."""
+    fast = isinstance(fwhm, str) and fwhm == "fast"
+    sigma = None if fast else fwhm_to_sigma(fwhm, affine)
+    if sigma is not None and not np.any(sigma > 0):
+        sigma = None
+    return sigma, fast
+
+
+def smooth_block(
+    block: np.ndarray, sigma: np.ndarray | None, fast: bool, ensure_finite: bool = True
 ) -> np.ndarray:
+    """Smooth a block of whole volumes (x, y, z, t) to float32: the kernel of :func:`smooth_bold`."""
     return smooth_array(block, sigma, fast=fast, ensure_finite=ensure_finite).astype(
         np.float32, copy=False
     )
@@ -176,10 +186,7 @@ def smooth_bold(
                 "open the run with daskparcel.open_nifti or rename the dimensions"
             )
         bold = bold.transpose("x", "y", "z", "t")
-    fast = isinstance(fwhm, str) and fwhm == "fast"
-    sigma = None if fast else fwhm_to_sigma(fwhm, affine)
-    if sigma is not None and not np.any(sigma > 0):
-        sigma = None
+    sigma, fast = smoothing_kernel(fwhm, affine)
 
     data = bold.data
     if not isinstance(data, da.Array):
@@ -193,7 +200,7 @@ def smooth_bold(
     # Each block holds whole volumes (x, y, z in one chunk), so the Gaussian never needs data from
     # another block: no halo (map_overlap) is needed, and the result is independent of the t chunking.
     out = da.map_blocks(
-        _smooth_block,
+        smooth_block,
         data,
         sigma=sigma,
         fast=fast,
