@@ -6,6 +6,9 @@ Usage::
     python benchmarks/run.py --suite scale           # 2 mm cohorts of 1, 10, 40 subjects x 300 volumes
     python benchmarks/run.py --suite outofcore       # 40 subjects under a 4 GiB cap (2 workers x 2 GiB)
     python benchmarks/run.py --suite io              # one streaming read of the signals store
+    python benchmarks/run.py --suite workers         # 10 subjects, kmeans 50: local default, 1 and 2 workers
+    python benchmarks/run.py --suite outofcore --lazy --share-store --memory-cap-gib 3
+                                                     # 40 lazy subjects (10.5 GiB) on 2 workers x 1.5 GiB
     python benchmarks/run.py --suite all --quick     # every suite, small, to check the plumbing
 
 Every configuration runs in its own process (see ``_measure.py``): wall times of fit and transform as the child
@@ -46,6 +49,7 @@ from _measure import (
 SCRIPT = Path(__file__).resolve()
 DATA = RESULTS / "data"
 WORK = RESULTS / "work"
+JUDGE = RESULTS / "judge"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "rapidtide"
 REAL_SCAN = REAL / "sub-RAPIDTIDETEST.nii.gz"
 REAL_MASK = REAL / "sub-RAPIDTIDETEST_brainmask.nii.gz"
@@ -103,6 +107,35 @@ def real_input() -> Input:
     if not REAL_SCAN.exists():
         raise SystemExit(f"{REAL_SCAN}: not found; the seed suite needs the real data folder")
     return Input("rapidtide", str(REAL_SCAN), str(REAL_MASK))
+
+
+LAZY = "synthetic:"
+
+
+def lazy_input(resolution: int, n_subjects: int, n_volumes: int) -> Input:
+    """A synthetic cohort given to daskparcel as lazy Datasets (``datasets.synthetic_cohort``): generated
+    block by block while it is read, so a cohort larger than the disk's free space needs no NIfTI files
+    (nilearn cannot take it)."""
+    import nibabel as nib
+
+    from daskparcel import datasets
+
+    mask = DATA / f"mask-mni{resolution}mm.nii.gz"
+    if not mask.exists():
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(datasets.brain_mask(resolution), mask)
+    spec = f"{LAZY}{resolution}:{n_subjects}:{n_volumes}"
+    return Input(f"mni{resolution}mm {n_subjects}x{n_volumes} lazy", spec, str(mask))
+
+
+def _resolve(imgs: str | list[str]) -> Any:
+    """What a child gives ``fit``: the paths, or the lazy Datasets of a ``synthetic:`` spec."""
+    if isinstance(imgs, str) and imgs.startswith(LAZY):
+        from daskparcel import datasets
+
+        resolution, n_subjects, n_volumes = (int(v) for v in imgs[len(LAZY) :].split(":"))
+        return datasets.synthetic_cohort(n_subjects, resolution, n_volumes)
+    return imgs
 
 
 def synthetic_input(resolution: int, n_subjects: int, n_volumes: int) -> Input:
@@ -191,6 +224,7 @@ def fit_daskparcel(
     from daskparcel import Parcellations
 
     cfg = Config(**config)
+    imgs = _resolve(imgs)
     phases: dict[str, list[float]] = {}
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(capped_client(memory_cap, n_workers)) if memory_cap else None
@@ -220,8 +254,60 @@ def fit_daskparcel(
     }
 
 
+def fit_on_cluster(
+    imgs: str | list[str],
+    mask: str,
+    config: dict[str, Any],
+    store: str,
+    n_workers: int,
+    threads_per_worker: int,
+) -> dict:
+    """Fit on the local default (``n_workers=0``) or on a LocalCluster of worker processes (child process);
+    the peak RSS of each worker (its own high-water mark, ``ru_maxrss``)."""
+    import resource
+
+    from daskparcel import Parcellations
+
+    cfg = Config(**config)
+    phases: dict[str, list[float]] = {}
+    worker_peaks: list[float] = []
+    with contextlib.ExitStack() as stack:
+        client = None
+        if n_workers:
+            from distributed import Client, LocalCluster
+
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                    dashboard_address=None, memory_limit=0,
+                )
+            )  # fmt: skip
+            client = stack.enter_context(Client(cluster))
+        est = Parcellations(
+            method=cfg.method, n_parcels=cfg.n_parcels, mask=mask, random_state=0,
+            smoothing_fwhm=cfg.smoothing_fwhm, standardize=cfg.standardize, store=store, client=client,
+        )  # fmt: skip
+        with timed(phases, "fit"):
+            est.fit(_resolve(imgs))
+        if client is not None:
+            peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            worker_peaks = [v / GIB for v in peaks.values()]
+    return {
+        "fit_s": seconds(phases, "fit"),
+        "timings": est.timings_,
+        "worker_peaks_gib": worker_peaks,
+        "client_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
+        "phases": phases,
+    }
+
+
 def _signals_store(
-    imgs: str | list[str], mask: str, smoothing_fwhm: float, standardize: bool | str, store: str
+    imgs: str | list[str],
+    mask: str,
+    smoothing_fwhm: float,
+    standardize: bool | str,
+    store: str,
+    keep_smoothed: bool = False,
 ) -> Any:
     """daskparcel's signals store of the input (written once, reused); its ``smoothed`` pass is dropped, when
     cleaning wrote ``cleaned`` apart, to halve the disk it takes (the judge and the read benchmark use the cleaned
@@ -232,12 +318,12 @@ def _signals_store(
     from daskparcel.estimator import resolve_runs
     from daskparcel.preprocessing.signals import CleanParams, write_signals
 
-    runs = resolve_runs(imgs)
+    runs = resolve_runs(_resolve(imgs))
     mask_array = np.asarray(nib.load(mask).dataobj) > 0
     affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
     params = CleanParams(smoothing_fwhm=smoothing_fwhm, standardize=standardize)
     signals = write_signals(runs, mask_array, affine, params, store)
-    if not signals.cleaned_is_smoothed:
+    if not signals.cleaned_is_smoothed and not keep_smoothed:
         shutil.rmtree(Path(signals.path) / "smoothed", ignore_errors=True)
     return signals
 
@@ -258,6 +344,7 @@ def judge(
     labels: dict[str, str],
     store: str,
     check_nilearn: bool = False,
+    keep_smoothed: bool = False,
 ) -> dict:
     """Compression R^2 of each labels image on the input's cleaned signals (child process)."""
     import dask
@@ -267,7 +354,9 @@ def judge(
 
     from daskparcel.metrics import compression_r2
 
-    signals = _signals_store(imgs, mask, smoothing_fwhm, standardize, store).signals("cleaned")
+    signals = _signals_store(imgs, mask, smoothing_fwhm, standardize, store, keep_smoothed).signals(
+        "cleaned"
+    )
     mask_array = np.asarray(nib.load(mask).dataobj) > 0
     codes = {k: _dense(np.asarray(nib.load(p).dataobj)[mask_array]) for k, p in labels.items()}
     lazy = [compression_r2(signals, c, compute=False) for c in codes.values()]
@@ -318,6 +407,13 @@ class Options:
     memory_cap: int
     workers: int
     force_nilearn: bool
+    share_store: bool = False
+    lazy: bool = False
+
+    def cohort(self, resolution: int, n_subjects: int, n_volumes: int) -> Input:
+        """The synthetic input: NIfTI files, or lazy Datasets with ``--lazy``."""
+        make = lazy_input if self.lazy else synthetic_input
+        return make(resolution, n_subjects, n_volumes)
 
 
 def _slug(text: str) -> str:
@@ -376,8 +472,11 @@ def run_config(
             SCRIPT, "fit_nilearn", args, timeout_s=opts.nilearn_timeout, kill_above=opts.kill_above
         )
     else:
-        store = WORK / name
-        shutil.rmtree(store, ignore_errors=True)
+        # shared: one store per input for every configuration and the judge (the signals store of a
+        # preprocessing is written by the first configuration that needs it and reused, as in a refit)
+        store = JUDGE if opts.share_store else WORK / name
+        if not opts.share_store:
+            shutil.rmtree(store, ignore_errors=True)
         args.update(store=str(store), memory_cap=memory_cap, n_workers=opts.workers)
         m = measure(
             SCRIPT,
@@ -387,7 +486,8 @@ def run_config(
             memory_cap=memory_cap,
             kill_above=opts.kill_above,
         )
-        shutil.rmtree(store, ignore_errors=True)
+        if not opts.share_store:
+            shutil.rmtree(store, ignore_errors=True)
     row = _row(suite, inp, cfg, impl + tag, m, labels)
     print(
         f"{m.status}: fit {fmt('.1f')(row['fit_s'])} s, peak {row['peak_gib']:.2f} GiB", flush=True
@@ -415,8 +515,9 @@ def score(rows: list[dict[str, Any]], inp: Input, opts: Options, check_nilearn: 
                 "smoothing_fwhm": fwhm,
                 "standardize": standardize,
                 "labels": labels,
-                "store": str(RESULTS / "judge"),
+                "store": str(JUDGE),
                 "check_nilearn": check_nilearn,
+                "keep_smoothed": opts.share_store,
             },
             timeout_s=opts.timeout,
             kill_above=opts.kill_above,
@@ -569,8 +670,10 @@ def scale_suite(opts: Options, names: list[str], subjects: list[int] | None) -> 
     """2 mm cohorts of growing size; nilearn is skipped past 10 subjects unless forced."""
     n_volumes = 100 if opts.quick else 300
     subjects = subjects or ([1, 3] if opts.quick else [1, 10, 40])
-    inputs = [synthetic_input(2, n, n_volumes) for n in subjects]
+    inputs = [opts.cohort(2, n, n_volumes) for n in subjects]
     skip = set() if opts.force_nilearn else {i.name for i, n in zip(inputs, subjects) if n > 10}
+    if opts.lazy:
+        skip = {i.name for i in inputs}  # nilearn takes images, not lazy Datasets
     extra = (
         "nilearn reference numbers measured on this machine earlier (2 mm, 300 volumes): ward 1000 fit "
         "~39 s / 6.4 GB for 1 subject, ~155 s / 5.8 GB for 10; kmeans 50 fit 159 s / 5.5 GB for 10 subjects; "
@@ -588,8 +691,8 @@ def outofcore_suite(opts: Options, names: list[str], subjects: int | None) -> No
     n_volumes = 100 if opts.quick else 300
     n_subjects = subjects or (3 if opts.quick else 40)
     cap = opts.memory_cap
-    cohort = synthetic_input(2, n_subjects, n_volumes)
-    sub = synthetic_input(2, max(1, n_subjects // 10), n_volumes)
+    cohort = opts.cohort(2, n_subjects, n_volumes)
+    sub = opts.cohort(2, max(1, n_subjects // 10), n_volumes)
     data_gib = _masked_gib(cohort)
     print(
         f"outofcore: {cohort.name}: masked float32 data {data_gib:.1f} GiB, cap {cap / GIB:.1f} GiB "
@@ -641,11 +744,86 @@ def outofcore_suite(opts: Options, names: list[str], subjects: int | None) -> No
     report("outofcore", rows, extra)
 
 
+def workers_suite(opts: Options, names: list[str], subjects: int | None) -> None:
+    """One fit on the local default, on 1 worker process (2 threads) and on 2 worker processes (1 thread
+    each): wall time, speed-up and each worker's peak memory (issue 7)."""
+    n_volumes = 100 if opts.quick else 300
+    inp = opts.cohort(2, subjects or (3 if opts.quick else 10), n_volumes)
+    setups = [
+        ("local default (threads)", 0, 0),
+        ("1 worker x 2 threads", 1, 2),
+        ("2 workers x 1 thread", 2, 1),
+    ]
+    rows = []
+    for name in names:
+        cfg = CONFIGS[name]
+        for label, n_workers, threads in setups:
+            store = WORK / _slug(f"workers-{inp.name}-{name}-{n_workers}")
+            shutil.rmtree(store, ignore_errors=True)
+            print(f"  daskparcel {name:<10} {inp.name} {label}", end=" ", flush=True)
+            m = measure(
+                SCRIPT,
+                "fit_on_cluster",
+                {
+                    "imgs": inp.imgs, "mask": inp.mask, "config": dataclasses.asdict(cfg),
+                    "store": str(store), "n_workers": n_workers, "threads_per_worker": threads,
+                },
+                timeout_s=opts.timeout,
+                kill_above=opts.kill_above,
+            )  # fmt: skip
+            shutil.rmtree(store, ignore_errors=True)
+            peaks = m.result.get("worker_peaks_gib") or []
+            rows.append(
+                {
+                    "input": inp.name, "config": name, "setup": label, "status": m.status,
+                    "fit_s": m.result.get("fit_s"), "peak_gib": m.peak_rss / GIB,
+                    "worker_peak_gib": max(peaks) if peaks else None,
+                    "worker_peaks_gib": peaks, "timings": m.result.get("timings"), "error": m.error,
+                }
+            )  # fmt: skip
+            print(f"{m.status}: fit {fmt('.1f')(rows[-1]['fit_s'])} s", flush=True)
+            if m.error:
+                print("    " + m.error.replace("\n", "\n    "), flush=True)
+        one = next(
+            (r["fit_s"] for r in rows if r["config"] == name and r["setup"].startswith("1 ")), None
+        )
+        for r in rows:
+            if r["config"] == name and one and r["fit_s"]:
+                r["speedup"] = one / r["fit_s"]
+    columns = [
+        ("input", "input", fmt("")),
+        ("config", "config", fmt("")),
+        ("setup", "where", fmt("")),
+        ("status", "status", fmt("")),
+        ("fit_s", "fit (s)", fmt(".1f")),
+        ("speedup", "speed-up vs 1 worker", fmt(".2f")),
+        ("worker_peak_gib", "peak of a worker (GiB)", fmt(".2f")),
+        ("peak_gib", "peak RSS, all processes (GiB)", fmt(".2f")),
+    ]
+    markdown = "\n".join(
+        [
+            "## workers",
+            "",
+            markdown_table(rows, columns),
+            "",
+            "Each fit from scratch (its own store) in its own process. Worker peak: the worker process's own "
+            "high-water mark (``ru_maxrss``), the largest of the workers; all processes: the sampled peak of the "
+            "sum over the process tree (client, nannies, workers).",
+        ]
+    )
+    print("\n" + markdown + "\n")
+    json_path, _ = save("workers", {"rows": rows}, markdown)
+    print(f"saved {json_path} (+ .md)")
+
+
 def _masked_gib(inp: Input) -> float:
     import nibabel as nib
     import numpy as np
 
     n_voxels = int((np.asarray(nib.load(inp.mask).dataobj) > 0).sum())
+    if isinstance(inp.imgs, str) and inp.imgs.startswith(LAZY):
+        _, n_subjects, n_volumes = (int(v) for v in inp.imgs[len(LAZY) :].split(":"))
+        return n_voxels * n_subjects * n_volumes * 4 / GIB
     n_time = sum(int(nib.load(p).shape[3]) for p in inp.paths)
     return n_voxels * n_time * 4 / GIB
 
@@ -667,7 +845,7 @@ def io_suite(opts: Options, subjects: list[int] | None) -> None:
                 "mask": inp.mask,
                 "smoothing_fwhm": 2.0,
                 "standardize": False,
-                "store": str(RESULTS / "judge"),
+                "store": str(JUDGE),
             },
             timeout_s=opts.timeout,
         )
@@ -708,7 +886,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse the arguments and run the suites."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--suite", choices=["seed", "scale", "outofcore", "io", "all"], required=True
+        "--suite", choices=["seed", "scale", "outofcore", "io", "workers", "all"], required=True
     )
     parser.add_argument("--quick", action="store_true", help="small inputs, to check the plumbing")
     parser.add_argument(
@@ -729,6 +907,18 @@ def main(argv: list[str] | None = None) -> None:
         "--memory-cap-gib", type=float, help="outofcore: total cap (default 4, --quick 2)"
     )
     parser.add_argument("--workers", type=int, default=2, help="outofcore: LocalCluster workers")
+    parser.add_argument(
+        "--lazy",
+        action="store_true",
+        help="synthetic cohorts as lazy Datasets, no NIfTI files (daskparcel only: for cohorts larger than the "
+        "free disk)",
+    )
+    parser.add_argument(
+        "--share-store",
+        action="store_true",
+        help="one store per input for every configuration and the judge: the signals store is written once "
+        "per preprocessing and reused (the later configurations' fit times exclude it)",
+    )
     args = parser.parse_args(argv)
     opts = Options(
         quick=args.quick,
@@ -738,14 +928,20 @@ def main(argv: list[str] | None = None) -> None:
         memory_cap=int((args.memory_cap_gib or (2.0 if args.quick else 4.0)) * GIB),
         workers=args.workers,
         force_nilearn=args.force_nilearn,
+        share_store=args.share_store,
+        lazy=args.lazy,
     )
-    suites = ["seed", "scale", "outofcore", "io"] if args.suite == "all" else [args.suite]
+    suites = ["seed", "scale", "outofcore", "io", "workers"] if args.suite == "all" else [args.suite]
     for suite in suites:
         print(f"# suite {suite}{' (quick)' if args.quick else ''}", flush=True)
         if suite == "seed":
             seed_suite(opts, args.configs or SEED)
         elif suite == "scale":
             scale_suite(opts, args.configs or SCALE, args.subjects)
+        elif suite == "workers":
+            workers_suite(
+                opts, args.configs or ["kmeans50"], args.subjects[0] if args.subjects else None
+            )
         elif suite == "outofcore":
             outofcore_suite(
                 opts, args.configs or SCALE, args.subjects[0] if args.subjects else None

@@ -395,9 +395,12 @@ class Parcellations(TransformerMixin, BaseEstimator):
 
             return np.asarray(hierarchical_kmeans(features, k, random_state=self.random_state))
         if self.method == "rena":
-            from daskparcel.clustering.rena import rena
+            from daskparcel.clustering.rena import auto_block_shape, rena
 
-            return rena(features, k, mask=mask, n_iter=self.n_iter, scaling=self.scaling)
+            return rena(
+                features, k, mask=mask, n_iter=self.n_iter, scaling=self.scaling,
+                block_shape=auto_block_shape(mask),
+            )  # fmt: skip
         from daskparcel.clustering.agglomerative import build_tree
         from daskparcel.clustering.connectivity import check_connectivity, grid_connectivity
 

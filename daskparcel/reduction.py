@@ -14,7 +14,13 @@ Gram matrix, summed over voxel chunks by a tree reduction, in float64) when the 
 ``daskparcel.reduction.exact-max-columns`` time points (nilearn's randomized SVD approximates the
 same thing), otherwise randomized (``dask.array.linalg.svd_compressed`` with nilearn's number of
 power iterations); the group SVD likewise, with nilearn's 3 power iterations when randomized. No task
-holds more than a voxel chunk and small (k x k, k x T) factors. The result is deterministic for a given ``random_state`` on any scheduler.
+holds more than a voxel chunk and small (k x k, k x T) factors. The result is deterministic for a given
+``random_state`` on any scheduler.
+
+:func:`reduce_runs` is the cohort path the estimator uses: the same features in separate passes over the
+stored signals (every run's Gram matrix in one pass, every run's components written to zarr in a second, then
+the group SVD: exact with a (sum of k)^2 Gram matrix up to ``exact-max-columns``, 4000 by default, i.e. 20 runs
+at k=200; beyond, the randomized range finder with its tall factors kept on the workers).
 """
 
 from __future__ import annotations
@@ -270,10 +276,15 @@ def _gather_rows(tall: da.Array) -> np.ndarray:
 
 
 def _block_gram(block: np.ndarray) -> np.ndarray:
-    """``block.T @ block`` of a (rows, columns) block, in the block's precision (at least float32) with BLAS
-    syrk (numpy picks it for ``a.T @ a``: half the flops of a general product); float64 for the sum."""
-    b = np.ascontiguousarray(block, dtype=np.result_type(block.dtype, np.float32))
-    return (b.T @ b).astype(np.float64)
+    """``block.T @ block`` of a (rows, columns) block in float64 with BLAS syrk (numpy picks it for
+    ``a.T @ a``: half the flops of a general product).
+
+    float64, although the signals are float32: products of float32 values are exact in float64, so Grams
+    summed over different chunkings differ only in the last bits, and the labels of the tie-sensitive
+    agglomerative methods stay the same on any chunking (float32 products flipped a few voxels).
+    """
+    b = np.ascontiguousarray(block, dtype=np.float64)
+    return b.T @ b
 
 
 def _sum(*parts: np.ndarray) -> np.ndarray:
@@ -283,8 +294,10 @@ def _sum(*parts: np.ndarray) -> np.ndarray:
     return total
 
 
-def _gram(x: da.Array, split_every: int = 8) -> Any:
-    """The (columns, columns) Gram matrix of a tall array as a delayed tree sum of per-block Grams."""
+def _gram(x: da.Array, max_bytes: int = 256 * 2**20) -> Any:
+    """The (columns, columns) Gram matrix of a tall array as a delayed tree sum of per-block Grams (each sum
+    takes at most 8 partial Grams, and at most ``max_bytes`` of them)."""
+    split_every = int(np.clip(max_bytes // (8 * x.shape[1] ** 2 or 1), 2, 8))
     parts = [
         dask.delayed(_block_gram, pure=True)(b) for b in x.rechunk({1: -1}).to_delayed().ravel()
     ]
@@ -296,22 +309,27 @@ def _gram(x: da.Array, split_every: int = 8) -> Any:
     return parts[0]
 
 
-def _project(x: da.Array, right: np.ndarray) -> da.Array:
-    """``x @ right`` in float32, ``right`` one shared chunk (not copied into every task)."""
-    right32 = da.from_array(np.asarray(right, dtype=np.float32), chunks=right.shape)
-    return x.rechunk({1: -1}).astype(np.float32) @ right32
+def _project(x: da.Array, right: np.ndarray, dtype: Any = np.float64) -> da.Array:
+    """``x @ right`` in ``dtype``, ``right`` one shared chunk (not copied into every task)."""
+    shared = da.from_array(np.asarray(right, dtype=dtype), chunks=right.shape)
+    return x.rechunk({1: -1}).astype(dtype) @ shared
 
 
 def _passes_left_singular(
-    x: da.Array, k: int, *, n_power_iter: int, seed: int, what: str
+    x: da.Array, k: int, *, n_power_iter: int, seed: int, what: str, scratch: Any = None
 ) -> np.ndarray:
     """Top ``k`` left singular vectors of a tall (voxel, column) array, in separate passes over ``x``.
 
-    Each pass is its own compute, so no task keeps ``x``'s chunks between passes: memory is a chunk plus the
-    (voxel, k) factors. Exact (Gram matrix) up to ``exact-max-columns`` columns, else Halko's randomized
-    range finder with ``n_power_iter`` power iterations (what ``svd_compressed`` does, written as passes).
-    Products run in float32 (the signals' precision; BLAS is twice as fast), sums and factorisations of the
-    small matrices in float64.
+    Each pass is its own compute, so no task keeps ``x``'s chunks between passes. Exact (Gram matrix) up to
+    ``exact-max-columns`` columns, else Halko's randomized range finder with ``n_power_iter`` power
+    iterations (what ``svd_compressed`` does, written as passes). The exact path runs in float64; the
+    randomized one multiplies in float32 (the signals' precision; BLAS is 2.5x faster), with sums and
+    factorisations of the small matrices in float64 (its range, orthonormalised blockwise, depends on the
+    chunking in the last bits anyway).
+
+    With a zarr group ``scratch``, the tall (voxel, k + 10) factors of the randomized path are written there
+    by the workers and orthonormalised blockwise (dask's TSQR), so this process holds only (column, k)
+    matrices until the result; without it they are gathered here.
     """
     n_rows, n_cols = x.shape
     if n_cols <= _exact_max_columns():
@@ -319,6 +337,7 @@ def _passes_left_singular(
         (gram,) = dask.compute(_gram(x))
         w, _ = _top_eig(gram, k)
         return _gather_rows(_project(x, w))
+    x32 = x.rechunk({1: -1}).astype(np.float32)
     n_oversample = min(n_cols, k + 10)
     logger.debug(
         "%s: randomized SVD of %d x %d, rank %d, in %d passes",
@@ -329,26 +348,40 @@ def _passes_left_singular(
         2 * n_power_iter + 2,
     )
     omega = np.random.default_rng(seed).standard_normal((n_cols, n_oversample))
-    row_chunks = x.rechunk({1: -1}).chunks[0]
-    x32 = x.rechunk({1: -1}).astype(np.float32)
+    row_chunks = x32.chunks[0]
+    if scratch is None:
 
-    def times(right: np.ndarray) -> np.ndarray:  # x @ right, one pass
-        return _gather_rows(_project(x32, right)).astype(np.float64)
+        def orthonormal_range(right: np.ndarray) -> da.Array:  # q of x @ right: one pass, QR here
+            q, _ = np.linalg.qr(_gather_rows(_project(x32, right, np.float32)).astype(np.float64))
+            return da.from_array(q.astype(np.float32), chunks=(row_chunks, -1))
 
-    def transposed_times(left: np.ndarray) -> np.ndarray:  # x.T @ left, one pass
-        left32 = da.from_array(left.astype(np.float32), chunks=(row_chunks, -1))
-        return np.asarray(dask.compute(x32.T @ left32)[0], dtype=np.float64)
+    else:
+        tall = scratch.create_array(
+            "range", shape=(n_rows, n_oversample), dtype=np.float32,
+            chunks=(row_chunks[0], n_oversample), overwrite=True,
+        )  # fmt: skip
 
-    y = times(omega)
+        def orthonormal_range(
+            right: np.ndarray,
+        ) -> da.Array:  # q of x @ right: one pass, QR blockwise
+            da.store(_project(x32, right, np.float32), tall, lock=False)
+            q, _ = da.linalg.tsqr(da.from_zarr(tall).astype(np.float64))
+            return q.astype(np.float32)
+
+    def transposed_times(q: da.Array) -> np.ndarray:  # x.T @ q, one pass
+        return np.asarray(dask.compute(x32.T @ q)[0], dtype=np.float64)
+
+    q = orthonormal_range(omega)
     for _ in range(n_power_iter):
-        q, _ = np.linalg.qr(y)
         z, _ = np.linalg.qr(transposed_times(q))
-        y = times(z)
-    q, _ = np.linalg.qr(y)
+        q = orthonormal_range(z)
     b = transposed_times(q).T  # (oversample, n_cols)
     ub, s, _ = np.linalg.svd(b, full_matrices=False)
-    u = q @ ub[:, :k]
-    return u * (s[:k] > s[0] * 1e-7)
+    right = ub[:, :k] * (s[:k] > s[0] * 1e-7)
+    u = _gather_rows(q @ da.from_array(right.astype(np.float32), chunks=right.shape))
+    if scratch is not None:
+        del scratch["range"]
+    return u
 
 
 def reduce_runs(
@@ -410,7 +443,7 @@ def reduce_runs(
     right = {i: _top_eig(gram, ranks[i])[0] for i, gram in zip(exact, grams, strict=True)}
     if len(runs) == 1:  # one run: the group SVD would only rotate the same subspace
         if right:
-            return _gather_rows(_project(data[0], right[0]))
+            return _gather_rows(_project(data[0], right[0])).astype(np.float32)
         n_power_iter = 7 if ranks[0] < 0.1 * min(data[0].shape) else 4
         return _passes_left_singular(
             data[0], ranks[0], n_power_iter=n_power_iter, seed=_seed(random_state, 0), what="run 0"
@@ -426,13 +459,13 @@ def reduce_runs(
             overwrite=True,
         )
         if index in right:
-            sources.append(_project(x, right[index]))
+            sources.append(_project(x, right[index]).astype(np.float32))
             targets.append(array)
         else:  # a long run: randomized, in its own passes
             n_power_iter = 7 if ranks[index] < 0.1 * min(x.shape) else 4
             array[...] = _passes_left_singular(
                 x, ranks[index], n_power_iter=n_power_iter, seed=_seed(random_state, index),
-                what=f"run {index}",
+                what=f"run {index}", scratch=group,
             ).astype(np.float32)  # fmt: skip
         stored.append(array)
     if sources:
@@ -440,8 +473,9 @@ def reduce_runs(
     stacked = da.concatenate([da.from_zarr(a) for a in stored], axis=1)
     n_out = min(n_components, stacked.shape[1])
     features = _passes_left_singular(
-        stacked, n_out, n_power_iter=3, seed=_seed(random_state, 2**31 - 1), what="group"
-    )
+        stacked, n_out, n_power_iter=3, seed=_seed(random_state, 2**31 - 1), what="group",
+        scratch=group,
+    )  # fmt: skip
     if isinstance(group, zarr.Group) and "runs" in group:
         del group["runs"]
     return features.astype(np.float32)

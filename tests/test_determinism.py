@@ -142,12 +142,12 @@ _SLOW_FIT = textwrap.dedent(
     from daskparcel import Parcellations
     from daskparcel.preprocessing import signals
 
-    original = signals.smooth_bold
-    def slow_smooth(bold, affine, fwhm, ensure_finite=True):  # each block waits, so the kill lands mid-write
+    original = signals.smooth_block
+    def slow_smooth(*args, **kwargs):  # each block of the streamed .nii.gz waits, so the kill lands mid-write
         import time
-        out = original(bold, affine, fwhm, ensure_finite)
-        return out.copy(data=out.data.map_blocks(lambda b: (time.sleep(0.3), b)[1], dtype=b"f4".decode() and out.dtype))
-    signals.smooth_bold = slow_smooth
+        time.sleep(0.3)
+        return original(*args, **kwargs)
+    signals.smooth_block = slow_smooth
     with dask.config.set(scheduler="synchronous"):
         Parcellations(method="ward", n_parcels=20, n_components=10, store=sys.argv[2], chunk_volumes=2).fit(sys.argv[1])
     """

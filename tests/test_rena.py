@@ -158,3 +158,15 @@ def test_bad_inputs() -> None:
         rena(np.zeros((4, 2)), 1, mask=two)
     with pytest.raises(InputError, match=r"n_supervoxels=2: fewer super-voxels than n_clusters=3"):
         ward_on_supervoxels(x, 3, mask=mask, n_supervoxels=2)
+
+
+def test_auto_block_shape_bounds_the_voxels_of_a_block():
+    from daskparcel.clustering.rena import _block_ids, auto_block_shape
+
+    mask = np.zeros((91, 109, 91), bool)
+    mask[10:80, 10:100, 10:80] = True  # 441,000 voxels
+    shape = auto_block_shape(mask, max_voxels=50_000)
+    assert shape is not None
+    counts = np.bincount(_block_ids(mask, shape))
+    assert counts.max() <= 2 * 50_000 and len(counts) >= 441_000 // 50_000
+    assert auto_block_shape(mask[:20, :20, :20], max_voxels=50_000) is None

@@ -57,14 +57,26 @@ __all__ = ["rena", "supervoxel_tree", "ward_on_supervoxels"]
 def _edge_weights(
     level: int, threshold: float, local: np.ndarray, li: np.ndarray, lj: np.ndarray
 ) -> np.ndarray:
-    """Edge weights as nilearn computes them (level 0: voxels, float64; later: cluster means)."""
+    """Edge weights as nilearn computes them (level 0: voxels, float64; later: cluster means).
+
+    Computed ``_EDGE_CHUNK`` edges at a time: the (edge, component) differences of a whole block would be
+    ~1 GB at 2 mm (700k edges x 200 components in float64); each edge's sum is the same either way.
+    """
+    w = np.empty(len(li), dtype=np.float64 if level == 0 else local.dtype)
+    x = local.astype(np.float64) if level == 0 else local
+    xt = local.T  # the (component, node) Fortran-ordered view nilearn reduces on at later levels
+    for start in range(0, len(li), _EDGE_CHUNK):
+        i, j = li[start : start + _EDGE_CHUNK], lj[start : start + _EDGE_CHUNK]
+        if level == 0:
+            w[start : start + len(i)] = np.sum((x[i] - x[j]) ** 2, axis=-1)
+        else:
+            w[start : start + len(i)] = np.sum((xt[:, i] - xt[:, j]) ** 2, axis=0)
     if level == 0:
-        x64 = local.astype(np.float64)
-        w = np.sum((x64[li] - x64[lj]) ** 2, axis=-1)
         return w / 2  # nilearn symmetrises with (C + C.T) / 2
-    xt = local.T  # the (component, node) Fortran-ordered view nilearn reduces on
-    w = np.sum((xt[:, li] - xt[:, lj]) ** 2, axis=0)
     return np.maximum(threshold, w)
+
+
+_EDGE_CHUNK = 16384
 
 
 def _nn_task(
@@ -395,6 +407,25 @@ def _check_inputs(
             )
         bs = (bs_t[0], bs_t[1], bs_t[2])
     return x, mask_arr, bs
+
+
+def auto_block_shape(mask: np.ndarray, max_voxels: int = 50_000) -> tuple[int, int, int] | None:
+    """A spatial block shape giving about ``max_voxels`` mask voxels a block (None: one block is enough).
+
+    The longest side is halved until the grid has enough blocks, so each task of a round holds a block's
+    features (a few tens of MB at 200 components), not the whole mask's.
+    """
+    n_vox = int(np.count_nonzero(mask))
+    wanted = -(-n_vox // max_voxels)
+    if wanted <= 1:
+        return None
+    shape = [int(s) for s in mask.shape]
+    while np.prod([-(-s // b) for s, b in zip(mask.shape, shape, strict=True)]) < wanted:
+        axis = int(np.argmax(shape))
+        if shape[axis] == 1:
+            break
+        shape[axis] = -(-shape[axis] // 2)
+    return (shape[0], shape[1], shape[2])
 
 
 def _check_n_clusters(n_clusters: Any, n_vox: int) -> None:
