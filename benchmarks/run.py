@@ -931,7 +931,9 @@ def main(argv: list[str] | None = None) -> None:
         share_store=args.share_store,
         lazy=args.lazy,
     )
-    suites = ["seed", "scale", "outofcore", "io", "workers"] if args.suite == "all" else [args.suite]
+    suites = (
+        ["seed", "scale", "outofcore", "io", "workers"] if args.suite == "all" else [args.suite]
+    )
     for suite in suites:
         print(f"# suite {suite}{' (quick)' if args.quick else ''}", flush=True)
         if suite == "seed":
