@@ -214,16 +214,22 @@ def seconds(phases: dict[str, list[float]], name: str) -> float:
     return end - start
 
 
+def client_reserve(memory_cap: int) -> int:
+    """The part of a memory cap kept for the client and the nannies (1 GiB, or a quarter of a smaller cap)."""
+    return min(GIB, memory_cap // 4)
+
+
 @contextlib.contextmanager
 def capped_client(memory_cap: int, n_workers: int = 2) -> Iterator[Any]:
-    """A ``distributed`` client on a LocalCluster whose workers' memory limits sum to ``memory_cap``."""
+    """A ``distributed`` client on a LocalCluster whose workers' memory limits and the client's reserve
+    (:func:`client_reserve`) sum to ``memory_cap``, so the whole run's peak can be checked against the cap."""
     from distributed import Client, LocalCluster
 
     with (
         LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
-            memory_limit=memory_cap // n_workers,
+            memory_limit=(memory_cap - client_reserve(memory_cap)) // n_workers,
             processes=True,
             dashboard_address=None,
         ) as cluster,

@@ -4,11 +4,11 @@ Usage::
 
     python benchmarks/run.py --suite seed            # the real rapidtide scan + a 4 mm synthetic run
     python benchmarks/run.py --suite scale           # 2 mm cohorts of 1, 10, 40 subjects x 300 volumes
-    python benchmarks/run.py --suite outofcore       # 40 subjects under a 4 GiB cap (2 workers x 2 GiB)
+    python benchmarks/run.py --suite outofcore       # 40 subjects under a 4 GiB cap (2 workers x 1.5 GiB + 1 GiB client)
     python benchmarks/run.py --suite io              # one streaming read of the signals store
     python benchmarks/run.py --suite workers         # 10 subjects, kmeans 50: local default, 1 and 2 workers
-    python benchmarks/run.py --suite outofcore --lazy --share-store --memory-cap-gib 3
-                                                     # 40 lazy subjects (10.5 GiB) on 2 workers x 1.5 GiB
+    python benchmarks/run.py --suite outofcore --lazy --share-store
+                                                     # the same, lazy (no NIfTI: 40 x 1 GB .nii.gz need disk)
     python benchmarks/run.py --suite all --quick     # every suite, small, to check the plumbing
 
 Every configuration runs in its own process (see ``_measure.py``): wall times of fit and transform as the child
@@ -38,6 +38,7 @@ from _measure import (
     RESULTS,
     Measurement,
     capped_client,
+    client_reserve,
     fmt,
     markdown_table,
     measure,
@@ -725,7 +726,10 @@ def outofcore_suite(opts: Options, names: list[str], subjects: int | None) -> No
         )
     extra = (
         f"Cohort {cohort.name}: {data_gib:.1f} GiB of masked float32 data ({data_gib / (cap / GIB):.1f}x the "
-        f"{cap / GIB:.1f} GiB cap: {opts.workers} workers x {cap / opts.workers / GIB:.1f} GiB). "
+        f"{cap / GIB:.1f} GiB cap: {opts.workers} workers x "
+        f"{(cap - client_reserve(cap)) / opts.workers / GIB:.2f} GiB memory_limit + "
+        f"{client_reserve(cap) / GIB:.2f} GiB for the client and nannies; 'over cap': the sampled peak of all "
+        "processes passed the cap). "
         f"'subsample' rows: the same method fitted on {sub.name} (local threads, no cap); every R^2 is "
         f"on the whole cohort's signals.\n\n"
         + markdown_table(

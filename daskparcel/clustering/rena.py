@@ -268,7 +268,13 @@ def _rena_connected(
     blocks: list[Any] = []
     for b in range(n_blocks):
         ids = np.flatnonzero(home == b)
-        blocks.append(x if len(ids) == n_vox else x[ids])
+        if isinstance(x, np.ndarray):
+            piece = x if len(ids) == n_vox else x[ids]
+            blocks.append(dask.delayed(piece, name=f"rena-block-{b}-{dask.base.tokenize(piece)}"))
+        else:
+            blocks.append(x if len(ids) == n_vox else x[ids])
+    if isinstance(x, np.ndarray):
+        blocks = list(dask.persist(*blocks))  # on a cluster: each block goes to a worker once
     logger.debug("ReNA: %d voxels in %d spatial blocks", n_vox, n_blocks)
     level = _Level(home, blocks)
     ei, ej = grid_edges(mask)
@@ -376,7 +382,9 @@ def _check_inputs(
     mask_arr = mask_arr.astype(bool)
     if hasattr(features, "data") and hasattr(features, "dims"):  # xarray.DataArray
         features = features.data
-    x = features if isinstance(features, da.Array) else da.asarray(np.asarray(features))
+    # numpy stays numpy: each spatial block is cut from it and shipped once (wrapping the whole array in
+    # dask would embed all of it in every chunk's task)
+    x = features if isinstance(features, da.Array) else np.asarray(features)
     if x.ndim != 2:
         raise InputError(
             f"features: expected a 2D (voxel, component) array, got shape {x.shape}; pass one row "
@@ -568,6 +576,8 @@ def supervoxel_tree(
     n_sv = int(sv.max()) + 1
     sizes = np.bincount(sv, minlength=n_sv).astype(np.float64)
     # voxel sums per super-voxel: one partial sum per chunk of voxels, tree-summed by dask
+    if isinstance(x, np.ndarray):
+        x = da.from_array(x, chunks=("auto", -1))
     offsets = np.cumsum((0, *x.chunks[0]))
     parts = [
         da.from_delayed(
