@@ -177,3 +177,52 @@ def test_fit_killed_mid_write_then_rerun_gives_identical_labels(run_path, refere
     )
     assert store_info(stores[0])["complete"] is True
     assert adjusted_rand_score(labels, reference["ward"]) == 1.0
+
+
+@pytest.fixture(scope="module")
+def cohort_paths(tmp_path_factory):
+    """Three subjects: crops of synthetic 4 mm runs (~6k brain voxels, 32 volumes each), as NIfTI."""
+    from daskparcel.store import to_nifti
+
+    folder = tmp_path_factory.mktemp("cohort")
+    paths = []
+    for subject in range(3):
+        run = datasets.synthetic_run(4, 32, n_parcels=60, subject=subject).isel(
+            x=slice(12, 38), y=slice(15, 45), z=slice(15, 40)
+        )
+        affine = np.asarray(run.attrs["affine"])
+        affine[:3, 3] += affine[:3, :3] @ np.array([12, 15, 15])
+        run.attrs["affine"] = affine.tolist()
+        paths.append(to_nifti(run, folder / f"sub-{subject:02d}_bold.nii.gz"))
+    return paths
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("method", ["kmeans", "rena"])
+def test_workers_with_a_tight_memory_limit_complete_a_cohort_fit(method, cohort_paths, tmp_path):
+    """Two worker processes limited to 700 MB each (dask pauses a worker at 80% and restarts it at 95%; an
+    idle worker takes ~300 MB): the cohort fit completes on them, no worker restarted, and every worker's
+    peak stayed under its limit; the labels are the local default's."""
+    import resource
+
+    from distributed import Client, LocalCluster
+
+    limit = 700 * 2**20
+    kwargs = dict(method=method, n_parcels=20, n_components=10, random_state=0)
+    expected = Parcellations(**kwargs, store=tmp_path / "local").fit(cohort_paths).labels_.values
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0",
+        memory_limit=limit,
+    ) as cluster:  # fmt: skip
+        with Client(cluster) as client:
+            pids = client.run(os.getpid)
+            estimator_module._MASKS.clear()
+            labels = (
+                Parcellations(**kwargs, store=tmp_path / "capped", client=client)
+                .fit(cohort_paths)
+                .labels_.values
+            )
+            assert client.run(os.getpid) == pids, "a worker was restarted"
+            peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    assert max(peaks.values()) < limit
+    np.testing.assert_array_equal(labels, expected)
