@@ -255,6 +255,16 @@ def fit_daskparcel(
     }
 
 
+def _peak_rss() -> int:
+    """This process's peak RSS since it started (``VmHWM``; ``ru_maxrss`` would count the memory of the
+    process a spawned worker was forked from)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def fit_on_cluster(
     imgs: str | list[str],
     mask: str,
@@ -264,9 +274,7 @@ def fit_on_cluster(
     threads_per_worker: int,
 ) -> dict:
     """Fit on the local default (``n_workers=0``) or on a LocalCluster of worker processes (child process);
-    the peak RSS of each worker (its own high-water mark, ``ru_maxrss``)."""
-    import resource
-
+    the peak RSS of each worker (its own high-water mark, :func:`_peak_rss`)."""
     from daskparcel import Parcellations
 
     cfg = Config(**config)
@@ -291,13 +299,13 @@ def fit_on_cluster(
         with timed(phases, "fit"):
             est.fit(_resolve(imgs))
         if client is not None:
-            peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            peaks = client.run(_peak_rss)
             worker_peaks = [v / GIB for v in peaks.values()]
     return {
         "fit_s": seconds(phases, "fit"),
         "timings": est.timings_,
         "worker_peaks_gib": worker_peaks,
-        "client_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
+        "client_peak_gib": _peak_rss() / GIB,
         "phases": phases,
     }
 
@@ -811,7 +819,7 @@ def workers_suite(opts: Options, names: list[str], subjects: int | None) -> None
             markdown_table(rows, columns),
             "",
             "Each fit from scratch (its own store) in its own process. Worker peak: the worker process's own "
-            "high-water mark (``ru_maxrss``), the largest of the workers; all processes: the sampled peak of the "
+            "high-water mark (``VmHWM``), the largest of the workers; all processes: the sampled peak of the "
             "sum over the process tree (client, nannies, workers).",
         ]
     )
@@ -837,7 +845,7 @@ def io_suite(opts: Options, subjects: list[int] | None) -> None:
     if opts.quick:
         inputs = [synthetic_input(4, 1, 40), synthetic_input(2, 1, 100)]
     else:
-        inputs = [real_input()] + [synthetic_input(2, n, 300) for n in (subjects or [1, 10])]
+        inputs = [real_input()] + [opts.cohort(2, n, 300) for n in (subjects or [1, 10])]
     rows = []
     for inp in inputs:
         print(f"  read       {inp.name}", flush=True)
