@@ -117,6 +117,31 @@ def lazy_input(resolution: int, n_subjects: int, n_volumes: int) -> Input:
     """A synthetic cohort given to daskparcel as lazy Datasets (``datasets.synthetic_cohort``): generated
     block by block while it is read, so a cohort larger than the disk's free space needs no NIfTI files
     (nilearn cannot take it)."""
+    spec = f"{LAZY}{resolution}:{n_subjects}:{n_volumes}"
+    return Input(f"mni{resolution}mm {n_subjects}x{n_volumes} lazy", spec, _mask_file(resolution))
+
+
+def _lazy_spec(imgs: str | list[str]) -> tuple[int, int, int] | None:
+    """(resolution, subjects, volumes) of a ``synthetic:`` spec, or None for paths."""
+    if isinstance(imgs, str) and imgs.startswith(LAZY):
+        resolution, n_subjects, n_volumes = (int(v) for v in imgs[len(LAZY) :].split(":"))
+        return resolution, n_subjects, n_volumes
+    return None
+
+
+def _resolve(imgs: str | list[str]) -> Any:
+    """What a child gives ``fit``: the paths, or the lazy Datasets of a ``synthetic:`` spec."""
+    spec = _lazy_spec(imgs)
+    if spec is None:
+        return imgs
+    from daskparcel import datasets
+
+    resolution, n_subjects, n_volumes = spec
+    return datasets.synthetic_cohort(n_subjects, resolution, n_volumes)
+
+
+def _mask_file(resolution: int) -> str:
+    """The MNI brain mask at ``resolution``, written once under ``results/data``."""
     import nibabel as nib
 
     from daskparcel import datasets
@@ -125,25 +150,12 @@ def lazy_input(resolution: int, n_subjects: int, n_volumes: int) -> Input:
     if not mask.exists():
         mask.parent.mkdir(parents=True, exist_ok=True)
         nib.save(datasets.brain_mask(resolution), mask)
-    spec = f"{LAZY}{resolution}:{n_subjects}:{n_volumes}"
-    return Input(f"mni{resolution}mm {n_subjects}x{n_volumes} lazy", spec, str(mask))
-
-
-def _resolve(imgs: str | list[str]) -> Any:
-    """What a child gives ``fit``: the paths, or the lazy Datasets of a ``synthetic:`` spec."""
-    if isinstance(imgs, str) and imgs.startswith(LAZY):
-        from daskparcel import datasets
-
-        resolution, n_subjects, n_volumes = (int(v) for v in imgs[len(LAZY) :].split(":"))
-        return datasets.synthetic_cohort(n_subjects, resolution, n_volumes)
-    return imgs
+    return str(mask)
 
 
 def synthetic_input(resolution: int, n_subjects: int, n_volumes: int) -> Input:
     """A synthetic cohort on an MNI grid, written once under ``results/data`` (subjects are reused by larger
     cohorts of the same volumes), with the MNI brain mask written beside it."""
-    import nibabel as nib
-
     from daskparcel import datasets
 
     folder = DATA / f"mni{resolution}mm-t{n_volumes}"
@@ -153,11 +165,8 @@ def synthetic_input(resolution: int, n_subjects: int, n_volumes: int) -> Input:
     if todo:
         print(f"writing {len(todo)} synthetic subject(s) into {folder} ...", flush=True)
     paths, _ = datasets.write_synthetic_nifti(folder, n_subjects, resolution, n_volumes)
-    mask = DATA / f"mask-mni{resolution}mm.nii.gz"
-    if not mask.exists():
-        nib.save(datasets.brain_mask(resolution), mask)
     imgs: str | list[str] = str(paths[0]) if n_subjects == 1 else [str(p) for p in paths]
-    return Input(f"mni{resolution}mm {n_subjects}x{n_volumes}", imgs, str(mask))
+    return Input(f"mni{resolution}mm {n_subjects}x{n_volumes}", imgs, _mask_file(resolution))
 
 
 # ------------------------------------------------------------------- child processes (one a run)
@@ -255,16 +264,6 @@ def fit_daskparcel(
     }
 
 
-def _peak_rss() -> int:
-    """This process's peak RSS since it started (``VmHWM``; ``ru_maxrss`` would count the memory of the
-    process a spawned worker was forked from)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def fit_on_cluster(
     imgs: str | list[str],
     mask: str,
@@ -274,8 +273,9 @@ def fit_on_cluster(
     threads_per_worker: int,
 ) -> dict:
     """Fit on the local default (``n_workers=0``) or on a LocalCluster of worker processes (child process);
-    the peak RSS of each worker (its own high-water mark, :func:`_peak_rss`)."""
+    the peak RSS of each worker (its own high-water mark, :func:`daskparcel.runtime.peak_rss`)."""
     from daskparcel import Parcellations
+    from daskparcel.runtime import peak_rss
 
     cfg = Config(**config)
     phases: dict[str, list[float]] = {}
@@ -299,13 +299,13 @@ def fit_on_cluster(
         with timed(phases, "fit"):
             est.fit(_resolve(imgs))
         if client is not None:
-            peaks = client.run(_peak_rss)
+            peaks = client.run(peak_rss)
             worker_peaks = [v / GIB for v in peaks.values()]
     return {
         "fit_s": seconds(phases, "fit"),
         "timings": est.timings_,
         "worker_peaks_gib": worker_peaks,
-        "client_peak_gib": _peak_rss() / GIB,
+        "client_peak_gib": peak_rss() / GIB,
         "phases": phases,
     }
 
@@ -641,9 +641,14 @@ def report(suite: str, rows: list[dict[str, Any]], extra: str = "") -> None:
             f"{max(checks):.1e}.",
         ]
     parts += ["", NOTES]
+    publish(suite, {"rows": rows, "ratios": table}, parts)
+
+
+def publish(suite: str, doc: dict[str, Any], parts: list[str]) -> None:
+    """Print a suite's Markdown (``parts`` joined by lines) and save it with ``doc`` as JSON."""
     markdown = "\n".join(parts)
     print("\n" + markdown + "\n")
-    json_path, _ = save(suite, {"rows": rows, "ratios": table}, markdown)
+    json_path, _ = save(suite, doc, markdown)
     print(f"saved {json_path} (+ .md)")
 
 
@@ -812,7 +817,9 @@ def workers_suite(opts: Options, names: list[str], subjects: int | None) -> None
         ("worker_peak_gib", "peak of a worker (GiB)", fmt(".2f")),
         ("peak_gib", "peak RSS, all processes (GiB)", fmt(".2f")),
     ]
-    markdown = "\n".join(
+    publish(
+        "workers",
+        {"rows": rows},
         [
             "## workers",
             "",
@@ -821,11 +828,8 @@ def workers_suite(opts: Options, names: list[str], subjects: int | None) -> None
             "Each fit from scratch (its own store) in its own process. Worker peak: the worker process's own "
             "high-water mark (``VmHWM``), the largest of the workers; all processes: the sampled peak of the "
             "sum over the process tree (client, nannies, workers).",
-        ]
+        ],
     )
-    print("\n" + markdown + "\n")
-    json_path, _ = save("workers", {"rows": rows}, markdown)
-    print(f"saved {json_path} (+ .md)")
 
 
 def _masked_gib(inp: Input) -> float:
@@ -833,9 +837,9 @@ def _masked_gib(inp: Input) -> float:
     import numpy as np
 
     n_voxels = int((np.asarray(nib.load(inp.mask).dataobj) > 0).sum())
-    if isinstance(inp.imgs, str) and inp.imgs.startswith(LAZY):
-        _, n_subjects, n_volumes = (int(v) for v in inp.imgs[len(LAZY) :].split(":"))
-        return n_voxels * n_subjects * n_volumes * 4 / GIB
+    spec = _lazy_spec(inp.imgs)
+    if spec is not None:
+        return n_voxels * spec[1] * spec[2] * 4 / GIB
     n_time = sum(int(nib.load(p).shape[3]) for p in inp.paths)
     return n_voxels * n_time * 4 / GIB
 
@@ -866,7 +870,9 @@ def io_suite(opts: Options, subjects: list[int] | None) -> None:
         )
         if m.error:
             print("    " + m.error, flush=True)
-    markdown = "\n".join(
+    publish(
+        "io",
+        {"rows": rows},
         [
             "## io",
             "",
@@ -887,11 +893,8 @@ def io_suite(opts: Options, subjects: list[int] | None) -> None:
             "read = `store.signals('cleaned').data.sum().compute()` on the local default scheduler (the store "
             "is written first if absent, not timed); divide a fit time by it to express the fit in passes over "
             "the data.",
-        ]
+        ],
     )
-    print("\n" + markdown + "\n")
-    json_path, _ = save("io", {"rows": rows}, markdown)
-    print(f"saved {json_path} (+ .md)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -98,6 +98,7 @@ __all__ = [
     "job_script",
     "load_cluster_config",
     "make_cluster",
+    "peak_rss",
 ]
 
 DEFAULTS: dict[str, Any] = {
@@ -134,6 +135,22 @@ _JOB_CLASSES = {
 # ----------------------------------------------------------------------------------------------
 
 Check = Callable[[str, Any], str | None]  # (key, value) -> problem or None
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory since it started, in bytes (Linux ``VmHWM``; 0 elsewhere).
+
+    Run it on workers (``client.run(peak_rss)``) to see how close each came to its ``memory_limit``;
+    ``resource.getrusage(...).ru_maxrss`` would also count the process a spawned worker was forked from.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _is_int(value: Any) -> bool:

@@ -16,6 +16,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from daskparcel import Parcellations, datasets
 from daskparcel import estimator as estimator_module
+from daskparcel.runtime import peak_rss
 from daskparcel.store import store_info
 
 METHODS = ["kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena"]
@@ -221,16 +222,6 @@ def test_workers_with_a_tight_memory_limit_complete_a_cohort_fit(method, cohort_
                 .labels_.values
             )
             assert client.run(os.getpid) == pids, "a worker was restarted"
-            peaks = client.run(_peak_rss)
+            peaks = client.run(peak_rss)
     assert 0 < max(peaks.values()) < limit
     np.testing.assert_array_equal(labels, expected)
-
-
-def _peak_rss() -> int:
-    """This process's peak RSS since it started (``VmHWM``; ``ru_maxrss`` would count the memory of the
-    process a spawned worker was forked from)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0

@@ -179,8 +179,7 @@ class NiftiVolumes:
     @property
     def gzipped(self) -> bool:
         """Whether the file is gzip-compressed (read in order only: see :meth:`stream`)."""
-        with open(self.path, "rb") as handle:
-            return handle.read(2) == b"\x1f\x8b"
+        return _is_gzip(self.path)
 
     def stream(self, volumes_per_block: int) -> Iterator[tuple[int, np.ndarray]]:
         """Every volume, in order, by blocks: ``(first volume index, block (x, y, z, n) float32)``.
@@ -217,11 +216,14 @@ class NiftiVolumes:
                 ) from exc
 
 
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
 def _open_stream(path: str) -> Any:
     """A sequential binary reader of ``path``, inflating gzip (ISA-L in a thread if available)."""
-    with open(path, "rb") as handle:
-        compressed = handle.read(2) == b"\x1f\x8b"
-    if not compressed:
+    if not _is_gzip(path):
         return open(path, "rb", buffering=1 << 22)
     try:
         from isal import igzip_threaded
