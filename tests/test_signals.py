@@ -7,12 +7,14 @@ import logging
 import nibabel as nib
 import numpy as np
 import pytest
+import zarr
 from conftest import raise_if_dask_computes, real_scan
 from nilearn.maskers import NiftiMasker
 
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import open_nifti
 from daskparcel.preprocessing.signals import CleanParams, RunInput, write_signals
+from daskparcel.store import quiet_zarr
 
 
 def _run(path, chunk=None, name="run", stream=False):
@@ -118,6 +120,55 @@ def test_streamed_gzip_runs_equal_blockwise_reads(tmp_path, caplog, time_chunk, 
     ref = NiftiMasker(mask_img, smoothing_fwhm=5.0, standardize=None).fit_transform(paths[0])
     ours = stores[1].signals("smoothed").sel(time=stores[1].signals()["run"] == "a").values.T
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("time_chunk", "voxel_chunk", "stream", "standardize"),
+    [
+        (7, 50, False, "zscore_sample"),
+        (16, 4096, True, "zscore_sample"),
+        (16, 30_529, True, "zscore"),
+    ],
+)
+def test_zscoring_alone_is_applied_on_read(tmp_path, time_chunk, voxel_chunk, stream, standardize):
+    # the kmeans defaults (smoothing, z-scoring, nothing else): no cleaned/ arrays are written, the
+    # per-voxel moments are kept from the smoothing pass, and the signals read equal nilearn's
+    scan, mask_path = real_scan("rapidtide"), real_scan("rapidtide_mask")
+    mask = _mask_of(mask_path)
+    params = CleanParams(smoothing_fwhm=4.0, standardize=standardize)
+    store = write_signals(
+        [_run(scan, time_chunk, stream=stream)], mask, nib.load(scan).affine, params, tmp_path,
+        voxel_chunk=voxel_chunk,
+    )  # fmt: skip
+    assert store.zscore_on_read == standardize
+    assert not (store.path / "cleaned").exists() and (store.path / "zscore").is_dir()
+    smoothed = (
+        NiftiMasker(mask_img=mask_path, smoothing_fwhm=4.0, standardize=None)
+        .fit_transform(scan)
+        .astype(np.float64)
+    )
+    centred = smoothed - smoothed.mean(axis=0)
+    ref = centred / centred.std(axis=0, ddof=1 if standardize == "zscore_sample" else 0)
+    ours = store.signals().values.T
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    if standardize == "zscore_sample":
+        # nilearn z-scores the float32 signals in float32 (no detrend to cast them): ~1e-4 apart
+        nilearn = NiftiMasker(
+            mask_img=mask_path, smoothing_fwhm=4.0, standardize="zscore_sample"
+        ).fit_transform(scan)
+        np.testing.assert_allclose(ours, nilearn, rtol=1e-4, atol=1e-3)
+    # the smoothed chunks hold >= 64 volumes (whole input blocks), a voxel block reads in a few chunks
+    with quiet_zarr():
+        chunks = zarr.open_array(str(store.path), path="smoothed/run", mode="r").chunks
+    n_time = smoothed.shape[0]
+    assert chunks[1] == min(n_time, -(-64 // time_chunk) * time_chunk)
+    # reopened from the cache, the store reads the same
+    with raise_if_dask_computes(0):
+        again = write_signals(
+            [_run(scan, time_chunk, stream=stream)], mask, nib.load(scan).affine, params, tmp_path,
+            voxel_chunk=voxel_chunk,
+        )  # fmt: skip
+    np.testing.assert_array_equal(again.signals().values, store.signals().values)
 
 
 def test_a_truncated_gzip_run_fails_with_input_error_when_streamed(tmp_path):
