@@ -332,7 +332,7 @@ def _signals_store(
     affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
     params = CleanParams(smoothing_fwhm=smoothing_fwhm, standardize=standardize)
     signals = write_signals(runs, mask_array, affine, params, store)
-    if not signals.cleaned_is_smoothed and not keep_smoothed:
+    if signals.cleaned_is_stored and not keep_smoothed:
         shutil.rmtree(Path(signals.path) / "smoothed", ignore_errors=True)
     return signals
 

@@ -128,6 +128,11 @@ class SignalsStore:
     def n_voxels(self) -> int:
         return int(self.mask.sum())
 
+    @property
+    def cleaned_is_stored(self) -> bool:
+        """Whether ``cleaned/`` arrays were written apart (else ``cleaned`` is read from ``smoothed/``)."""
+        return not self.cleaned_is_smoothed and self.zscore_on_read is None
+
     def _array(self, kind: str, run: str) -> da.Array:
         if kind == "cleaned" and self.zscore_on_read is not None:
             smoothed = self._array("smoothed", run)
