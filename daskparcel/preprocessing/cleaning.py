@@ -55,6 +55,7 @@ __all__ = [
     "count_zeroed_voxels",
     "make_clean_plan",
     "warn_zeroed_voxels",
+    "zscore_divisor",
 ]
 
 _EPS = np.finfo(np.float64).eps
@@ -110,15 +111,19 @@ def _detrend(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def zscore_divisor(std: np.ndarray) -> np.ndarray:
+    """What z-scoring divides by: the standard deviation, or 1 where it is below float64 eps (nilearn's rule:
+    a constant signal becomes 0, not NaN)."""
+    return np.where(std < _EPS, 1.0, std)
+
+
 def _standardize(x: np.ndarray, standardize: str | None) -> np.ndarray:
     """nilearn's ``standardize_signal`` with detrend=False (plus 'zscore', ddof=0)."""
     if standardize is None or x.shape[0] == 1:
         return x
     if standardize in ("zscore_sample", "zscore"):
         x = x - x.mean(axis=0)
-        std = x.std(axis=0, ddof=1 if standardize == "zscore_sample" else 0)
-        std[std < _EPS] = 1.0
-        x /= std
+        x /= zscore_divisor(x.std(axis=0, ddof=1 if standardize == "zscore_sample" else 0))
         return x
     # psc
     mean = x.mean(axis=0)

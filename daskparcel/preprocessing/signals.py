@@ -55,7 +55,12 @@ import zarr
 
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import NiftiVolumes
-from daskparcel.preprocessing.cleaning import clean, count_zeroed_voxels, warn_zeroed_voxels
+from daskparcel.preprocessing.cleaning import (
+    clean,
+    count_zeroed_voxels,
+    warn_zeroed_voxels,
+    zscore_divisor,
+)
 from daskparcel.preprocessing.smoothing import smooth_block, smooth_bold, smoothing_kernel
 from daskparcel.store import quiet_zarr, set_store_info, store_info, store_lock
 
@@ -464,9 +469,7 @@ def _zscore_block(block: np.ndarray, moments: np.ndarray) -> np.ndarray:
     float64, a standard deviation below float64 eps counts as 1; float32 out."""
     x = block.astype(np.float64)
     x -= moments[:, :1]
-    std = moments[:, 1:].copy()
-    std[std < np.finfo(np.float64).eps] = 1.0
-    x /= std
+    x /= zscore_divisor(moments[:, 1:])
     return x.astype(np.float32)
 
 
