@@ -696,7 +696,78 @@ def scale_suite(opts: Options, names: list[str], subjects: list[int] | None) -> 
     )
     if skip:
         extra += f" nilearn skipped here for {sorted(skip)} (--force-nilearn to run it)."
-    report("scale", pair_suite("scale", inputs, names, opts, skip), extra)
+    rows = pair_suite("scale", inputs, names, opts, skip)
+    report("scale", rows, extra + "\n\n" + floor_table(rows, inputs, opts))
+
+
+def measure_read(inp: Input, fwhm: float, standardize: bool | str, opts: Options) -> dict[str, Any]:
+    """One streaming read of the input's signals store with this preprocessing, in its own process."""
+    print(f"  read       fwhm={fwhm} standardize={standardize} {inp.name}", flush=True)
+    m = measure(
+        SCRIPT,
+        "read_signals",
+        {
+            "imgs": inp.imgs,
+            "mask": inp.mask,
+            "smoothing_fwhm": fwhm,
+            "standardize": standardize,
+            "store": str(JUDGE),
+        },
+        timeout_s=opts.timeout,
+    )
+    if m.error:
+        print("    " + m.error, flush=True)
+    return {"input": inp.name, "status": m.status, "peak_gib": m.peak_rss / GIB, **m.result}
+
+
+def floor_table(rows: list[dict[str, Any]], inputs: list[Input], opts: Options) -> str:
+    """daskparcel's reduction + clustering as a multiple of one read of the signals it works on, the read
+    measured in this run right after the fits (issue 4's I/O floor); adds ``read_s`` and ``passes`` to the
+    rows."""
+    table = []
+    for inp in inputs:
+        ours = [
+            r
+            for r in rows
+            if r["input"] == inp.name and r["impl"] == "daskparcel" and r["status"] == "ok"
+        ]
+        for pre in dict.fromkeys(CONFIGS[r["config_key"]].preprocessing for r in ours):
+            read = measure_read(inp, *pre, opts)
+            for row in ours:
+                if CONFIGS[row["config_key"]].preprocessing != pre or read["status"] != "ok":
+                    continue
+                t = row["timings"] or {}
+                work = t.get("reduction", 0.0) + t.get("clustering", 0.0)
+                row["read_s"], row["passes"] = read["read_s"], work / read["read_s"]
+                table.append(
+                    {
+                        "input": inp.name,
+                        "config": row["config"],
+                        "gib": read["gib"],
+                        "read_s": read["read_s"],
+                        "reduction_s": t.get("reduction"),
+                        "clustering_s": t.get("clustering"),
+                        "passes": row["passes"],
+                    }
+                )
+    if not table:
+        return ""
+    return (
+        "Fit work in reads of the signals (measured in this run, after the fits): one read = "
+        "`store.signals('cleaned').data.sum().compute()` of the store the fit used (local default scheduler).\n\n"
+        + markdown_table(
+            table,
+            [
+                ("input", "input", fmt("")),
+                ("config", "config", fmt("")),
+                ("gib", "signals (GiB)", fmt(".2f")),
+                ("read_s", "one read (s)", fmt(".2f")),
+                ("reduction_s", "reduction (s)", fmt(".1f")),
+                ("clustering_s", "clustering (s)", fmt(".1f")),
+                ("passes", "(reduction + clustering) / read", fmt(".1f")),
+            ],
+        )
+    )
 
 
 def outofcore_suite(opts: Options, names: list[str], subjects: int | None) -> None:
@@ -850,26 +921,7 @@ def io_suite(opts: Options, subjects: list[int] | None) -> None:
         inputs = [synthetic_input(4, 1, 40), synthetic_input(2, 1, 100)]
     else:
         inputs = [real_input()] + [opts.cohort(2, n, 300) for n in (subjects or [1, 10])]
-    rows = []
-    for inp in inputs:
-        print(f"  read       {inp.name}", flush=True)
-        m = measure(
-            SCRIPT,
-            "read_signals",
-            {
-                "imgs": inp.imgs,
-                "mask": inp.mask,
-                "smoothing_fwhm": 2.0,
-                "standardize": False,
-                "store": str(JUDGE),
-            },
-            timeout_s=opts.timeout,
-        )
-        rows.append(
-            {"input": inp.name, "status": m.status, "peak_gib": m.peak_rss / GIB, **m.result}
-        )
-        if m.error:
-            print("    " + m.error, flush=True)
+    rows = [measure_read(inp, 2.0, False, opts) for inp in inputs]
     publish(
         "io",
         {"rows": rows},
