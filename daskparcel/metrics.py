@@ -26,7 +26,7 @@ import xarray as xr
 from flox.xarray import xarray_reduce
 
 from daskparcel.errors import InputError
-from daskparcel.parcels import _check_signals, check_labels, expand, parcel_means
+from daskparcel.parcels import _check_signals, check_labels, parcel_means
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,66 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 
+def _shifted(signals: xr.DataArray) -> xr.DataArray:
+    """The signals in float64, each voxel minus its first sample, without voxel coordinates.
+
+    Sums of squares about the time mean are then computed from one pass of sums and sums of
+    squares (``sum y^2 - (sum y)^2 / T``) with no cancellation from a large baseline (BOLD at
+    1000 +- 10): centring first (``x - x.mean("time")``) needs every time chunk of a voxel block
+    before the first can be used, so dask holds whole voxel blocks (over all runs of a cohort) in
+    memory; the shift needs only the first time chunk.
+    """
+    signals = _check_signals(signals)
+    x = signals.astype(np.float64)
+    x = x.drop_vars([n for n, c in x.coords.items() if "voxel" in c.dims])
+    return x - x.isel(time=0, drop=True)
+
+
+def _sums_block(
+    y: np.ndarray, m: np.ndarray | None = None, codes: np.ndarray | None = None
+) -> np.ndarray:
+    """(voxel, 1, terms) sums over one time block: ``sum y``, ``sum y^2`` and, given the parcel
+    signals ``m`` (time, parcel) and the labels, ``sum y m_p(v)`` and ``sum m_p(v)^2`` (0 for
+    voxels labelled 0)."""
+    out = [y.sum(axis=1), (y * y).sum(axis=1)]
+    if m is not None and codes is not None:
+        fitted = m[:, np.maximum(codes, 1) - 1].T * (codes > 0)[:, None]
+        out += [(y * fitted).sum(axis=1), (fitted * fitted).sum(axis=1)]
+    return np.stack(out, axis=-1)[:, None, :]
+
+
+def _voxel_sums(y: xr.DataArray, m: Any = None, codes: np.ndarray | None = None) -> xr.DataArray:
+    """The sums of :func:`_sums_block` over the whole time axis (dims voxel, term).
+
+    One task per (voxel block, time block) computes every term, so each block of the signals has
+    one consumer here and is dropped as soon as it is summed (separate xarray reductions let dask
+    hold a voxel block's time blocks for the next reduction).
+    """
+    import dask.array as da
+
+    data = y.transpose("voxel", "time").data
+    if not isinstance(data, da.Array):
+        m_np = None if m is None else np.asarray(m)
+        out = _sums_block(np.asarray(data), m_np, codes)[:, 0, :]
+    else:
+        args: list[Any] = [data, "vt"]
+        if m is not None and codes is not None:
+            m_d = da.asarray(m).rechunk((data.chunks[1], -1))
+            args += [m_d, "tp", da.from_array(codes, chunks=(data.chunks[0],)), "v"]
+        per_block = da.blockwise(
+            _sums_block, "vtk", *args,
+            new_axes={"k": 2 if len(args) == 2 else 4}, adjust_chunks={"t": 1},
+            dtype=np.float64, concatenate=True,
+        )  # fmt: skip
+        out = per_block.sum(axis=1)
+    return xr.DataArray(out, dims=("voxel", "term"))
+
+
+def _ss_about_mean(sums: xr.DataArray, n: int) -> xr.DataArray:
+    """``sum_t (y_t - mean_t y)^2 = sum y^2 - (sum y)^2 / T`` from the sums, clipped at 0."""
+    return (sums.isel(term=1) - sums.isel(term=0) ** 2 / n).clip(min=0.0)
+
+
 def _r2_parts(
     signals: xr.DataArray, labels: np.ndarray | xr.DataArray, n_parcels: int | None
 ) -> tuple[xr.DataArray, xr.DataArray]:
@@ -56,26 +116,25 @@ def _r2_parts(
     With ``x~_v`` voxel ``v`` centred over time and ``m~_p`` the centred mean of parcel ``p``
     (``n_p`` voxels): total_p = sum_{v in p} ||x~_v||^2 and explained_p = n_p ||m~_p||^2, so
     that the residual sum_{v in p} ||x~_v - m~_p||^2 = total_p - explained_p (``m~_p`` is the
-    mean of the ``x~_v``, an orthogonal projection).
+    mean of the ``x~_v``, an orthogonal projection). Every term is a sum over time of the shifted
+    signals (:func:`_shifted`; a shift by a constant per voxel changes neither ``x~_v`` nor
+    ``m~_p``), so each chunk is read once and dropped: the memory is a few chunks whatever the
+    length of the cohort.
     """
-    signals = _check_signals(signals)
-    codes, n_parcels = check_labels(labels, signals.sizes["voxel"], n_parcels)
-    x = signals.astype(np.float64)
-    x = x.drop_vars([n for n, c in x.coords.items() if "voxel" in c.dims])
-    centred = x - x.mean("time")
-    ss_voxel = (centred**2).sum("time")
+    y = _shifted(signals)
+    codes, n_parcels = check_labels(labels, y.sizes["voxel"], n_parcels)
     by = xr.DataArray(codes, dims="voxel", name="parcel")
     total = xarray_reduce(
-        ss_voxel,
+        _ss_about_mean(_voxel_sums(y), y.sizes["time"]),
         by,
         func="sum",
         expected_groups=np.arange(1, n_parcels + 1),
         dim="voxel",
         fill_value=0.0,
     )
-    means = parcel_means(x, codes, n_parcels)
+    means = parcel_means(y, codes, n_parcels)
     counts = np.bincount(codes, minlength=n_parcels + 1)[1:]
-    centred_means = means - means.mean("time")
+    centred_means = means - means.mean("time")  # (time, parcel): small, in memory
     explained = (centred_means**2).sum("time").fillna(0.0) * xr.DataArray(counts, dims="parcel")
     return explained, total
 
@@ -183,27 +242,26 @@ def r2_map(
         without variance. Use :func:`daskparcel.parcels.to_volumes`-style scattering (or
         ``nilearn.masking.unmask``) to make a map.
     """
-    signals = _check_signals(signals)
-    codes, _ = check_labels(labels, signals.sizes["voxel"])
-    x = signals.astype(np.float64)
-    x = x.drop_vars([n for n, c in x.coords.items() if "voxel" in c.dims])
+    y = _shifted(signals)
+    codes, n_parcels = check_labels(labels, y.sizes["voxel"])
     if parcel_signals is None:
-        parcel_signals = parcel_means(x, codes)
-    m = parcel_signals.astype(np.float64)
-    m = m - m.mean("time")
-    centred = x - x.mean("time")
-    fitted = expand(m, codes, voxel_chunks=_voxel_chunks_of(x))
-    fitted = fitted.drop_vars(list(fitted.coords))
-    residual = ((centred - fitted.data) ** 2).sum("time")
-    total = (centred**2).sum("time")
-    r2 = 1.0 - residual / total.where(total > 0)
+        parcel_signals = parcel_means(y, codes, n_parcels)
+    elif parcel_signals.sizes.get("parcel") != n_parcels:
+        raise InputError(
+            f"parcel_signals: {parcel_signals.sizes.get('parcel')} parcels, labels have "
+            f"{n_parcels} (max label); pass the parcel means of these labels"
+        )
+    m = parcel_signals.astype(np.float64).transpose("time", "parcel")
+    m = (m - m.mean("time")).data
+    # ||x~ - m~||^2 = ||x~||^2 - 2 <y, m~> + ||m~||^2, as <x~, m~> = <y, m~> (m~ sums to 0 over
+    # time): the cross terms are summed per (voxel block, time block), so the signals are read
+    # once, chunk by chunk, as in _r2_parts
+    sums = _voxel_sums(y, m, codes)
+    total = _ss_about_mean(sums, y.sizes["time"])
+    residual = total - 2.0 * sums.isel(term=2) + sums.isel(term=3)
+    r2 = 1.0 - residual.clip(min=0.0) / total.where(total > 0)
     r2 = r2.where(xr.DataArray(codes > 0, dims="voxel")).rename("r2")
     return _maybe_compute(r2, compute)
-
-
-def _voxel_chunks_of(x: xr.DataArray) -> tuple[int, ...] | None:
-    chunks = x.chunks
-    return None if chunks is None else tuple(chunks[0])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -131,7 +131,8 @@ def write_fit_outputs(
     """Write the outputs of the fitted ``est`` on ``imgs`` to ``out`` (see the module docstring).
 
     The parcel signals of every run are computed with ``transform`` (from the signals store for fitted runs)
-    and written to ``parcel_signals.zarr``; quality figures are computed over the signals store in one pass.
+    and written to ``parcel_signals.zarr``; quality figures are computed over the signals store in two streaming
+    passes (the per-voxel R^2 map needs the parcel means first).
 
     Returns
     -------
@@ -139,6 +140,7 @@ def write_fit_outputs(
         The content of ``fit.json``.
     """
     from daskparcel.metrics import compression_r2, contiguity, parcel_sizes, r2_map
+    from daskparcel.parcels import parcel_means
 
     out = check_out_dir(out, overwrite=overwrite)
     est._check_fitted()
@@ -162,7 +164,6 @@ def write_fit_outputs(
         )
         mean_voxels = smoothed.mean("time")
         r2_total = compression_r2(signals, labels, compute=False)
-        r2_voxels = r2_map(signals, labels, compute=False)
         t_transform = time.perf_counter()
         write = combined.to_dataset(name="parcel_signals").to_zarr(
             partial / FILES["parcel_signals"],
@@ -171,7 +172,12 @@ def write_fit_outputs(
             consolidated=False,
             compute=False,
         )
-        mean_v, r2_value, r2_v, _ = dask.compute(mean_voxels.data, r2_total, r2_voxels, write)
+        means = parcel_means(signals, labels, est.n_parcels)
+        mean_v, r2_value, means_v, _ = dask.compute(mean_voxels.data, r2_total, means, write)
+        # the voxel R^2 map needs the parcel means of the signals first: given them (a small
+        # time x parcel table), it is a second streaming read; in the same compute as the means,
+        # dask would hold every block of the signals until the means exist
+        r2_v = r2_map(signals, labels, parcel_signals=means_v).values
         timings = dict(est.timings_)
         timings["transform"] = time.perf_counter() - t_transform
         mean_v = np.asarray(mean_v, dtype=np.float32)
