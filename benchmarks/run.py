@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import shutil
 import sys
 from collections.abc import Collection
@@ -770,9 +771,12 @@ def floor_table(rows: list[dict[str, Any]], inputs: list[Input], opts: Options) 
     )
 
 
-def outofcore_suite(opts: Options, names: list[str], subjects: int | None) -> None:
+def outofcore_suite(
+    opts: Options, names: list[str], subjects: int | None, rejudge: Path | None = None
+) -> None:
     """A cohort >= 2x the memory cap on a capped LocalCluster, against the same method fitted on a subsample
-    without a cap; both labels judged on the whole cohort's signals."""
+    without a cap; both labels judged on the whole cohort's signals. ``rejudge``: a saved outofcore JSON
+    whose fits (and labels images) are kept and only judged again."""
     n_volumes = 100 if opts.quick else 300
     n_subjects = subjects or (3 if opts.quick else 40)
     cap = opts.memory_cap
@@ -785,7 +789,15 @@ def outofcore_suite(opts: Options, names: list[str], subjects: int | None) -> No
         flush=True,
     )
     rows = []
-    for name in names:
+    if rejudge is not None:
+        rows = [r for r in json.loads(rejudge.read_text())["rows"] if r["input"] == cohort.name]
+        for r in rows:  # the labels images of the run, wherever the results folder was then
+            r["labels"] = r["labels"] and str(RESULTS / "labels" / Path(r["labels"]).name)
+        names = [n for n in names if any(r["config_key"] == n for r in rows)]
+        if not names:
+            raise SystemExit(f"--rejudge {rejudge}: no rows of {cohort.name} for these configs")
+        print(f"  rejudging the fits of {rejudge}", flush=True)
+    for name in [] if rejudge is not None else names:
         cfg = CONFIGS[name]
         rows.append(run_config("outofcore", cohort, cfg, "daskparcel", opts, memory_cap=cap))
         sub_row = run_config("outofcore", sub, cfg, "daskparcel", opts, tag=" subsample")
@@ -815,7 +827,9 @@ def outofcore_suite(opts: Options, names: list[str], subjects: int | None) -> No
         f"{client_reserve(cap) / GIB:.2f} GiB for the client and nannies; 'over cap': the sampled peak of all "
         "processes passed the cap). "
         f"'subsample' rows: the same method fitted on {sub.name} (local threads, no cap); every R^2 is "
-        f"on the whole cohort's signals.\n\n"
+        f"on the whole cohort's signals."
+        + (f" The fits are those of {rejudge.name}, judged again (--rejudge)." if rejudge else "")
+        + "\n\n"
         + markdown_table(
             summary,
             [
@@ -975,6 +989,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="outofcore: LocalCluster workers")
     parser.add_argument(
+        "--rejudge",
+        type=Path,
+        help="outofcore: judge again the labels of a saved run (its JSON; same --subjects / --lazy), "
+        "without fitting",
+    )
+    parser.add_argument(
         "--lazy",
         action="store_true",
         help="synthetic cohorts as lazy Datasets, no NIfTI files (daskparcel only: for cohorts larger than the "
@@ -1013,7 +1033,10 @@ def main(argv: list[str] | None = None) -> None:
             )
         elif suite == "outofcore":
             outofcore_suite(
-                opts, args.configs or SCALE, args.subjects[0] if args.subjects else None
+                opts,
+                args.configs or SCALE,
+                args.subjects[0] if args.subjects else None,
+                rejudge=args.rejudge,
             )
         else:
             io_suite(opts, args.subjects)
