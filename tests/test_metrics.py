@@ -172,6 +172,9 @@ def test_r2_errors() -> None:
         compression_r2(signals, labels[:3])
     with pytest.raises(InputError, match=r"signals: expected an xarray\.DataArray"):
         r2_per_parcel(np.zeros((4, 2)), labels)  # type: ignore[arg-type]
+    three = xr.DataArray(np.zeros((2, 3)), dims=("time", "parcel"))  # labels have 2 parcels
+    with pytest.raises(InputError, match=r"parcel_signals: 3 parcels, labels have 2"):
+        r2_map(signals, labels, parcel_signals=three)
 
 
 # ----------------------------------------------------------------------------- parcel sizes
