@@ -20,7 +20,8 @@ holds more than a voxel chunk and small (k x k, k x T) factors. The result is de
 :func:`reduce_runs` is the cohort path the estimator uses: the same features in separate passes over the
 stored signals (every run's Gram matrix in one pass, every run's components written to zarr in a second, then
 the group SVD: exact with a (sum of k)^2 Gram matrix up to ``exact-max-columns``, 4000 by default, i.e. 20 runs
-at k=200; beyond, the randomized range finder with its tall factors kept on the workers).
+at k=200; beyond, the randomized range finder with nilearn's 3 power iterations, each in one pass over the
+stored components, so 4 passes in all).
 """
 
 from __future__ import annotations
@@ -70,11 +71,12 @@ def _seed(random_state: int, *keys: int) -> int:
     return int(np.random.SeedSequence([random_state, *keys]).generate_state(1)[0])
 
 
-def _top_eig(gram: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _top_eig(gram: np.ndarray, k: int, rtol: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
     """Right singular vectors over singular values (0 where a value is 0), and singular values.
 
     From the eigendecomposition of the (small) Gram matrix; each vector's largest entry is made
-    positive so that the signs do not depend on rounding.
+    positive so that the signs do not depend on rounding. Singular values below ``rtol`` times the
+    largest count as 0.
     """
     w, v = np.linalg.eigh(np.asarray(gram, dtype=np.float64))
     w, v = w[::-1][:k], v[:, ::-1][:, :k]
@@ -83,7 +85,7 @@ def _top_eig(gram: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     v = v * np.sign(v[largest, np.arange(v.shape[1])])
     # singular values below the Gram matrix's rounding are zero (a rank-deficient block)
     if s.size:
-        s = np.where(s > s[0] * 1e-7, s, 0.0)
+        s = np.where(s > s[0] * rtol, s, 0.0)
     scale = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
     return v * scale, s
 
@@ -294,19 +296,24 @@ def _sum(*parts: np.ndarray) -> np.ndarray:
     return total
 
 
-def _gram(x: da.Array, max_bytes: int = 256 * 2**20) -> Any:
-    """The (columns, columns) Gram matrix of a tall array as a delayed tree sum of per-block Grams (each sum
-    takes at most 8 partial Grams, and at most ``max_bytes`` of them)."""
-    split_every = int(np.clip(max_bytes // (8 * x.shape[1] ** 2 or 1), 2, 8))
-    parts = [
-        dask.delayed(_block_gram, pure=True)(b) for b in x.rechunk({1: -1}).to_delayed().ravel()
-    ]
+def _tree_sum(parts: list[Any], part_bytes: int, max_bytes: int = 256 * 2**20) -> Any:
+    """A delayed tree sum of delayed float64 arrays of ``part_bytes`` each: every sum takes at most 8 parts,
+    and at most ``max_bytes`` of them."""
+    split_every = int(np.clip(max_bytes // (part_bytes or 1), 2, 8))
     while len(parts) > 1:
         parts = [
             dask.delayed(_sum, pure=True)(*parts[i : i + split_every])
             for i in range(0, len(parts), split_every)
         ]
     return parts[0]
+
+
+def _gram(x: da.Array) -> Any:
+    """The (columns, columns) Gram matrix of a tall array as a delayed tree sum of per-block Grams."""
+    parts = [
+        dask.delayed(_block_gram, pure=True)(b) for b in x.rechunk({1: -1}).to_delayed().ravel()
+    ]
+    return _tree_sum(parts, 8 * x.shape[1] ** 2)
 
 
 def _project(x: da.Array, right: np.ndarray, dtype: Any = np.float64) -> da.Array:
@@ -381,6 +388,101 @@ def _passes_left_singular(
     u = _gather_rows(q @ da.from_array(right.astype(np.float32), chunks=right.shape))
     if scratch is not None:
         del scratch["range"]
+    return u
+
+
+def _fused_pass_block(
+    x_block: np.ndarray, z: np.ndarray, tall: Any, start: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One voxel block of a fused pass: ``y = x @ z``, and ``[x.T @ y ; y.T @ y]`` (float64) to be summed.
+
+    ``y`` is written to rows ``start:`` of the zarr array ``tall`` when one is given, else returned.
+    """
+    x = np.asarray(x_block, dtype=np.float32)
+    y = x @ z
+    n_cols = x.shape[1]
+    sums = np.empty((n_cols + y.shape[1], y.shape[1]))
+    sums[:n_cols] = x.T @ y
+    y64 = y.astype(np.float64)
+    sums[n_cols:] = y64.T @ y64
+    if tall is not None:
+        tall[start : start + y.shape[0]] = y
+        return sums, None
+    return sums, y
+
+
+def _stacked_left_singular(
+    x: da.Array, k: int, *, n_power_iter: int, seed: int, scratch: Any = None
+) -> np.ndarray:
+    """Top ``k`` left singular vectors of the stacked per-run components, in ``n_power_iter + 1`` passes.
+
+    The randomized range finder of :func:`_passes_left_singular` (the same subspace in exact arithmetic)
+    with each power iteration in one pass over ``x`` instead of two: a task reads a voxel block ``x_b``
+    once, computes ``y_b = x_b @ z`` and the block's share of ``x.T @ y`` and ``y.T @ y``. With
+    ``y.T @ y = V S^2 V.T``, ``q = y V / S`` is an orthonormal basis of the range of ``y``, and
+    ``x.T @ q = (x.T @ y) V / S`` is the next iteration's input: no tall QR and no second pass. The last
+    pass also keeps ``y`` (in ``scratch`` when given), and the result is ``y V / S`` times the left
+    singular vectors of ``q.T @ x``.
+
+    It squares the condition number of ``y`` (the Gram matrix ``y.T @ y``), which is safe here: the columns of
+    ``x`` are blocks of orthonormal vectors, so its singular values lie in [0, sqrt(runs)] and the directions
+    kept (singular value above 1e-5 times the largest) are well conditioned. The runs' raw signals are not
+    (a large baseline next to small fluctuations); their randomized SVD keeps the QR of
+    :func:`_passes_left_singular`.
+    """
+    x32 = x.rechunk({1: -1}).astype(np.float32)
+    n_rows, n_cols = x32.shape
+    n_oversample = min(n_cols, k + 10)
+    blocks = x32.to_delayed().ravel()
+    starts = np.concatenate([[0], np.cumsum(x32.chunks[0])[:-1]]).tolist()
+    tall = None
+    if scratch is not None:
+        tall = scratch.create_array(
+            "range", shape=(n_rows, n_oversample), dtype=np.float32,
+            chunks=(x32.chunks[0][0], n_oversample), overwrite=True,
+        )  # fmt: skip
+
+    def fused_pass(z: np.ndarray, keep: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        shared = dask.delayed(np.ascontiguousarray(z, dtype=np.float32), pure=True)
+        sums, ys = [], []
+        for block, start in zip(blocks, starts, strict=True):
+            part, y = dask.delayed(_fused_pass_block, nout=2, pure=False)(
+                block, shared, tall if keep else None, start
+            )
+            sums.append(part)
+            ys.append(y)
+        total = _tree_sum(sums, 8 * (n_cols + z.shape[1]) * z.shape[1])
+        if keep and tall is None:
+            total, *y_blocks = dask.compute(total, *ys)
+            return total[:n_cols], total[n_cols:], np.concatenate(y_blocks, axis=0)
+        (total,) = dask.compute(total)
+        return total[:n_cols], total[n_cols:], None
+
+    logger.debug(
+        "group: randomized SVD of %d x %d, rank %d, in %d fused passes",
+        n_rows,
+        n_cols,
+        k,
+        n_power_iter + 1,
+    )
+    omega = np.random.default_rng(seed).standard_normal((n_cols, n_oversample))
+    xty, yty, y = fused_pass(omega, keep=n_power_iter == 0)
+    basis, _ = _top_eig(yty, n_oversample, rtol=1e-5)  # q = y @ basis is orthonormal
+    for i in range(n_power_iter):
+        z, _ = np.linalg.qr(xty @ basis)  # x.T @ q, orthonormalised
+        xty, yty, y = fused_pass(z, keep=i == n_power_iter - 1)
+        basis, _ = _top_eig(yty, n_oversample, rtol=1e-5)
+    b = (xty @ basis).T  # q.T @ x, (oversample, n_cols)
+    ub, s, _ = np.linalg.svd(b, full_matrices=False)
+    # directions without energy (zero columns of basis, or s ~ 0) give zero columns, as the exact path
+    right = basis @ (ub[:, :k] * (s[:k] > s[0] * 1e-7))
+    if tall is None:
+        assert y is not None
+        return (y.astype(np.float64) @ right).astype(np.float32)
+    u = _gather_rows(
+        da.from_zarr(tall) @ da.from_array(right.astype(np.float32), chunks=right.shape)
+    )
+    del scratch["range"]
     return u
 
 
@@ -472,10 +574,11 @@ def reduce_runs(
         da.store(sources, targets, lock=False)
     stacked = da.concatenate([da.from_zarr(a) for a in stored], axis=1)
     n_out = min(n_components, stacked.shape[1])
-    features = _passes_left_singular(
-        stacked, n_out, n_power_iter=3, seed=_seed(random_state, 2**31 - 1), what="group",
-        scratch=group,
-    )  # fmt: skip
+    seed = _seed(random_state, 2**31 - 1)
+    if stacked.shape[1] <= _exact_max_columns():
+        features = _passes_left_singular(stacked, n_out, n_power_iter=3, seed=seed, what="group")
+    else:
+        features = _stacked_left_singular(stacked, n_out, n_power_iter=3, seed=seed, scratch=group)
     if isinstance(group, zarr.Group) and "runs" in group:
         del group["runs"]
     return features.astype(np.float32)
