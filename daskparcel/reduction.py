@@ -431,6 +431,8 @@ def _stacked_left_singular(
     :func:`_passes_left_singular`.
     """
     x32 = x.rechunk({1: -1}).astype(np.float32)
+    # regular row blocks: each task writes whole chunks of the scratch array, no two tasks the same one
+    x32 = x32.rechunk({0: x32.chunks[0][0]})
     n_rows, n_cols = x32.shape
     n_oversample = min(n_cols, k + 10)
     blocks = x32.to_delayed().ravel()

@@ -268,10 +268,11 @@ def _stacked_bases(n_voxels: int, n_runs: int, k: int, shared: int, seed: int) -
 
 
 @pytest.mark.parametrize("use_scratch", [True, False])
-@pytest.mark.parametrize("chunk", [97, 400])
+@pytest.mark.parametrize("chunk", [97, 400, (300, 100, 400)])
 def test_fused_group_svd_equals_two_pass_range_finder(tmp_path, chunk, use_scratch):
     """The fused range finder (a power iteration per pass) gives the subspace of the two-pass one and of
-    numpy's SVD, on two chunkings, with the tall factor in a zarr scratch group or gathered."""
+    numpy's SVD, on three chunkings (one irregular), with the tall factor in a zarr scratch group or
+    gathered."""
     import zarr
 
     from daskparcel.reduction import _passes_left_singular, _stacked_left_singular
