@@ -18,6 +18,7 @@ finder's features; then one streaming read of the components.
 from __future__ import annotations
 
 import argparse
+import atexit
 import shutil
 import sys
 import tempfile
@@ -105,6 +106,7 @@ def main() -> None:
         raise Captured
 
     scratch_path = Path(tempfile.mkdtemp(dir=RESULTS, prefix="group-svd-"))
+    atexit.register(shutil.rmtree, scratch_path, True)  # ~8 GB at 40 subjects, removed on any exit
     scratch = zarr.open_group(str(scratch_path), mode="w", zarr_format=3)
     two_pass, fused = red._passes_left_singular, red._stacked_left_singular
     red._passes_left_singular = red._stacked_left_singular = capture  # type: ignore[assignment]
@@ -153,7 +155,6 @@ def main() -> None:
     read_s = time.perf_counter() - t
     client.close()
     cluster.close()
-    shutil.rmtree(scratch_path, ignore_errors=True)
     print()
     print(
         markdown_table(
