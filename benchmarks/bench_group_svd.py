@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 class PeakSampler:
-    """Peak RSS of this process and all its descendants, sampled every 0.2 s in a thread."""
+    """Peak RSS of this process and all its descendants (``_measure.tree_rss``), sampled every 0.2 s."""
 
     def __init__(self) -> None:
         import psutil
@@ -43,26 +44,15 @@ class PeakSampler:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        import psutil
+        from _measure import tree_rss
 
         while True:
-            try:
-                procs = [self._me, *self._me.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
-            except psutil.Error:
-                pass
+            self.peak = max(self.peak, tree_rss(self._me))
             time.sleep(0.2)
 
     def reset(self) -> int:
         peak, self.peak = self.peak, 0
         return peak
-
-
-def _largest_angle(a: np.ndarray, b: np.ndarray) -> float:
-    qa, _ = np.linalg.qr(a.astype(np.float64))
-    qb, _ = np.linalg.qr(b.astype(np.float64))
-    s = np.linalg.svd(qa.T @ qb, compute_uv=False)
-    return float(np.degrees(np.arccos(np.clip(s.min(), -1.0, 1.0))))
 
 
 def main() -> None:
@@ -76,18 +66,16 @@ def main() -> None:
 
     import dask
     import dask.array as da
+    import scipy.linalg
     import zarr
-    from _measure import GIB, RESULTS, fmt, markdown_table
-    from distributed import Client, LocalCluster
+    from _measure import GIB, RESULTS, capped_client, fmt, markdown_table
     from run import JUDGE, _signals_store, lazy_input
 
     import daskparcel.reduction as red
 
     sampler = PeakSampler()
-    cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, memory_limit="1.5GiB", dashboard_address=None
-    )
-    client = Client(cluster)
+    cluster = contextlib.ExitStack()
+    cluster.enter_context(capped_client(4 * GIB))  # 2 workers x 1.5 GiB, as the out-of-core suite
     inp = lazy_input(2, args.subjects, args.volumes)
     store = _signals_store(
         inp.imgs, inp.mask, 10.0, "zscore_sample", str(JUDGE), keep_smoothed=True
@@ -147,13 +135,12 @@ def main() -> None:
             }
         )
         print(f"  {name}: {rows[-1]['time']:.1f} s", flush=True)
-    angle = _largest_angle(*features.values())
+    angle = float(np.degrees(scipy.linalg.subspace_angles(*features.values()).max()))
     for row in rows:
         row["angle"] = angle
     t = time.perf_counter()
     dask.compute(stacked.sum())
     read_s = time.perf_counter() - t
-    client.close()
     cluster.close()
     print()
     print(

@@ -108,8 +108,28 @@ def _ss_about_mean(sums: xr.DataArray, n: int) -> xr.DataArray:
     return (sums.isel(term=1) - sums.isel(term=0) ** 2 / n).clip(min=0.0)
 
 
+def _centred_means(
+    y: xr.DataArray, codes: np.ndarray, n_parcels: int, parcel_signals: xr.DataArray | None
+) -> xr.DataArray:
+    """The parcel means of ``y`` (or the given ``parcel_signals``, checked against the labels),
+    centred over time: (time, parcel) float64. Given parcel means of the unshifted signals are the
+    same once centred."""
+    if parcel_signals is None:
+        parcel_signals = parcel_means(y, codes, n_parcels)
+    elif parcel_signals.sizes.get("parcel") != n_parcels:
+        raise InputError(
+            f"parcel_signals: {parcel_signals.sizes.get('parcel')} parcels, labels have "
+            f"{n_parcels} (max label); pass the parcel means of these labels"
+        )
+    m = parcel_signals.astype(np.float64).transpose("time", "parcel")
+    return m - m.mean("time")
+
+
 def _r2_parts(
-    signals: xr.DataArray, labels: np.ndarray | xr.DataArray, n_parcels: int | None
+    signals: xr.DataArray,
+    labels: np.ndarray | xr.DataArray,
+    n_parcels: int | None,
+    parcel_signals: xr.DataArray | None = None,
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """Lazy (explained, total) sums of squares per parcel, in float64, from one pass over signals.
 
@@ -132,9 +152,8 @@ def _r2_parts(
         dim="voxel",
         fill_value=0.0,
     )
-    means = parcel_means(y, codes, n_parcels)
+    centred_means = _centred_means(y, codes, n_parcels, parcel_signals)  # (time, parcel): small
     counts = np.bincount(codes, minlength=n_parcels + 1)[1:]
-    centred_means = means - means.mean("time")  # (time, parcel): small, in memory
     explained = (centred_means**2).sum("time").fillna(0.0) * xr.DataArray(counts, dims="parcel")
     return explained, total
 
@@ -148,6 +167,7 @@ def compression_r2(
     labels: np.ndarray | xr.DataArray,
     *,
     n_parcels: int | None = None,
+    parcel_signals: xr.DataArray | None = None,
     compute: bool = True,
 ) -> float | xr.DataArray:
     """Fraction of the voxels' variance explained by their parcel means (compression R^2).
@@ -171,6 +191,9 @@ def compression_r2(
         Parcel of each voxel, ``1..K``; ``0`` = no parcel.
     n_parcels : int, optional
         ``K``, default ``max(labels)``.
+    parcel_signals : xarray.DataArray, dims ("time", "parcel"), optional
+        The parcel means of ``signals`` if already computed (as :func:`r2_map` takes them); the
+        signals are then only summed per voxel.
     compute : bool, default True
         If False, return a lazy 0-d DataArray, so callers can compute several metrics at once
         (``dask.compute(a, b)``).
@@ -180,7 +203,7 @@ def compression_r2(
     float or xarray.DataArray
         R^2; NaN if the labelled voxels have no variance.
     """
-    explained, total = _r2_parts(signals, labels, n_parcels)
+    explained, total = _r2_parts(signals, labels, n_parcels, parcel_signals)
     tot = total.sum("parcel")
     r2 = (explained.sum("parcel") / tot.where(tot > 0)).rename("compression_r2")
     if compute:
@@ -244,15 +267,7 @@ def r2_map(
     """
     y = _shifted(signals)
     codes, n_parcels = check_labels(labels, y.sizes["voxel"])
-    if parcel_signals is None:
-        parcel_signals = parcel_means(y, codes, n_parcels)
-    elif parcel_signals.sizes.get("parcel") != n_parcels:
-        raise InputError(
-            f"parcel_signals: {parcel_signals.sizes.get('parcel')} parcels, labels have "
-            f"{n_parcels} (max label); pass the parcel means of these labels"
-        )
-    m = parcel_signals.astype(np.float64).transpose("time", "parcel")
-    m = (m - m.mean("time")).data
+    m = _centred_means(y, codes, n_parcels, parcel_signals).data
     # ||x~ - m~||^2 = ||x~||^2 - 2 <y, m~> + ||m~||^2, as <x~, m~> = <y, m~> (m~ sums to 0 over
     # time): the cross terms are summed per (voxel block, time block), so the signals are read
     # once, chunk by chunk, as in _r2_parts

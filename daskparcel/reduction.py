@@ -322,6 +322,14 @@ def _project(x: da.Array, right: np.ndarray, dtype: Any = np.float64) -> da.Arra
     return x.rechunk({1: -1}).astype(dtype) @ shared
 
 
+def _scratch_range(scratch: Any, n_rows: int, n_cols: int, row_chunk: int) -> Any:
+    """The randomized finders' tall (voxel, oversampled rank) float32 factor, in the zarr group ``scratch``."""
+    return scratch.create_array(
+        "range", shape=(n_rows, n_cols), dtype=np.float32, chunks=(row_chunk, n_cols),
+        overwrite=True,
+    )  # fmt: skip
+
+
 def _passes_left_singular(
     x: da.Array, k: int, *, n_power_iter: int, seed: int, what: str, scratch: Any = None
 ) -> np.ndarray:
@@ -363,10 +371,7 @@ def _passes_left_singular(
             return da.from_array(q.astype(np.float32), chunks=(row_chunks, -1))
 
     else:
-        tall = scratch.create_array(
-            "range", shape=(n_rows, n_oversample), dtype=np.float32,
-            chunks=(row_chunks[0], n_oversample), overwrite=True,
-        )  # fmt: skip
+        tall = _scratch_range(scratch, n_rows, n_oversample, row_chunks[0])
 
         def orthonormal_range(
             right: np.ndarray,
@@ -385,7 +390,7 @@ def _passes_left_singular(
     b = transposed_times(q).T  # (oversample, n_cols)
     ub, s, _ = np.linalg.svd(b, full_matrices=False)
     right = ub[:, :k] * (s[:k] > s[0] * 1e-7)
-    u = _gather_rows(q @ da.from_array(right.astype(np.float32), chunks=right.shape))
+    u = _gather_rows(_project(q, right, np.float32))
     if scratch is not None:
         del scratch["range"]
     return u
@@ -437,12 +442,9 @@ def _stacked_left_singular(
     n_oversample = min(n_cols, k + 10)
     blocks = x32.to_delayed().ravel()
     starts = np.concatenate([[0], np.cumsum(x32.chunks[0])[:-1]]).tolist()
-    tall = None
-    if scratch is not None:
-        tall = scratch.create_array(
-            "range", shape=(n_rows, n_oversample), dtype=np.float32,
-            chunks=(x32.chunks[0][0], n_oversample), overwrite=True,
-        )  # fmt: skip
+    tall = (
+        None if scratch is None else _scratch_range(scratch, n_rows, n_oversample, x32.chunks[0][0])
+    )
 
     def fused_pass(z: np.ndarray, keep: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         shared = dask.delayed(np.ascontiguousarray(z, dtype=np.float32), pure=True)
@@ -481,9 +483,7 @@ def _stacked_left_singular(
     if tall is None:
         assert y is not None
         return (y.astype(np.float64) @ right).astype(np.float32)
-    u = _gather_rows(
-        da.from_zarr(tall) @ da.from_array(right.astype(np.float32), chunks=right.shape)
-    )
+    u = _gather_rows(_project(da.from_zarr(tall), right, np.float32))
     del scratch["range"]
     return u
 

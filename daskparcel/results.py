@@ -163,7 +163,6 @@ def write_fit_outputs(
             xr.concat(parcel_signals, dim="time") if len(parcel_signals) > 1 else parcel_signals[0]
         )
         mean_voxels = smoothed.mean("time")
-        r2_total = compression_r2(signals, labels, compute=False)
         t_transform = time.perf_counter()
         write = combined.to_dataset(name="parcel_signals").to_zarr(
             partial / FILES["parcel_signals"],
@@ -173,11 +172,15 @@ def write_fit_outputs(
             compute=False,
         )
         means = parcel_means(signals, labels, est.n_parcels)
-        mean_v, r2_value, means_v, _ = dask.compute(mean_voxels.data, r2_total, means, write)
-        # the voxel R^2 map needs the parcel means of the signals first: given them (a small
-        # time x parcel table), it is a second streaming read; in the same compute as the means,
-        # dask would hold every block of the signals until the means exist
-        r2_v = r2_map(signals, labels, parcel_signals=means_v).values
+        mean_v, means_v, _ = dask.compute(mean_voxels.data, means, write)
+        # the R^2 figures need the parcel means of the signals first: given them (a small time x
+        # parcel table), they are a second streaming read; in the same compute as the means, dask
+        # would hold every block of the signals until the means exist
+        r2_value, r2_v = dask.compute(
+            compression_r2(signals, labels, parcel_signals=means_v, compute=False),
+            r2_map(signals, labels, parcel_signals=means_v, compute=False),
+        )
+        r2_v = r2_v.values
         timings = dict(est.timings_)
         timings["transform"] = time.perf_counter() - t_transform
         mean_v = np.asarray(mean_v, dtype=np.float32)

@@ -145,6 +145,7 @@ def test_r2_streams_over_time_blocks(chunks) -> None:
     means = parcel_means(signals, labels).compute()
     for lazy in (
         compression_r2(signals, labels, compute=False),
+        compression_r2(signals, labels, parcel_signals=means, compute=False),
         r2_map(signals, labels, parcel_signals=means, compute=False),
     ):
         with _HeldBytes() as held:
@@ -152,6 +153,9 @@ def test_r2_streams_over_time_blocks(chunks) -> None:
         assert held.peak <= 6 * block, (held.peak / block, n_blocks)
     ref_glob, _, ref_vox = reference_r2(x.compute(), labels)
     assert compression_r2(signals, labels) == pytest.approx(ref_glob, rel=1e-6)
+    # given the parcel means (of the unshifted signals, as write_outputs passes them): the same R^2
+    given = compression_r2(signals, labels, parcel_signals=means)
+    assert given == pytest.approx(ref_glob, rel=1e-6)
     np.testing.assert_allclose(
         r2_map(signals, labels, parcel_signals=means).values, ref_vox, rtol=1e-4, atol=1e-5
     )
@@ -175,6 +179,8 @@ def test_r2_errors() -> None:
     three = xr.DataArray(np.zeros((2, 3)), dims=("time", "parcel"))  # labels have 2 parcels
     with pytest.raises(InputError, match=r"parcel_signals: 3 parcels, labels have 2"):
         r2_map(signals, labels, parcel_signals=three)
+    with pytest.raises(InputError, match=r"parcel_signals: 3 parcels, labels have 2"):
+        compression_r2(signals, labels, parcel_signals=three)
 
 
 # ----------------------------------------------------------------------------- parcel sizes
