@@ -36,6 +36,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from daskparcel._dask import gather_rows, tree_sum
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -266,17 +267,6 @@ def reduce(
 
 
 # ------------------------------------------------------------------------------ out of core, in passes
-def _gather_rows(tall: da.Array) -> np.ndarray:
-    """Compute a tall (voxel, k) array block by block into this process.
-
-    ``dask.compute(tall)`` would concatenate every block in one task, on one worker of a cluster: a
-    (voxel x k) float64 peak there (380 MB at 2 mm and k=200), enough to kill a worker with a tight
-    memory limit. The blocks come back one by one and are stacked here instead.
-    """
-    blocks = dask.compute(*tall.rechunk({1: -1}).to_delayed().ravel())
-    return np.concatenate([np.asarray(b) for b in blocks], axis=0)
-
-
 def _block_gram(block: np.ndarray) -> np.ndarray:
     """``block.T @ block`` of a (rows, columns) block in float64 with BLAS syrk (numpy picks it for
     ``a.T @ a``: half the flops of a general product).
@@ -289,31 +279,12 @@ def _block_gram(block: np.ndarray) -> np.ndarray:
     return b.T @ b
 
 
-def _sum(*parts: np.ndarray) -> np.ndarray:
-    total = np.array(parts[0], dtype=np.float64, copy=True)
-    for part in parts[1:]:
-        total += part
-    return total
-
-
-def _tree_sum(parts: list[Any], part_bytes: int, max_bytes: int = 256 * 2**20) -> Any:
-    """A delayed tree sum of delayed float64 arrays of ``part_bytes`` each: every sum takes at most 8 parts,
-    and at most ``max_bytes`` of them."""
-    split_every = int(np.clip(max_bytes // (part_bytes or 1), 2, 8))
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(_sum, pure=True)(*parts[i : i + split_every])
-            for i in range(0, len(parts), split_every)
-        ]
-    return parts[0]
-
-
 def _gram(x: da.Array) -> Any:
     """The (columns, columns) Gram matrix of a tall array as a delayed tree sum of per-block Grams."""
     parts = [
         dask.delayed(_block_gram, pure=True)(b) for b in x.rechunk({1: -1}).to_delayed().ravel()
     ]
-    return _tree_sum(parts, 8 * x.shape[1] ** 2)
+    return tree_sum(parts, 8 * x.shape[1] ** 2)
 
 
 def _project(x: da.Array, right: np.ndarray, dtype: Any = np.float64) -> da.Array:
@@ -351,7 +322,7 @@ def _passes_left_singular(
         logger.debug("%s: exact SVD of %d x %d in 2 passes", what, n_rows, n_cols)
         (gram,) = dask.compute(_gram(x))
         w, _ = _top_eig(gram, k)
-        return _gather_rows(_project(x, w))
+        return gather_rows(_project(x, w))
     x32 = x.rechunk({1: -1}).astype(np.float32)
     n_oversample = min(n_cols, k + 10)
     logger.debug(
@@ -367,7 +338,7 @@ def _passes_left_singular(
     if scratch is None:
 
         def orthonormal_range(right: np.ndarray) -> da.Array:  # q of x @ right: one pass, QR here
-            q, _ = np.linalg.qr(_gather_rows(_project(x32, right, np.float32)).astype(np.float64))
+            q, _ = np.linalg.qr(gather_rows(_project(x32, right, np.float32)).astype(np.float64))
             return da.from_array(q.astype(np.float32), chunks=(row_chunks, -1))
 
     else:
@@ -390,7 +361,7 @@ def _passes_left_singular(
     b = transposed_times(q).T  # (oversample, n_cols)
     ub, s, _ = np.linalg.svd(b, full_matrices=False)
     right = ub[:, :k] * (s[:k] > s[0] * 1e-7)
-    u = _gather_rows(_project(q, right, np.float32))
+    u = gather_rows(_project(q, right, np.float32))
     if scratch is not None:
         del scratch["range"]
     return u
@@ -455,7 +426,7 @@ def _stacked_left_singular(
             )
             sums.append(part)
             ys.append(y)
-        total = _tree_sum(sums, 8 * (n_cols + z.shape[1]) * z.shape[1])
+        total = tree_sum(sums, 8 * (n_cols + z.shape[1]) * z.shape[1])
         if keep and tall is None:
             total, *y_blocks = dask.compute(total, *ys)
             return total[:n_cols], total[n_cols:], np.concatenate(y_blocks, axis=0)
@@ -483,7 +454,7 @@ def _stacked_left_singular(
     if tall is None:
         assert y is not None
         return (y.astype(np.float64) @ right).astype(np.float32)
-    u = _gather_rows(_project(da.from_zarr(tall), right, np.float32))
+    u = gather_rows(_project(da.from_zarr(tall), right, np.float32))
     del scratch["range"]
     return u
 
@@ -547,7 +518,7 @@ def reduce_runs(
     right = {i: _top_eig(gram, ranks[i])[0] for i, gram in zip(exact, grams, strict=True)}
     if len(runs) == 1:  # one run: the group SVD would only rotate the same subspace
         if right:
-            return _gather_rows(_project(data[0], right[0])).astype(np.float32)
+            return gather_rows(_project(data[0], right[0])).astype(np.float32)
         n_power_iter = 7 if ranks[0] < 0.1 * min(data[0].shape) else 4
         return _passes_left_singular(
             data[0], ranks[0], n_power_iter=n_power_iter, seed=_seed(random_state, 0), what="run 0"

@@ -96,7 +96,7 @@ def test_bad_input():
     x = np.random.default_rng(0).standard_normal((50, 3))
     with pytest.raises(InputError, match="n_clusters=0: must be an integer >= 1"):
         hierarchical_kmeans(x, 0)
-    with pytest.raises(InputError, match=r"n_clusters=51: more clusters than voxels \(50\)"):
+    with pytest.raises(InputError, match=r"n_clusters=51: larger than the 50 voxels"):
         hierarchical_kmeans(x, 51)
     x[4, 0] = np.nan
     with pytest.raises(InputError, match="features: non-finite"):

@@ -12,11 +12,9 @@ import pytest
 from conftest import raise_if_dask_computes, real_scan
 from nilearn.regions import ReNA
 from scipy import ndimage
-from sklearn.cluster import AgglomerativeClustering
-from sklearn.feature_extraction.image import grid_to_graph
 from sklearn.metrics import adjusted_rand_score
 
-from daskparcel.clustering.rena import rena, ward_on_supervoxels
+from daskparcel.clustering.rena import rena
 from daskparcel.errors import InputError
 
 
@@ -121,22 +119,6 @@ def test_computes_only_at_named_points() -> None:
     assert sorted(np.unique(labels)) == list(range(5))
 
 
-@pytest.mark.real_data
-def test_ward_on_supervoxels(real_features) -> None:  # type: ignore[no-untyped-def]
-    x, mask = real_features
-    conn = grid_to_graph(*mask.shape, mask=mask)
-    ref = AgglomerativeClustering(n_clusters=100, connectivity=conn).fit(x).labels_
-    # one super-voxel per voxel: exactly scikit-learn's Ward
-    every = ward_on_supervoxels(x, 100, mask=mask, n_supervoxels=int(mask.sum()))
-    assert adjusted_rand_score(ref, every) == 1.0
-    # a tenth of the voxels, blockwise: exactly K connected parcels, R^2 close to exact Ward's
-    dx = da.from_array(x, chunks=(1000, -1))
-    approx = ward_on_supervoxels(dx, 100, mask=mask, block_shape=(12, 12, 6))
-    assert sorted(np.unique(approx)) == list(range(100))
-    _assert_connected(approx, mask)
-    assert _r2(x, approx) > 0.95 * _r2(x, ref)
-
-
 def test_bad_inputs() -> None:
     mask = np.ones((4, 4, 2), bool)
     x = np.random.default_rng(0).random((32, 3))
@@ -156,8 +138,6 @@ def test_bad_inputs() -> None:
         InputError, match=r"n_clusters=1: the mask \(or connectivity\) has 2 separate"
     ):
         rena(np.zeros((4, 2)), 1, mask=two)
-    with pytest.raises(InputError, match=r"n_supervoxels=2: fewer super-voxels than n_clusters=3"):
-        ward_on_supervoxels(x, 3, mask=mask, n_supervoxels=2)
 
 
 def test_auto_block_shape_bounds_the_voxels_of_a_block():

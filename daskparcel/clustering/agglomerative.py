@@ -23,6 +23,8 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from daskparcel._checks import check_n_clusters
+from daskparcel.clustering._common import features_array
 from daskparcel.clustering.connectivity import check_connectivity, components, grid_connectivity
 from daskparcel.errors import InputError
 
@@ -477,10 +479,10 @@ def allocate_clusters(
     ndarray of int64, shape (n_components,)
         Clusters per component, summing to ``n_clusters``.
     """
-    return _allocate(n_clusters, np.asarray(sizes, dtype=np.float64), np.asarray(sizes), name)
+    return allocate(n_clusters, np.asarray(sizes, dtype=np.float64), np.asarray(sizes), name)
 
 
-def _allocate(n_clusters: int, weight: np.ndarray, capacity: np.ndarray, name: str) -> np.ndarray:
+def allocate(n_clusters: int, weight: np.ndarray, capacity: np.ndarray, name: str) -> np.ndarray:
     n_comp = len(weight)
     capacity = np.asarray(capacity, dtype=np.int64)
     if n_clusters < n_comp:
@@ -548,7 +550,7 @@ class MergeTree:
     def allocation(self, n_clusters: int) -> np.ndarray:
         """Clusters per component for a cut into ``n_clusters`` (proportional to their size)."""
         leaves = np.bincount(self.component_labels, minlength=self.n_components)
-        return _allocate(n_clusters, self.component_weights, leaves, "n_clusters")
+        return allocate(n_clusters, self.component_weights, leaves, "n_clusters")
 
     def cut(self, n_clusters: int) -> np.ndarray:
         """Labels 0..n_clusters-1 of the leaves: the partition after the first merges.
@@ -563,7 +565,7 @@ class MergeTree:
         ndarray of int64, shape (n_leaves,)
             Exactly ``n_clusters`` distinct labels, numbered by first appearance in leaf order.
         """
-        n_clusters = _check_n_clusters(n_clusters, self.n_leaves)
+        n_clusters = check_n_clusters(n_clusters, self.n_leaves)
         alloc = self.allocation(n_clusters)
         leaves = np.bincount(self.component_labels, minlength=self.n_components)
         if self.n_components > 1:
@@ -580,53 +582,12 @@ class MergeTree:
         return np.asarray(labels)
 
 
-def _check_n_clusters(n_clusters: Any, n_leaves: int, name: str = "n_clusters") -> int:
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
-        raise InputError(
-            f"{name}={n_clusters!r}: must be an integer >= 1; pass {name}=50 or another positive integer"
-        )
-    n_clusters = int(n_clusters)
-    if n_clusters < 1:
-        raise InputError(
-            f"{name}={n_clusters}: must be an integer >= 1; pass {name}=50 or another positive integer"
-        )
-    if n_clusters > n_leaves:
-        raise InputError(
-            f"{name}={n_clusters}: larger than the {n_leaves} voxels to cluster; pass {name}<={n_leaves}"
-        )
-    return n_clusters
-
-
 def _check_linkage(linkage: Any) -> str:
     if linkage not in LINKAGES:
         raise InputError(
             f"linkage={linkage!r}: unknown linkage; pass one of {', '.join(repr(k) for k in LINKAGES)}"
         )
     return str(linkage)
-
-
-def _as_features(features: Any) -> np.ndarray:
-    if hasattr(features, "compute") and not isinstance(features, np.ndarray):
-        logger.debug("computing the features (%s) into memory for agglomeration", type(features))
-        features = features.compute()
-    if hasattr(features, "values") and not isinstance(features, np.ndarray):
-        features = features.values
-    x = np.asarray(features)
-    if x.ndim == 1:
-        x = x.reshape(-1, 1)
-    if x.ndim != 2:
-        raise InputError(
-            f"features: expected a 2D (voxel, component) array, got shape {x.shape}; pass one row "
-            "per mask voxel"
-        )
-    if not np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float64)
-    if not np.all(np.isfinite(x)):
-        raise InputError(
-            "features: contain NaN or infinite values; clean the signals (or drop voxels with zero "
-            "variance from the mask) before clustering"
-        )
-    return np.ascontiguousarray(x)
 
 
 def _pairwise_row_distances(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -671,7 +632,7 @@ def build_tree(
         Bad linkage name, connectivity of the wrong size, non-finite features.
     """
     linkage = _check_linkage(linkage)
-    x = _as_features(features)
+    x = features_array(features)
     n = x.shape[0]
     conn = check_connectivity(connectivity, n)
     n_comp, comp = components(conn)
@@ -750,9 +711,9 @@ def agglomerate(
         linkage, or ``n_clusters`` out of range.
     """
     linkage = _check_linkage(linkage)
-    x = _as_features(features)
+    x = features_array(features)
     n_voxels = x.shape[0]
-    _check_n_clusters(n_clusters, n_voxels)
+    check_n_clusters(n_clusters, n_voxels)
     if connectivity is None:
         if mask is None:
             raise InputError(

@@ -18,13 +18,9 @@ import dask
 import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 
-from daskparcel.clustering.kmeans import (
-    _as_features,
-    _check_int,
-    _check_n_clusters,
-    _reseed_empty,
-    kmeans,
-)
+from daskparcel._checks import check_int, check_n_clusters
+from daskparcel.clustering._common import features_dask
+from daskparcel.clustering.kmeans import kmeans, reseed_empty
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -115,7 +111,7 @@ def _fine_cluster(
     counts = np.bincount(labels, minlength=n_small)
     if (counts == 0).any():
         diff = np.asarray(x, dtype=np.float64) - mbk.cluster_centers_[labels]
-        labels, _ = _reseed_empty(labels, np.einsum("ij,ij->i", diff, diff), n_small)
+        labels, _ = reseed_empty(labels, np.einsum("ij,ij->i", diff, diff), n_small)
     return labels
 
 
@@ -151,11 +147,11 @@ def hierarchical_kmeans(
     InputError
         For a bad ``n_clusters`` or option, or non-finite features.
     """
-    x = _as_features(features)
+    x = features_dask(features)
     n_voxels = x.shape[0]
-    k = _check_n_clusters(n_clusters, n_voxels)
-    batch_size = _check_int("batch_size", batch_size, 1, "pass batch_size=1000")
-    n_init = _check_int("n_init", n_init, 1, "pass n_init=10")
+    k = check_n_clusters(n_clusters, n_voxels)
+    batch_size = check_int("batch_size", batch_size, 1, "pass batch_size=1000")
+    n_init = check_int("n_init", n_init, 1, "pass n_init=10")
     n_big = int(np.sqrt(k))
     coarse = kmeans(
         x,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,9 +30,11 @@ import dask
 import dask.array as da
 import numpy as np
 import scipy.sparse
-import xarray as xr
 from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
 
+from daskparcel._checks import check_int, check_n_clusters
+from daskparcel._dask import tree_reduce
+from daskparcel.clustering._common import default_rows, features_dask
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["KMeansResult", "kmeans"]
 
 _IN_MEMORY_BYTES_DEFAULT = 2**30
-_SPLIT_EVERY = 8
 _CANDIDATE_BLOCK = 2048
 
 
@@ -72,61 +72,6 @@ class KMeansResult:
 
 # ---------------------------------------------------------------------------------------------
 # input checks
-
-
-def _as_features(features: Any) -> da.Array:
-    """Features as a 2-D floating dask array, one column block."""
-    if isinstance(features, xr.DataArray):
-        if set(features.dims) == {"voxel", "component"}:
-            features = features.transpose("voxel", "component")
-        features = features.data
-    if isinstance(features, da.Array):
-        x = features
-    else:
-        arr = np.asarray(features)
-        if arr.dtype.kind not in "fiu":
-            raise InputError(
-                f"features: dtype {arr.dtype} is not numeric; pass a float array (voxel, component)"
-            )
-        if arr.ndim == 2:
-            x = da.from_array(arr, chunks=(_default_rows(arr.shape), -1))
-        else:
-            x = da.from_array(arr)
-    if x.ndim != 2:
-        raise InputError(
-            f"features: expected 2 dims (voxel, component), got shape {x.shape}; reshape or "
-            "pass the output of daskparcel.reduction.reduce"
-        )
-    if x.dtype.kind not in "fiu":
-        raise InputError(f"features: dtype {x.dtype} is not numeric; pass a float array")
-    if x.dtype.kind != "f":
-        x = x.astype(np.float64)
-    if x.numblocks[1] != 1:
-        x = x.rechunk({1: -1})
-    return x
-
-
-def _default_rows(shape: tuple[int, ...]) -> int:
-    n_cols = shape[1] if len(shape) > 1 else 1
-    return max(1, min(shape[0] if shape else 1, (32 * 2**20) // (8 * max(1, n_cols))))
-
-
-def _check_int(name: str, value: Any, minimum: int, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise InputError(f"{name}={value!r}: must be an integer >= {minimum}; {hint}")
-    return int(value)
-
-
-def _check_n_clusters(n_clusters: Any, n_voxels: int) -> int:
-    k = _check_int(
-        "n_clusters", n_clusters, 1, "pass n_clusters=50 (nilearn's default) or another integer"
-    )
-    if k > n_voxels:
-        raise InputError(
-            f"n_clusters={k}: more clusters than voxels ({n_voxels}); pass n_clusters <= {n_voxels} "
-            "or a larger mask"
-        )
-    return k
 
 
 def _raise_non_finite(where: str) -> None:
@@ -192,17 +137,6 @@ def _add(*parts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _tree(parts: Sequence[Any], combine: Callable[..., Any]) -> Any:
-    """Tree reduction of delayed objects, ``_SPLIT_EVERY`` at a time (depth log_8 of the chunks)."""
-    level = list(parts)
-    while len(level) > 1:
-        level = [
-            dask.delayed(combine, pure=True)(*level[i : i + _SPLIT_EVERY])
-            for i in range(0, len(level), _SPLIT_EVERY)
-        ]
-    return level[0]
-
-
 def _blocks(x: da.Array) -> list[Any]:
     return list(x.to_delayed().ravel())
 
@@ -221,7 +155,7 @@ def _assign(
         for block in _blocks(x)
     ]
     stats, labels, d2 = dask.compute(
-        _tree([p[0] for p in parts], _add), [p[1] for p in parts], [p[2] for p in parts]
+        tree_reduce([p[0] for p in parts], _add), [p[1] for p in parts], [p[2] for p in parts]
     )
     return stats, np.concatenate(labels), np.concatenate(d2)
 
@@ -241,7 +175,7 @@ def _finalize(x: da.Array, labels: np.ndarray, k: int, *, check: bool = False) -
         dask.delayed(_stats_chunk, pure=True)(block, labels[offsets[i] : offsets[i + 1]], k, check)
         for i, block in enumerate(_blocks(x))
     ]
-    (stats,) = dask.compute(_tree(parts, _add))
+    (stats,) = dask.compute(tree_reduce(parts, _add))
     counts = stats["counts"]
     centers = stats["sums"] / np.maximum(counts, 1)[:, None]
     inertia = stats["sumsq"] - float((counts * (centers * centers).sum(axis=1)).sum())
@@ -252,7 +186,7 @@ def _finalize(x: da.Array, labels: np.ndarray, k: int, *, check: bool = False) -
 # exactly K clusters
 
 
-def _reseed_empty(labels: np.ndarray, d2: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def reseed_empty(labels: np.ndarray, d2: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Give each empty cluster the voxel farthest from its centre (in a cluster of 2 or more).
 
     Returns the new labels and the indices of the moved voxels. Deterministic: ties broken by index.
@@ -381,7 +315,7 @@ def _lloyd_iterate(
         counts = stats["counts"]
         sums = stats["sums"]
         if (counts == 0).any():
-            new_labels, _ = _reseed_empty(new_labels, d2, k)
+            new_labels, _ = reseed_empty(new_labels, d2, k)
             full = _finalize(x, new_labels, k)
             sums, counts = full["centers"] * full["counts"][:, None], full["counts"]
         new_centers = sums / np.maximum(counts, 1)[:, None]
@@ -559,9 +493,9 @@ def kmeans(
         For a bad ``n_clusters`` (not an integer, < 1, more than voxels), bad options, or non-finite
         features (found during the first pass over the data).
     """
-    x = _as_features(features)
+    x = features_dask(features)
     n_voxels = x.shape[0]
-    k = _check_n_clusters(n_clusters, n_voxels)
+    k = check_n_clusters(n_clusters, n_voxels)
     if method not in ("minibatch", "lloyd"):
         raise InputError(f"method={method!r}: must be 'minibatch' or 'lloyd'")
     if init is None:
@@ -574,10 +508,10 @@ def kmeans(
         raise InputError(
             f"random_state={random_state!r}: must be an integer; pass random_state=0 or another seed"
         )
-    n_init = _check_int("n_init", n_init, 1, "pass n_init=3")
-    batch_size = _check_int("batch_size", batch_size, 1, "pass batch_size=1024")
+    n_init = check_int("n_init", n_init, 1, "pass n_init=3")
+    batch_size = check_int("batch_size", batch_size, 1, "pass batch_size=1024")
     if max_iter is not None:
-        max_iter = _check_int("max_iter", max_iter, 1, "pass max_iter=None for the default")
+        max_iter = check_int("max_iter", max_iter, 1, "pass max_iter=None for the default")
     if tol is not None and (not isinstance(tol, numbers.Real) or not tol >= 0):
         raise InputError(f"tol={tol!r}: must be a number >= 0; pass tol=None for the default")
     seeds = [int(s) for s in np.random.SeedSequence(int(random_state)).generate_state(n_init)]
@@ -602,7 +536,7 @@ def kmeans(
                 init=init,
                 refine=refine,
             )
-            x = da.from_array(arr, chunks=(_default_rows(arr.shape), -1))
+            x = da.from_array(arr, chunks=(default_rows(arr.shape), -1))
         else:
             logger.debug(
                 "minibatch kmeans streamed over %d chunks (%d bytes > %d)",
@@ -619,7 +553,7 @@ def kmeans(
                 batch_size=batch_size,
                 check=True,
             )
-        labels, moved = _reseed_empty(labels, d2, k)
+        labels, moved = reseed_empty(labels, d2, k)
         n_reseeded = moved.size
         final = _finalize(x, labels, k)
     else:
@@ -637,7 +571,7 @@ def kmeans(
                 variance=variance,
                 check=False,
             )
-            labels, moved = _reseed_empty(labels, d2, k)
+            labels, moved = reseed_empty(labels, d2, k)
             final = _finalize(x, labels, k)
             logger.debug(
                 "lloyd start seed %d: inertia %.6g in %d iterations", seed, final["inertia"], n_iter

@@ -38,16 +38,16 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-import scipy.sparse as sp
 from scipy.sparse import coo_matrix, csgraph, dia_matrix
 
-from daskparcel.clustering.agglomerative import MergeTree, _allocate, build_tree
+from daskparcel._checks import check_n_clusters
+from daskparcel.clustering.agglomerative import allocate
 from daskparcel.clustering.connectivity import grid_edges
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["rena", "supervoxel_tree", "ward_on_supervoxels"]
+__all__ = ["auto_block_shape", "rena"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,7 +398,7 @@ def _check_inputs(
         )
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    _check_n_clusters(n_clusters, n_vox)
+    check_n_clusters(n_clusters, n_vox)
     if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
         raise InputError(
             f"n_iter={n_iter!r}: must be an integer >= 1; pass n_iter=10 (nilearn's default)"
@@ -436,31 +436,12 @@ def auto_block_shape(mask: np.ndarray, max_voxels: int = 50_000) -> tuple[int, i
     return (shape[0], shape[1], shape[2])
 
 
-def _check_n_clusters(n_clusters: Any, n_vox: int) -> None:
-    """An integer from 1 to the number of mask voxels, or an InputError saying so."""
-    if (
-        isinstance(n_clusters, bool)
-        or not isinstance(n_clusters, (int, np.integer))
-        or n_clusters < 1
-    ):
-        raise InputError(
-            f"n_clusters={n_clusters!r}: must be an integer >= 1; pass n_clusters=50 or another "
-            "positive integer"
-        )
-    if n_clusters > n_vox:
-        raise InputError(
-            f"n_clusters={n_clusters}: larger than the {n_vox} voxels of the mask; pass "
-            f"n_clusters<={n_vox}"
-        )
-
-
 def rena(
     features: Any,
     n_clusters: int,
     *,
     mask: np.ndarray,
     n_iter: int = 10,
-    scaling: bool = False,
     threshold: float = 1e-7,
     block_shape: tuple[int, int, int] | None = None,
     single_block_below: int = 20_000,
@@ -477,8 +458,6 @@ def rena(
         The mask; the graph is its 6-neighbour lattice.
     n_iter : int
         Maximum number of ReNA rounds (nilearn's default and Parcellations' value: 10).
-    scaling : bool
-        Accepted for parity with nilearn; it only scales ``transform`` outputs, never the labels.
     threshold : float
         nilearn's tolerance for nearest-neighbour ties (1e-7).
     block_shape : tuple of 3 int, optional
@@ -498,7 +477,6 @@ def rena(
     InputError
         Bad mask, features, ``n_clusters``, ``n_iter``, ``threshold`` or ``block_shape``.
     """
-    del scaling
     x, mask_arr, bs = _check_inputs(features, mask, n_clusters, n_iter, threshold, block_shape)
     from scipy import ndimage
 
@@ -509,7 +487,7 @@ def rena(
         )
     comp = comp_vol[mask_arr] - 1
     sizes = np.bincount(comp, minlength=n_comp)
-    alloc = _allocate(int(n_clusters), sizes.astype(np.float64), sizes, "n_clusters")
+    alloc = allocate(int(n_clusters), sizes.astype(np.float64), sizes, "n_clusters")
     logger.info(
         "the mask has %d separate components: ReNA runs on each with %s of the %d parcels "
         "(in proportion to their voxels) so that every parcel is connected",
@@ -529,114 +507,3 @@ def rena(
         labels[ids] = sub + offset
         offset += int(alloc[c])
     return labels
-
-
-def _segment_sum(block: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
-    inc = sp.csr_matrix(
-        (np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(n_labels, len(labels))
-    )
-    return np.asarray(inc @ block.astype(np.float64))
-
-
-def supervoxel_tree(
-    features: Any,
-    *,
-    mask: np.ndarray,
-    n_supervoxels: int | None = None,
-    n_iter: int = 10,
-    block_shape: tuple[int, int, int] | None = None,
-) -> tuple[np.ndarray, MergeTree]:
-    """Blockwise ReNA down to super-voxels, then the exact Ward tree of the super-voxels.
-
-    Ward runs on the super-voxels' voxel means weighted by their voxel counts, so its inertia is
-    the inertia of the voxels under the constraint that super-voxels stay whole.
-
-    Parameters
-    ----------
-    features : array-like, shape (n_voxels, n_components)
-        numpy, dask or xarray; read block by block.
-    mask : ndarray of bool, shape (x, y, z)
-    n_supervoxels : int, optional
-        Default: a tenth of the voxels.
-    n_iter : int
-        ReNA rounds (exactly ``n_supervoxels`` are produced in any case).
-    block_shape : tuple of 3 int, optional
-        ReNA's spatial blocks.
-
-    Returns
-    -------
-    supervoxel_labels : ndarray of int64, shape (n_voxels,)
-    tree : MergeTree
-        Ward tree whose leaves are the super-voxels; ``tree.cut(k)[supervoxel_labels]`` gives voxel labels.
-    """
-    x, mask_arr, bs = _check_inputs(features, mask, 1, n_iter, 1e-7, block_shape)
-    n_vox = int(mask_arr.sum())
-    n_sv = n_supervoxels if n_supervoxels is not None else max(1, n_vox // 10)
-    sv = rena(x, n_sv, mask=mask_arr, n_iter=n_iter, block_shape=bs)
-    n_sv = int(sv.max()) + 1
-    sizes = np.bincount(sv, minlength=n_sv).astype(np.float64)
-    # voxel sums per super-voxel: one partial sum per chunk of voxels, tree-summed by dask
-    if isinstance(x, np.ndarray):
-        x = da.from_array(x, chunks=("auto", -1))
-    offsets = np.cumsum((0, *x.chunks[0]))
-    parts = [
-        da.from_delayed(
-            dask.delayed(_segment_sum, pure=True)(blk, sv[offsets[i] : offsets[i + 1]], n_sv),
-            shape=(n_sv, x.shape[1]),
-            dtype=np.float64,
-        )
-        for i, blk in enumerate(x[:, :].rechunk({1: -1}).to_delayed()[:, 0])
-    ]
-    sums = da.stack(parts).sum(axis=0).compute()
-    means = sums / sizes[:, None]
-    ei, ej = grid_edges(mask_arr)
-    a, b = sv[ei], sv[ej]
-    cross = a != b
-    conn = sp.csr_matrix((np.ones(int(cross.sum())), (a[cross], b[cross])), shape=(n_sv, n_sv))
-    tree = build_tree(means, conn, "ward", sample_weight=sizes)
-    return sv, tree
-
-
-def ward_on_supervoxels(
-    features: Any,
-    n_clusters: int,
-    *,
-    mask: np.ndarray,
-    n_supervoxels: int | None = None,
-    n_iter: int = 10,
-    block_shape: tuple[int, int, int] | None = None,
-) -> np.ndarray:
-    """Ward parcels of data that need not fit in memory: Ward on blockwise-ReNA super-voxels.
-
-    Parameters
-    ----------
-    features : array-like, shape (n_voxels, n_components)
-        numpy, dask or xarray.
-    n_clusters : int
-        Number of parcels (each connected; split among mask components in proportion to voxels).
-    mask : ndarray of bool, shape (x, y, z)
-    n_supervoxels : int, optional
-        Default: max(n_clusters, n_voxels // 10).
-    n_iter : int
-        ReNA rounds.
-    block_shape : tuple of 3 int, optional
-        ReNA's spatial blocks.
-
-    Returns
-    -------
-    ndarray of int64, shape (n_voxels,)
-        Labels 0..n_clusters-1.
-    """
-    mask_arr = np.asarray(mask).astype(bool)
-    n_vox = int(mask_arr.sum())
-    _check_n_clusters(n_clusters, n_vox)
-    n_sv = n_supervoxels if n_supervoxels is not None else max(int(n_clusters), n_vox // 10)
-    if n_sv < n_clusters:
-        raise InputError(
-            f"n_supervoxels={n_sv}: fewer super-voxels than n_clusters={n_clusters}; pass "
-            f"n_supervoxels>={n_clusters} (default: a tenth of the voxels)"
-        )
-    sv, tree = supervoxel_tree(
-        features, mask=mask_arr, n_supervoxels=n_sv, n_iter=n_iter, block_shape=block_shape
-    )
-    return tree.cut(int(n_clusters))[sv]

@@ -9,7 +9,6 @@ failed run never damages what was there.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -28,9 +27,10 @@ import xarray as xr
 import zarr
 import zarr.codecs
 
+from daskparcel._checks import expand_glob, same_grid
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import is_nifti_path, open_nifti, run_name
-from daskparcel.store import (
+from daskparcel.store.runs import (
     LOCK_NAME,
     PROGRESS_NAME,
     RUNS_GROUP,
@@ -68,16 +68,7 @@ def expand_inputs(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[st
         raise InputError("no input given; pass one or more .nii/.nii.gz files or globs")
     paths: list[Path] = []
     for item in items:
-        text = str(item)
-        if glob.has_magic(text):
-            found = sorted(glob.glob(text))
-            if not found:
-                raise InputError(
-                    f"{text}: the glob matches no file; check the pattern and the folder"
-                )
-            paths.extend(Path(p) for p in found)
-        else:
-            paths.append(Path(text))
+        paths.extend(expand_glob(item))
     for path in paths:
         if path.exists() and not path.is_dir() and not is_nifti_path(path):
             raise InputError(f"{path}: not a .nii or .nii.gz file name; give NIfTI BOLD runs")
@@ -223,9 +214,7 @@ def _check_same_grid(paths: Sequence[Path], runs: Sequence[xr.Dataset]) -> None:
     ref_shape = runs[0]["bold"].shape[:3]
     ref_affine = np.asarray(runs[0].attrs["affine"])
     for path, ds in zip(paths[1:], runs[1:], strict=True):
-        if ds["bold"].shape[:3] != ref_shape or not np.allclose(
-            np.asarray(ds.attrs["affine"]), ref_affine, atol=1e-4
-        ):
+        if not same_grid(ds["bold"].shape[:3], ds.attrs["affine"], ref_shape, ref_affine):
             raise InputError(
                 f"{path}: its grid (shape {ds['bold'].shape[:3]}) differs from {paths[0]} (shape {ref_shape}) "
                 "or its affine does; runs of one cohort store must share a grid: resample them to one "

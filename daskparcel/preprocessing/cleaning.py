@@ -44,6 +44,7 @@ from scipy import linalg
 from scipy import signal as sp_signal
 from scipy.interpolate import CubicSpline
 
+from daskparcel._checks import sample_mask_indices
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -247,46 +248,6 @@ def _check_standardize(standardize: Any) -> str | None:
     )
 
 
-def _check_sample_mask(sample_mask: Any, n_time: int) -> np.ndarray | None:
-    if sample_mask is None:
-        return None
-    arr = np.asarray(sample_mask)
-    if arr.ndim != 1:
-        raise InputError(
-            f"sample_mask of shape {arr.shape}: must be 1D, a boolean mask of the run's {n_time} "
-            "time points or the int indices of the volumes to keep"
-        )
-    if arr.dtype == bool:
-        if arr.size != n_time:
-            raise InputError(
-                f"sample_mask is a boolean mask of {arr.size} time points but the run has "
-                f"{n_time}: pass one value per time point (True = keep)"
-            )
-        idx = np.flatnonzero(arr)
-    elif arr.size == 0 or np.issubdtype(arr.dtype, np.integer):
-        idx = arr.astype(np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= n_time):
-            bad = idx[(idx < 0) | (idx >= n_time)]
-            raise InputError(
-                f"sample_mask holds indices {bad[:10].tolist()} out of range: the run has {n_time} "
-                f"time points, indices must be in [0, {n_time - 1}]"
-            )
-        if np.any(np.diff(idx) <= 0):
-            raise InputError(
-                "sample_mask indices must be strictly increasing (each kept volume once, in "
-                "order); pass np.unique(sample_mask)"
-            )
-    else:
-        raise InputError(
-            f"sample_mask of dtype {arr.dtype}: pass a boolean mask (True = keep) or int indices"
-        )
-    if idx.size == 0:
-        raise InputError(
-            "sample_mask removes every volume of the run: keep at least one (True = keep)"
-        )
-    return idx
-
-
 def _check_filter(
     filter: Any, low_pass: float | None, high_pass: float | None, t_r: float | None
 ) -> str | None:
@@ -414,7 +375,7 @@ def make_clean_plan(
     n_time = int(n_time)
     std = _check_standardize(standardize)
     filter_type = _check_filter(filter, low_pass, high_pass, t_r)
-    idx = _check_sample_mask(sample_mask, n_time)
+    idx = None if sample_mask is None else sample_mask_indices(sample_mask, n_time)
 
     conf: np.ndarray | None = None
     if confounds is not None:

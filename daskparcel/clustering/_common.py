@@ -1,0 +1,77 @@
+"""What the clustering methods share: their features, as a dask array or in memory."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from daskparcel.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def features_dask(features: Any) -> da.Array:
+    """Features (voxel, component) as a 2-D floating dask array, one column block (kmeans)."""
+    if isinstance(features, xr.DataArray):
+        if set(features.dims) == {"voxel", "component"}:
+            features = features.transpose("voxel", "component")
+        features = features.data
+    if isinstance(features, da.Array):
+        x = features
+    else:
+        arr = np.asarray(features)
+        if arr.dtype.kind not in "fiu":
+            raise InputError(
+                f"features: dtype {arr.dtype} is not numeric; pass a float array (voxel, component)"
+            )
+        if arr.ndim == 2:
+            x = da.from_array(arr, chunks=(default_rows(arr.shape), -1))
+        else:
+            x = da.from_array(arr)
+    if x.ndim != 2:
+        raise InputError(
+            f"features: expected 2 dims (voxel, component), got shape {x.shape}; reshape or "
+            "pass the output of daskparcel.reduction.reduce"
+        )
+    if x.dtype.kind not in "fiu":
+        raise InputError(f"features: dtype {x.dtype} is not numeric; pass a float array")
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    if x.numblocks[1] != 1:
+        x = x.rechunk({1: -1})
+    return x
+
+
+def default_rows(shape: tuple[int, ...]) -> int:
+    """Rows of a ~32 MB float64 chunk of a (rows, columns) array."""
+    n_cols = shape[1] if len(shape) > 1 else 1
+    return max(1, min(shape[0] if shape else 1, (32 * 2**20) // (8 * max(1, n_cols))))
+
+
+def features_array(features: Any) -> np.ndarray:
+    """Features (voxel, component) as a finite, C-contiguous float numpy array (the agglomerations)."""
+    if hasattr(features, "compute") and not isinstance(features, np.ndarray):
+        logger.debug("computing the features (%s) into memory for agglomeration", type(features))
+        features = features.compute()
+    if hasattr(features, "values") and not isinstance(features, np.ndarray):
+        features = features.values
+    x = np.asarray(features)
+    if x.ndim == 1:
+        x = x.reshape(-1, 1)
+    if x.ndim != 2:
+        raise InputError(
+            f"features: expected a 2D (voxel, component) array, got shape {x.shape}; pass one row "
+            "per mask voxel"
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        raise InputError(
+            "features: contain NaN or infinite values; clean the signals (or drop voxels with zero "
+            "variance from the mask) before clustering"
+        )
+    return np.ascontiguousarray(x)
