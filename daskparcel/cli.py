@@ -242,7 +242,7 @@ def _transform(args: argparse.Namespace) -> int:
 
     from daskparcel.estimator import Parcellations
     from daskparcel.results import check_out_dir
-    from daskparcel.store import replace_dir
+    from daskparcel.store.runs import replace_dir
 
     out = check_out_dir(args.out, overwrite=args.overwrite)
     labels = Path(args.labels)

@@ -288,7 +288,7 @@ def write_synthetic_nifti(
 
     Returns the file paths and the ground-truth labels image (also written as ``ground_truth_labels.nii.gz``).
     """
-    from daskparcel.store import to_nifti
+    from daskparcel.store.runs import to_nifti
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ import xarray as xr
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
+from daskparcel._checks import check_int, expand_glob, same_grid, sample_mask_indices
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import is_nifti_path, open_nifti, run_name
 from daskparcel.preprocessing.signals import CleanParams, RunInput, SignalsStore, write_signals
@@ -182,9 +183,9 @@ class Parcellations(TransformerMixin, BaseEstimator):
     def _validate_params(self) -> None:  # one declared place for every parameter check
         if self.method not in METHODS:
             raise InputError(f"method={self.method!r}: unknown; pass one of {', '.join(METHODS)}")
-        _check_int("n_parcels", self.n_parcels, 1)
-        _check_int("n_components", self.n_components, 1)
-        _check_int("n_iter", self.n_iter, 1)
+        check_int("n_parcels", self.n_parcels, 1)
+        check_int("n_components", self.n_components, 1)
+        check_int("n_iter", self.n_iter, 1)
         if self.smoothing_fwhm is not None and not isinstance(self.smoothing_fwhm, str):
             if np.any(np.asarray(self.smoothing_fwhm, dtype=float) < 0):
                 raise InputError(
@@ -300,10 +301,11 @@ class Parcellations(TransformerMixin, BaseEstimator):
         ref = runs[0]
         for run, conf, smask in zip(runs, confounds_list, masks_list, strict=True):
             shape = run.data["bold"].shape[:3]
-            if shape != ref.data["bold"].shape[:3] or not np.allclose(
-                np.asarray(run.data.attrs["affine"]),
-                np.asarray(ref.data.attrs["affine"]),
-                atol=1e-4,
+            if not same_grid(
+                shape,
+                run.data.attrs["affine"],
+                ref.data["bold"].shape[:3],
+                ref.data.attrs["affine"],
             ):
                 raise InputError(
                     f"{run.name}: its grid {shape} differs from {ref.name}'s {ref.data['bold'].shape[:3]} "
@@ -312,7 +314,9 @@ class Parcellations(TransformerMixin, BaseEstimator):
             if conf is not None:
                 run.confounds = self._confounds(conf, run)
             if smask is not None:
-                run.sample_mask = _check_sample_mask(smask, run.n_time, run.name)
+                run.sample_mask = sample_mask_indices(
+                    smask, run.n_time, f"sample_mask of {run.name}"
+                )
         return runs
 
     def _confounds(self, confounds: Any, run: RunInput) -> np.ndarray:
@@ -351,7 +355,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         import zarr
 
         from daskparcel.reduction import reduce_runs
-        from daskparcel.store import quiet_zarr
+        from daskparcel.store.runs import quiet_zarr
 
         name = f"reduced/c{self.n_components}-r{self.random_state}"
         with quiet_zarr():
@@ -398,7 +402,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
             from daskparcel.clustering.rena import auto_block_shape, rena
 
             return rena(
-                features, k, mask=mask, n_iter=self.n_iter, scaling=self.scaling,
+                features, k, mask=mask, n_iter=self.n_iter,
                 block_shape=auto_block_shape(mask),
             )  # fmt: skip
         from daskparcel.clustering.agglomerative import build_tree
@@ -550,8 +554,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         }
         out = []
         for run, conf in zip(runs, confounds_list, strict=True):
-            if run.data["bold"].shape[:3] != mask.shape or not np.allclose(
-                np.asarray(run.data.attrs["affine"]), affine, atol=1e-4
+            if not same_grid(
+                run.data["bold"].shape[:3], run.data.attrs["affine"], mask.shape, affine
             ):
                 raise InputError(
                     f"{run.name}: its grid {run.data['bold'].shape[:3]} differs from the fitted mask's "
@@ -636,11 +640,6 @@ class Parcellations(TransformerMixin, BaseEstimator):
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise InputError(f"{name}={value!r}: must be an integer >= {minimum}")
-
-
 def _array_key(array: np.ndarray | None) -> str | None:
     return None if array is None else dask.base.tokenize(np.asarray(array))
 
@@ -661,32 +660,10 @@ def _per_run(name: str, value: Any, n_runs: int) -> list[Any]:
     return [value]
 
 
-def _check_sample_mask(sample_mask: Any, n_time: int, name: str) -> np.ndarray:
-    array = np.asarray(sample_mask)
-    if array.dtype == bool:
-        if array.shape != (n_time,):
-            raise InputError(
-                f"sample_mask of {name}: a boolean mask of length {array.shape[0] if array.ndim else 0} for "
-                f"{n_time} volumes; give one value per volume"
-            )
-        if not array.any():
-            raise InputError(f"sample_mask of {name}: keeps no volume; keep at least a few")
-        return array
-    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise InputError(
-            f"sample_mask of {name}: give a boolean mask or integer indices of the volumes to keep"
-        )
-    if array.size == 0 or array.min() < 0 or array.max() >= n_time:
-        raise InputError(
-            f"sample_mask of {name}: indices out of range for {n_time} volumes (0..{n_time - 1}); fix the indices"
-        )
-    return array
-
-
 def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInput]:
     """Turn what a user passes as ``imgs`` into runs (lazy Datasets with an identity for the cache)."""
     from daskparcel.ingest.bids import BidsRun, find_bids_runs
-    from daskparcel.store import file_sha256, open_runs, prefetch_sha256, store_info
+    from daskparcel.store.runs import file_sha256, open_runs, prefetch_sha256, store_info
 
     items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
     if not items:
@@ -716,12 +693,7 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
             text = str(item)
             path = Path(text)
             if glob.has_magic(text):
-                found = sorted(glob.glob(text))
-                if not found:
-                    raise InputError(
-                        f"{text}: the glob matches no file; check the pattern and the folder"
-                    )
-                runs.extend(resolve_runs(found, chunk_volumes=chunk_volumes))
+                runs.extend(resolve_runs(expand_glob(text), chunk_volumes=chunk_volumes))
             elif path.is_dir() and store_info(path) is not None:
                 info = store_info(path) or {}
                 for name, ds in open_runs(path):
@@ -802,7 +774,7 @@ def _run_from_image(img: Any, index: int, chunk_volumes: int | None) -> RunInput
         and os.path.exists(filename)
     ):
         ds = open_nifti(filename, chunk_volumes=chunk_volumes)
-        from daskparcel.store import file_sha256
+        from daskparcel.store.runs import file_sha256
 
         return RunInput(
             run_name(filename),

@@ -40,7 +40,7 @@ import xarray as xr
 from daskparcel import __version__
 from daskparcel.errors import InputError
 from daskparcel.estimator import Parcellations
-from daskparcel.store import replace_dir
+from daskparcel.store.runs import replace_dir
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from sklearn.metrics import adjusted_rand_score
 from daskparcel import Parcellations, datasets
 from daskparcel import estimator as estimator_module
 from daskparcel.runtime import peak_rss
-from daskparcel.store import store_info
+from daskparcel.store.runs import store_info
 
 METHODS = ["kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena"]
 
@@ -25,7 +25,7 @@ METHODS = ["kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory):
     """A crop of a synthetic 4 mm run (~6k brain voxels, 32 volumes), written as NIfTI."""
-    from daskparcel.store import to_nifti
+    from daskparcel.store.runs import to_nifti
 
     run = datasets.synthetic_run(4, 32, n_parcels=60).isel(
         x=slice(12, 38), y=slice(15, 45), z=slice(15, 40)
@@ -183,7 +183,7 @@ def test_fit_killed_mid_write_then_rerun_gives_identical_labels(run_path, refere
 @pytest.fixture(scope="module")
 def cohort_paths(tmp_path_factory):
     """Three subjects: crops of synthetic 4 mm runs (~6k brain voxels, 32 volumes each), as NIfTI."""
-    from daskparcel.store import to_nifti
+    from daskparcel.store.runs import to_nifti
 
     folder = tmp_path_factory.mktemp("cohort")
     paths = []

@@ -14,7 +14,7 @@ from nilearn.maskers import NiftiMasker
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import open_nifti
 from daskparcel.preprocessing.signals import CleanParams, RunInput, write_signals
-from daskparcel.store import quiet_zarr
+from daskparcel.store.runs import quiet_zarr
 
 
 def _run(path, chunk=None, name="run", stream=False):

@@ -21,7 +21,7 @@ import daskparcel as dp
 from daskparcel import datasets
 from daskparcel.errors import IncompleteStoreError, InputError, StoreLockedError
 from daskparcel.ingest.convert import convert
-from daskparcel.store import PROGRESS_NAME, store_info, store_lock
+from daskparcel.store.runs import PROGRESS_NAME, store_info, store_lock
 
 
 def _tree_snapshot(path: Path) -> dict[str, bytes]:
@@ -87,7 +87,7 @@ def test_cohort_store(tmp_path):
     result = convert([a, b], tmp_path / "cohort", chunk_volumes=16)
     assert result.kind == "cohort"
     assert result.runs == ["fmri1", "fmri2"]
-    runs = dict(dp.store.open_runs(tmp_path / "cohort"))
+    runs = dict(dp.store.runs.open_runs(tmp_path / "cohort"))
     for name, path in (("fmri1", a), ("fmri2", b)):
         np.testing.assert_array_equal(
             runs[name]["bold"].values, nib.load(path).get_fdata(dtype=np.float32)

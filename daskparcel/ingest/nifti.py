@@ -15,7 +15,6 @@ runs are read in parallel, one task each.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import gzip
@@ -35,6 +34,7 @@ from nibabel.arrayproxy import ArrayProxy
 from nibabel.volumeutils import apply_read_scaling
 
 from daskparcel.errors import InputError
+from daskparcel.store.runs import header_codec_attrs
 
 logger = logging.getLogger(__name__)
 
@@ -266,8 +266,7 @@ def header_attrs(
         "voxel_size": [float(z) for z in header.get_zooms()[:3]],
         "t_r": t_r,
         "t_r_source": t_r_note,
-        "nifti_header": base64.b64encode(header.binaryblock).decode("ascii"),
-        "nifti_version": 2 if isinstance(img, nib.Nifti2Image) else 1,
+        **header_codec_attrs(header),
     }
     if path is not None:
         attrs["source"] = str(Path(path).resolve())
@@ -317,10 +316,3 @@ def open_nifti(
     )
     attrs = header_attrs(img, path)
     return xr.Dataset({"bold": (DIMS, data)}, attrs=attrs)
-
-
-def header_from_attrs(attrs: dict[str, Any]) -> nib.Nifti1Header:
-    """Rebuild the NIfTI header kept in a run's attributes."""
-    block = base64.b64decode(attrs["nifti_header"])
-    cls = nib.Nifti2Header if attrs.get("nifti_version", 1) == 2 else nib.Nifti1Header
-    return cls(binaryblock=block[: cls.template_dtype.itemsize])

@@ -62,7 +62,7 @@ from daskparcel.preprocessing.cleaning import (
     zscore_divisor,
 )
 from daskparcel.preprocessing.smoothing import smooth_block, smooth_bold, smoothing_kernel
-from daskparcel.store import quiet_zarr, set_store_info, store_info, store_lock
+from daskparcel.store.runs import quiet_zarr, set_store_info, store_info, store_lock
 
 logger = logging.getLogger(__name__)
 

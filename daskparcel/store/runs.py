@@ -17,6 +17,7 @@ with :class:`~daskparcel.errors.IncompleteStoreError`. Writers hold :func:`store
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import errno
@@ -268,6 +269,21 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------- export
+def header_codec_attrs(header: nib.Nifti1Header) -> dict[str, Any]:
+    """A NIfTI header as run attributes (its binary block in base64, and the NIfTI version)."""
+    return {
+        "nifti_header": base64.b64encode(header.binaryblock).decode("ascii"),
+        "nifti_version": 2 if isinstance(header, nib.Nifti2Header) else 1,
+    }
+
+
+def header_from_attrs(attrs: Mapping[str, Any]) -> nib.Nifti1Header:
+    """Rebuild the NIfTI header kept in a run's attributes (the inverse of :func:`header_codec_attrs`)."""
+    block = base64.b64decode(attrs["nifti_header"])
+    cls = nib.Nifti2Header if attrs.get("nifti_version", 1) == 2 else nib.Nifti1Header
+    return cls(binaryblock=block[: cls.template_dtype.itemsize])
+
+
 def to_nifti(
     data: xr.Dataset | xr.DataArray,
     path: str | os.PathLike[str],
@@ -303,8 +319,6 @@ def to_nifti(
             raise InputError("to_nifti: the data has no 'affine' attribute; pass affine=")
         affine = np.asarray(attrs["affine"], dtype=float)
     if header is None and "nifti_header" in attrs:
-        from daskparcel.ingest.nifti import header_from_attrs
-
         header = header_from_attrs(attrs)
     hdr = nib.Nifti1Header() if header is None else header.copy()
     if hdr.endianness != "<":
