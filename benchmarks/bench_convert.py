@@ -46,7 +46,7 @@ def convert_run(path: str, out: str, compression: str) -> dict[str, Any]:
 
 def read_store(out: str) -> dict[str, Any]:
     """One streaming read of a run store on the local default scheduler (child process)."""
-    from daskparcel.store import open_store
+    from daskparcel.store.runs import open_store
 
     bold = open_store(out)["bold"]
     start = time.perf_counter()

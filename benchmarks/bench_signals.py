@@ -28,8 +28,9 @@ def daskparcel_signals(imgs: list[str]) -> dict[str, Any]:
     """Mask (EPI, all runs), smooth, clean and write the signals store; the time of each step."""
     import numpy as np
 
-    from daskparcel.estimator import Parcellations, resolve_runs
-    from daskparcel.preprocessing.signals import write_signals
+    from daskparcel.estimator import Parcellations
+    from daskparcel.ingest.resolve import resolve_runs
+    from daskparcel.preprocessing.pipeline import write_signals
 
     start = time.perf_counter()
     est = Parcellations(method="kmeans", **PARAMS)

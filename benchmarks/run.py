@@ -325,8 +325,9 @@ def _signals_store(
     import nibabel as nib
     import numpy as np
 
-    from daskparcel.estimator import resolve_runs
-    from daskparcel.preprocessing.signals import CleanParams, write_signals
+    from daskparcel.ingest.resolve import resolve_runs
+    from daskparcel.preprocessing.pipeline import write_signals
+    from daskparcel.store.signals import CleanParams
 
     runs = resolve_runs(_resolve(imgs))
     mask_array = np.asarray(nib.load(mask).dataobj) > 0

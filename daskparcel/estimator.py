@@ -1,26 +1,26 @@
 """``Parcellations``: nilearn's estimator, out of core.
 
 Code written for ``nilearn.regions.Parcellations`` ports by changing the import: same parameter names and
-defaults, same fitted attributes (``labels_img_``, ``mask_img_``, ``n_elements_``), same answers. What differs is
-where the work happens: ``fit`` writes the preprocessed signals once to a zarr store (the cache, see
-:mod:`daskparcel.preprocessing.signals`), reduces them with out-of-core randomized SVDs and clusters the voxels,
-each step a dask graph run on the local default or the cluster you name; ``transform`` and
-``inverse_transform`` return lazy xarray objects.
+defaults, same fitted attributes (``labels_img_``, ``mask_img_``, ``n_elements_``), same answers. This module
+holds the parameters, their validation (one declared place, run before any data is read), the orchestration
+of ``fit`` and ``transform``. The work is elsewhere: inputs are resolved by :mod:`daskparcel.ingest.resolve`,
+the mask and signals passes are :mod:`daskparcel.preprocessing.pipeline` (writing the signals store,
+:mod:`daskparcel.store.signals`, the cache), the reduction is :mod:`daskparcel.reduction` and the methods are
+registered in :data:`daskparcel.clustering.METHODS`.
 
-``fit`` computes at named points only: the mask (one pass over the runs), the signals store (smoothing and
-masking, then cleaning: two passes written to disk), the reduction (one compute), the clustering.
+``fit`` computes at named points only: the mask (one pass over the runs), the signals store (one pass, a second
+only when cleaning is more than z-scoring), the reduction (cached in the signals store), the clustering (trees
+of the agglomerative methods cached there too); ``transform`` and ``inverse_transform`` return lazy xarray
+objects.
 """
 
 from __future__ import annotations
 
-import atexit
-import glob
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +32,17 @@ import xarray as xr
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
-from daskparcel._checks import check_int, expand_glob, same_grid, sample_mask_indices
+from daskparcel._checks import check_int, same_grid
+from daskparcel.clustering import METHODS, ClusterJob
 from daskparcel.errors import InputError
-from daskparcel.ingest.nifti import is_nifti_path, open_nifti, run_name
-from daskparcel.preprocessing.signals import CleanParams, RunInput, SignalsStore, write_signals
+from daskparcel.ingest.resolve import per_run, prepare_runs, repetition_time, run_confounds
+from daskparcel.preprocessing.pipeline import default_cache_dir, run_mask, write_signals
+from daskparcel.store.signals import CleanParams, RunInput, SignalsStore
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena")
 STANDARDIZE = (False, True, None, "zscore_sample", "zscore", "psc")
-
-_DEFAULT_CACHE: Path | None = None
-_TREES: dict[tuple[Any, ...], Any] = {}  # merge trees of this process, by what they were built from
-_MASKS: dict[tuple[Any, ...], np.ndarray] = {}  # computed masks, by the runs and the strategy
-
-
-def default_cache_dir() -> Path:
-    """The cache of stores for estimators given no ``store``: one temporary folder per process."""
-    global _DEFAULT_CACHE
-    if _DEFAULT_CACHE is None:
-        _DEFAULT_CACHE = Path(tempfile.mkdtemp(prefix="daskparcel-cache-"))
-        atexit.register(shutil.rmtree, _DEFAULT_CACHE, ignore_errors=True)
-    return _DEFAULT_CACHE
+KMEANS_METHODS = ("minibatch", "lloyd")
 
 
 class Parcellations(TransformerMixin, BaseEstimator):
@@ -62,7 +51,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     method : {"kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena"}
-        The clustering. kmeans and hierarchical_kmeans cluster voxels on their reduced time courses;
+        The clustering (the names of :data:`daskparcel.clustering.METHODS`). kmeans and hierarchical_kmeans cluster voxels on their reduced time courses;
         ward, complete and average are agglomerations constrained by the mask's 6-neighbour lattice (each
         parcel one connected region), exactly scikit-learn's; rena is recursive nearest-neighbour agglomeration,
         run blockwise.
@@ -87,7 +76,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
     mask_args : dict, optional
         Keyword arguments of the mask function.
     scaling : bool, default=False
-        ReNA: scale each cluster's features by the square root of its size.
+        ReNA: ``transform`` multiplies each parcel's signal by the square root of its size and
+        ``inverse_transform`` divides by it (nilearn's ``ReNA``; nilearn's ``Parcellations`` ignores it).
     n_iter : int, default=10
         ReNA: iterations.
     verbose : int, default=0
@@ -121,10 +111,16 @@ class Parcellations(TransformerMixin, BaseEstimator):
         The reduction's voxel loadings (what the voxels are clustered on).
     signals_store_ : pathlib.Path
         The signals store of the fitted runs (reused by ``transform`` of the same runs and by later fits).
+    store_ : SignalsStore or None
+        That store, opened: ``store_.signals("cleaned")`` / ``("smoothed")`` are the fitted voxel signals
+        (voxel, time) as lazy xarray (None for :meth:`from_labels`).
+    runs_ : list of str
+        The names of the fitted runs.
     timings_ : dict
         Seconds spent in each step of the last fit.
     tree_ : MergeTree or None
-        The merge tree of ward / complete / average (cut again for another ``n_parcels`` without rebuilding).
+        The merge tree of ward / complete / average, kept in the signals store: a fit with another
+        ``n_parcels`` cuts it again without rebuilding, in this process or a later one.
     """
 
     def __init__(
@@ -180,27 +176,51 @@ class Parcellations(TransformerMixin, BaseEstimator):
         self.confounds_columns = confounds_columns
 
     # ------------------------------------------------------------------------------------ validation
-    def _validate_params(self) -> None:  # one declared place for every parameter check
+    def _validate_params(self) -> None:
+        """Every parameter check, in one place; run by ``fit`` before any data is read."""
         if self.method not in METHODS:
             raise InputError(f"method={self.method!r}: unknown; pass one of {', '.join(METHODS)}")
         check_int("n_parcels", self.n_parcels, 1)
         check_int("n_components", self.n_components, 1)
         check_int("n_iter", self.n_iter, 1)
-        if self.smoothing_fwhm is not None and not isinstance(self.smoothing_fwhm, str):
-            if np.any(np.asarray(self.smoothing_fwhm, dtype=float) < 0):
+        fwhm = self.smoothing_fwhm
+        if fwhm is not None and not (isinstance(fwhm, str) and fwhm == "fast"):
+            try:
+                items = fwhm if isinstance(fwhm, list | tuple) else [fwhm]
+                values = np.asarray([0.0 if v is None else v for v in items], dtype=float)
+            except (TypeError, ValueError):
                 raise InputError(
-                    f"smoothing_fwhm={self.smoothing_fwhm}: must be >= 0 (mm); pass 0 or None for no smoothing"
+                    f"smoothing_fwhm={fwhm!r}: not a number; pass the FWHM in mm (e.g. 4.0), 0 or None"
+                ) from None
+            if values.size not in (1, 3) or not np.all(np.isfinite(values)):
+                raise InputError(
+                    f"smoothing_fwhm={fwhm!r}: pass one FWHM in mm or one per axis (3 values)"
+                )
+            if np.any(values < 0):
+                raise InputError(
+                    f"smoothing_fwhm={fwhm}: must be >= 0 (mm); pass 0 or None for no smoothing"
                 )
         if self.standardize not in STANDARDIZE:
             raise InputError(
                 f"standardize={self.standardize!r}: unknown; pass one of False, 'zscore_sample', 'zscore', 'psc'"
             )
-        if self.kmeans_method not in ("minibatch", "lloyd"):
+        if self.kmeans_method not in KMEANS_METHODS:
             raise InputError(f"kmeans_method={self.kmeans_method!r}: pass 'minibatch' or 'lloyd'")
         for name in ("low_pass", "high_pass", "t_r"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int | float) or value <= 0):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+            ):
                 raise InputError(f"{name}={value!r}: must be a positive number or None")
+        for name in ("detrend", "standardize_confounds", "scaling"):
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise InputError(f"{name}={getattr(self, name)!r}: must be True or False")
+        if self.mask_args is not None and not isinstance(self.mask_args, dict):
+            raise InputError(f"mask_args={self.mask_args!r}: must be a dict of keyword arguments")
+        if self.scaling and self.method != "rena":
+            raise InputError(
+                f"scaling=True: only used by method='rena' (method={self.method!r}); pass scaling=False"
+            )
 
     def _clean_params(self, t_r: float | None) -> CleanParams:
         fwhm = self.smoothing_fwhm
@@ -215,6 +235,13 @@ class Parcellations(TransformerMixin, BaseEstimator):
             high_pass=self.high_pass,
             t_r=t_r,
         )
+
+    def _t_r(self, runs: Sequence[RunInput]) -> float | None:
+        filtering = self.low_pass is not None or self.high_pass is not None
+        return repetition_time(runs, self.t_r, needed=filtering)
+
+    def _cache_dir(self) -> Path:
+        return Path(self.store) if self.store is not None else default_cache_dir()
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(
@@ -236,18 +263,24 @@ class Parcellations(TransformerMixin, BaseEstimator):
         -------
         self
         """
+        from daskparcel.reduction import reduce_runs
         from daskparcel.runtime import connect
 
         self._validate_params()
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        runs = self._runs(imgs, confounds, sample_mask)
+        runs = prepare_runs(
+            imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
+            confounds_columns=self.confounds_columns,
+        )  # fmt: skip
         affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
-        t_r = self._t_r(runs)
-        params = self._clean_params(t_r)
+        params = self._clean_params(self._t_r(runs))
         with connect(self.client):
             t0 = time.perf_counter()
-            mask = self._mask(runs, affine)
+            mask = run_mask(
+                runs, affine, self._cache_dir(), mask=self.mask, strategy=self.mask_strategy,
+                mask_args=self.mask_args,
+            )  # fmt: skip
             timings["mask"] = time.perf_counter() - t0
             n_voxels = int(mask.sum())
             if self.n_parcels > n_voxels:
@@ -261,7 +294,10 @@ class Parcellations(TransformerMixin, BaseEstimator):
             )
             timings["signals"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            features = self._features(store)
+            reduce = partial(
+                reduce_runs, n_components=self.n_components, random_state=self.random_state
+            )
+            features = store.features(self.n_components, self.random_state, reduce)
             timings["reduction"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             labels = self._cluster(features, mask, store)
@@ -273,158 +309,44 @@ class Parcellations(TransformerMixin, BaseEstimator):
         )
         return self
 
-    def _cache_dir(self) -> Path:
-        return Path(self.store) if self.store is not None else default_cache_dir()
-
-    def _t_r(self, runs: Sequence[RunInput]) -> float | None:
-        if self.t_r is not None:
-            return float(self.t_r)
-        if self.low_pass is None and self.high_pass is None:
-            return None
-        missing = [r.name for r in runs if r.t_r is None]
-        if missing:
-            raise InputError(
-                f"{missing[0]}: low_pass/high_pass need the repetition time and its header has none; pass t_r="
-            )
-        values = {float(r.t_r) for r in runs if r.t_r is not None}
-        if len(values) > 1:
-            raise InputError(
-                f"runs have different TRs {sorted(values)}; pass t_r= or fit them separately"
-            )
-        return float(values.pop())
-
-    def _runs(self, imgs: Any, confounds: Any, sample_mask: Any) -> list[RunInput]:
-        runs = resolve_runs(imgs, chunk_volumes=self.chunk_volumes)
-        confounds_list = _per_run("confounds", confounds, len(runs))
-        masks_list = _per_run("sample_mask", sample_mask, len(runs))
-
-        ref = runs[0]
-        for run, conf, smask in zip(runs, confounds_list, masks_list, strict=True):
-            shape = run.data["bold"].shape[:3]
-            if not same_grid(
-                shape,
-                run.data.attrs["affine"],
-                ref.data["bold"].shape[:3],
-                ref.data.attrs["affine"],
-            ):
-                raise InputError(
-                    f"{run.name}: its grid {shape} differs from {ref.name}'s {ref.data['bold'].shape[:3]} "
-                    "(or its affine does); resample the runs to one grid (nilearn.image.resample_to_img)"
-                )
-            if conf is not None:
-                run.confounds = self._confounds(conf, run)
-            if smask is not None:
-                run.sample_mask = sample_mask_indices(
-                    smask, run.n_time, f"sample_mask of {run.name}"
-                )
-        return runs
-
-    def _confounds(self, confounds: Any, run: RunInput) -> np.ndarray:
-        """One run's confounds as an array (a file is named by its path in messages, an array by its run)."""
-        from daskparcel.preprocessing.confounds import load_confounds
-
-        source = str(confounds) if isinstance(confounds, str | os.PathLike) else f"of {run.name}"
-        return load_confounds(confounds, run.n_time, columns=self.confounds_columns, source=source)
-
-    def _mask(self, runs: Sequence[RunInput], affine: np.ndarray) -> np.ndarray:
-        from daskparcel.preprocessing.masking import compute_mask, resample_mask
-
-        shape = runs[0].data["bold"].shape[:3]
-        if self.mask is not None:
-            mask = resample_mask(self.mask, affine, shape)
-        else:
-            key = (tuple(r.identity for r in runs), self.mask_strategy, repr(self.mask_args))
-            cached = _MASKS.get(key)
-            if cached is not None:
-                mask = cached
-            else:
-                mask = compute_mask(
-                    [r.data["bold"] for r in runs], affine, self.mask_strategy, self.mask_args
-                )
-                _MASKS.clear()  # keep the last one: refits of the same runs reuse it
-                _MASKS[key] = mask
-        if not mask.any():
-            raise InputError(
-                "the mask has no voxel; give another mask or mask_strategy / mask_args"
-            )
-        return np.asarray(mask, dtype=bool)
-
-    def _features(self, store: SignalsStore) -> np.ndarray:
-        """The reduction's voxel loadings, cached in the signals store (fits differing in method or
-        n_parcels reuse them)."""
-        import zarr
-
-        from daskparcel.reduction import reduce_runs
-        from daskparcel.store.runs import quiet_zarr
-
-        name = f"reduced/c{self.n_components}-r{self.random_state}"
-        with quiet_zarr():
-            group = zarr.open_group(str(store.path), mode="a", zarr_format=3)
-            if name in group and group[name].attrs.get("complete"):
-                logger.info("reduction reused from %s/%s", store.path, name)
-                return np.asarray(group[name][...])  # type: ignore[index]
-        # runs' components go to the store before the group step reads them back: memory stays at a chunk
-        features = reduce_runs(
-            store.run_signals("cleaned"),
-            group.require_group(name + "-work"),
-            n_components=self.n_components,
-            random_state=self.random_state,
-        )
-        del group[name + "-work"]
-        with quiet_zarr():
-            array = group.create_array(
-                name, shape=features.shape, dtype=np.float32, chunks=features.shape, overwrite=True
-            )
-            array[...] = features
-            array.attrs["complete"] = True
-        return features
-
     def _cluster(self, features: np.ndarray, mask: np.ndarray, store: SignalsStore) -> np.ndarray:
-        """Labels 0..K-1 over the mask's voxels."""
-        k = int(self.n_parcels)
+        """Labels 0..K-1 over the mask's voxels, by the registered method (a tree is kept in the store)."""
+        from daskparcel.clustering.agglomerative import MergeTree
+
+        method = METHODS[str(self.method)]
+        options = {name: getattr(self, name) for name in method.options}
+        job = ClusterJob(
+            features, int(self.n_parcels), mask, int(self.random_state), options, self.connectivity
+        )
         self.tree_ = None
-        if self.method == "kmeans":
-            from daskparcel.clustering.kmeans import kmeans
-
-            return kmeans(
-                features,
-                k,
-                method="lloyd" if self.kmeans_method == "lloyd" else "minibatch",
-                random_state=self.random_state,
-                n_init=3,
-                refine=True,
-            ).labels
-        if self.method == "hierarchical_kmeans":
-            from daskparcel.clustering.hierarchical_kmeans import hierarchical_kmeans
-
-            return np.asarray(hierarchical_kmeans(features, k, random_state=self.random_state))
-        if self.method == "rena":
-            from daskparcel.clustering.rena import auto_block_shape, rena
-
-            return rena(
-                features, k, mask=mask, n_iter=self.n_iter,
-                block_shape=auto_block_shape(mask),
-            )  # fmt: skip
-        from daskparcel.clustering.agglomerative import build_tree
-        from daskparcel.clustering.connectivity import check_connectivity, grid_connectivity
-
+        if method.tree is None:
+            assert method.labels is not None
+            return method.labels(job)
+        name = (
+            store.features_group(self.n_components, self.random_state).replace("reduced/", "trees/")
+            + f"-{method.name}"
+        )
         if self.connectivity is not None:
-            conn = check_connectivity(self.connectivity, int(mask.sum()))
-            conn_key: Any = dask.base.tokenize(conn.indptr, conn.indices)
+            conn = self.connectivity
+            name += "-" + dask.base.tokenize(
+                getattr(conn, "indptr", conn), getattr(conn, "indices", None)
+            )
+        cached = store.cached_arrays(name)
+        if cached is not None:
+            logger.info(
+                "%s tree reused from %s/%s: cut at %d parcels",
+                method.name,
+                store.path,
+                name,
+                job.n_clusters,
+            )
+            tree = MergeTree.from_arrays(*cached)
         else:
-            conn, conn_key = None, "grid"
-        key = (str(store.path), self.n_components, self.random_state, self.method, conn_key)
-        tree = _TREES.get(key)
-        if tree is None:
-            if conn is None:
-                conn = grid_connectivity(mask)
-            tree = build_tree(features, conn, linkage=self.method)  # type: ignore[arg-type]
-            _TREES.clear()  # keep one tree: they are the size of the voxels
-            _TREES[key] = tree
-        else:
-            logger.info("%s tree reused: cut at %d parcels", self.method, k)
+            tree = method.tree(job)
+            arrays, attrs = tree.to_arrays()
+            store.write_arrays(name, arrays, **attrs)
         self.tree_ = tree
-        return np.asarray(tree.cut(k))
+        return np.asarray(tree.cut(job.n_clusters))
 
     def _set_fitted(
         self,
@@ -432,7 +354,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         mask: np.ndarray,
         affine: np.ndarray,
         features: np.ndarray,
-        store: SignalsStore,
+        store: SignalsStore | None,
         runs: Sequence[RunInput],
         timings: dict[str, float],
     ) -> None:
@@ -454,13 +376,11 @@ class Parcellations(TransformerMixin, BaseEstimator):
         self.mask_img_ = nib.Nifti1Image(mask.astype(np.int8), affine)
         self.n_elements_ = n
         self.components_ = features.T
-        self.signals_store_ = store.path
+        self.store_ = store
+        self.signals_store_ = None if store is None else store.path
         self.timings_ = timings
-        self._store = store
-        self._fitted_runs = [
-            (r.identity, _array_key(r.confounds), _array_key(r.sample_mask)) for r in runs
-        ]
-        self._fitted_names = [r.name for r in runs]
+        self.runs_ = [r.name for r in runs]
+        self._fitted_identities = {r.identity: r.name for r in runs}
 
     @classmethod
     def from_labels(cls, labels_img: Any, mask_img: Any = None, **params: Any) -> Parcellations:
@@ -508,9 +428,10 @@ class Parcellations(TransformerMixin, BaseEstimator):
         est.labels_img_ = nib.Nifti1Image(volume.astype(np.int32), labels_img.affine)
         est.mask_img_ = nib.Nifti1Image(mask.astype(np.int8), labels_img.affine)
         est.n_elements_ = n
-        est._store = None  # type: ignore[assignment]
-        est._fitted_runs = []
-        est._fitted_names = []
+        est.store_ = None
+        est.signals_store_ = None
+        est.runs_ = []
+        est._fitted_identities = {}
         return est
 
     # ------------------------------------------------------------------------------------ transform
@@ -520,78 +441,86 @@ class Parcellations(TransformerMixin, BaseEstimator):
                 "This Parcellations instance is not fitted yet: call fit(imgs) before transform / inverse_transform"
             )
 
+    def _scale(self) -> np.ndarray | None:
+        """ReNA's ``scaling``: the square root of each parcel's size (None when not scaling)."""
+        if not (self.scaling and self.method == "rena"):
+            return None
+        sizes = np.bincount(self.labels_.values, minlength=self.n_parcels + 1)[1:]
+        return np.sqrt(sizes.astype(np.float64))
+
     def transform(self, imgs: Any, confounds: Any = None) -> xr.DataArray | list[xr.DataArray]:
         """Mean signal of each parcel, lazily (nilearn's ``NiftiLabelsMasker`` with the fit's parameters).
 
         Each run is smoothed, masked and averaged per parcel, then the parcel signals are cleaned (detrend,
         filters, confounds, standardize), as nilearn does. Runs that were fitted are read from the signals
-        store instead of the images.
+        store instead of the images. With ``method="rena"`` and ``scaling=True``, each parcel's signal is
+        multiplied by the square root of its size, as nilearn's ``ReNA.transform`` does.
 
         Returns
         -------
         xarray.DataArray ("time", "parcel") or a list of them (one per run, when ``imgs`` is a list)
             Lazy (dask-backed); ``np.asarray(result)`` is nilearn's (n_scans, n_parcels) array.
         """
-        from daskparcel.parcels import parcel_means
-        from daskparcel.preprocessing.cleaning import clean
-        from daskparcel.preprocessing.signals import voxel_signals
-        from daskparcel.preprocessing.smoothing import smooth_bold
+        from daskparcel.ingest.resolve import resolve_runs
 
         self._check_fitted()
         single = not isinstance(imgs, list | tuple)
         runs = resolve_runs(imgs, chunk_volumes=self.chunk_volumes)
-        confounds_list = _per_run("confounds", confounds, len(runs))
+        confounds_list = per_run("confounds", confounds, len(runs))
+        out = [
+            self._transform_run(run, conf) for run, conf in zip(runs, confounds_list, strict=True)
+        ]
+        return out[0] if single else out
+
+    def _transform_run(self, run: RunInput, confounds: Any) -> xr.DataArray:
+        from daskparcel.parcels import parcel_means
+        from daskparcel.preprocessing.cleaning import clean
+        from daskparcel.preprocessing.pipeline import voxel_signals
+        from daskparcel.preprocessing.smoothing import smooth_bold
+
         mask = np.asarray(self.mask_img_.dataobj, dtype=bool)
         affine = self.mask_img_.affine
-        labels = self.labels_.values
-        stored = (
-            dict(zip(self._fitted_names, self._store.run_signals("smoothed"), strict=True))
-            if self._store is not None
-            else {}
+        if not same_grid(run.data["bold"].shape[:3], run.data.attrs["affine"], mask.shape, affine):
+            raise InputError(
+                f"{run.name}: its grid {run.data['bold'].shape[:3]} differs from the fitted mask's "
+                f"{mask.shape}; resample it to the fitted grid (nilearn.image.resample_to_img)"
+            )
+        fitted = self._fitted_identities.get(run.identity)
+        if fitted is not None and self.store_ is not None:
+            voxels = self.store_.run_signals("smoothed")[self.store_.runs.index(fitted)]
+        else:
+            smoothed = smooth_bold(run.data["bold"], affine, self.smoothing_fwhm)
+            voxels = xr.DataArray(voxel_signals(smoothed, mask), dims=("voxel", "time"))
+        means = parcel_means(voxels, self.labels_.values, self.n_parcels)
+        params = self._clean_params(self._t_r([run]))
+        conf = (
+            run_confounds(confounds, run, self.confounds_columns) if confounds is not None else None
         )
-        fitted = {
-            key[0]: name for key, name in zip(self._fitted_runs, self._fitted_names, strict=True)
-        }
-        out = []
-        for run, conf in zip(runs, confounds_list, strict=True):
-            if not same_grid(
-                run.data["bold"].shape[:3], run.data.attrs["affine"], mask.shape, affine
-            ):
-                raise InputError(
-                    f"{run.name}: its grid {run.data['bold'].shape[:3]} differs from the fitted mask's "
-                    f"{mask.shape}; resample it to the fitted grid (nilearn.image.resample_to_img)"
-                )
-            if run.identity in fitted:
-                voxels = stored[fitted[run.identity]]
-            else:
-                smoothed = smooth_bold(run.data["bold"], affine, self.smoothing_fwhm)
-                voxels = xr.DataArray(voxel_signals(smoothed, mask), dims=("voxel", "time"))
-            means = parcel_means(voxels, labels, self.n_parcels)
-            params = self._clean_params(self._t_r([run]))
-            conf_array = self._confounds(conf, run) if conf is not None else None
-            as_voxels = (
-                means.transpose("parcel", "time")
-                .rename(parcel="voxel")
-                .chunk({"voxel": -1, "time": -1})
-            )
-            cleaned = clean(
-                as_voxels.drop_vars([c for c in as_voxels.coords if c != "voxel"]),
-                detrend=params.detrend,
-                standardize=params.standardize_value(),
-                confounds=conf_array,
-                standardize_confounds=params.standardize_confounds,
-                low_pass=params.low_pass,
-                high_pass=params.high_pass,
-                t_r=params.t_r,
-            )
-            result = cleaned.rename(voxel="parcel").transpose("time", "parcel")
-            result = result.assign_coords(parcel=np.arange(1, self.n_parcels + 1))
-            result = result.assign_coords(
-                run=("time", np.full(result.sizes["time"], run.name, dtype=object))
-            )
-            result.name = "parcel_signals"
-            out.append(result)
-        return out[0] if single else out
+        as_voxels = (
+            means.transpose("parcel", "time")
+            .rename(parcel="voxel")
+            .chunk({"voxel": -1, "time": -1})
+        )
+        cleaned = clean(
+            as_voxels.drop_vars([c for c in as_voxels.coords if c != "voxel"]),
+            detrend=params.detrend,
+            standardize=params.standardize_value(),
+            confounds=conf,
+            standardize_confounds=params.standardize_confounds,
+            low_pass=params.low_pass,
+            high_pass=params.high_pass,
+            t_r=params.t_r,
+        )
+        result = cleaned.rename(voxel="parcel").transpose("time", "parcel")
+        scale = self._scale()
+        if scale is not None:
+            result = result * xr.DataArray(scale.astype(np.float32), dims="parcel")
+        result = result.assign_coords(
+            parcel=np.arange(1, self.n_parcels + 1),
+            run=("time", np.full(result.sizes["time"], run.name, dtype=object)),
+        )
+        result.name = "parcel_signals"
+        return result
 
     def fit_transform(
         self, imgs: Any, y: Any = None, confounds: Any = None, **fit_params: Any
@@ -633,169 +562,10 @@ class Parcellations(TransformerMixin, BaseEstimator):
                     f"has {self.n_parcels}; give the output of transform() of this estimator"
                 )
             item = item.assign_coords(parcel=np.arange(1, self.n_parcels + 1))
+            scale = self._scale()
+            if scale is not None:
+                item = item / xr.DataArray(scale.astype(np.float32), dims="parcel")
             voxels = expand(item, self.labels_.values)
             volumes = to_volumes(voxels, mask, affine=self.mask_img_.affine)
             out.append(volumes)
         return out[0] if single else out
-
-
-# ----------------------------------------------------------------------------------------- inputs
-def _array_key(array: np.ndarray | None) -> str | None:
-    return None if array is None else dask.base.tokenize(np.asarray(array))
-
-
-def _per_run(name: str, value: Any, n_runs: int) -> list[Any]:
-    if value is None:
-        return [None] * n_runs
-    if isinstance(value, list | tuple) and not (
-        name == "sample_mask" and len(value) > 0 and np.isscalar(value[0])
-    ):
-        if len(value) != n_runs:
-            raise InputError(
-                f"{name}: a list of {len(value)} items for {n_runs} runs; give one per run (None for none)"
-            )
-        return list(value)
-    if n_runs != 1:
-        raise InputError(f"{name}: one value for {n_runs} runs; give a list with one per run")
-    return [value]
-
-
-def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInput]:
-    """Turn what a user passes as ``imgs`` into runs (lazy Datasets with an identity for the cache)."""
-    from daskparcel.ingest.bids import BidsRun, find_bids_runs
-    from daskparcel.store.runs import file_sha256, open_runs, prefetch_sha256, store_info
-
-    items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
-    if not items:
-        raise InputError("imgs is empty; give one or more BOLD runs")
-    prefetch_sha256(
-        [
-            i.path if isinstance(i, BidsRun) else i
-            for i in items
-            if isinstance(i, str | os.PathLike | BidsRun)
-        ]
-    )
-    runs: list[RunInput] = []
-    for item in items:
-        if isinstance(item, BidsRun):
-            ds = open_nifti(item.path, chunk_volumes=chunk_volumes)
-            runs.append(
-                RunInput(
-                    item.name,
-                    ds,
-                    "sha256:" + file_sha256(item.path),
-                    item.subject,
-                    t_r=item.t_r or ds.attrs.get("t_r"),
-                    nifti=str(item.path),
-                )
-            )
-        elif isinstance(item, str | os.PathLike):
-            text = str(item)
-            path = Path(text)
-            if glob.has_magic(text):
-                runs.extend(resolve_runs(expand_glob(text), chunk_volumes=chunk_volumes))
-            elif path.is_dir() and store_info(path) is not None:
-                info = store_info(path) or {}
-                for name, ds in open_runs(path):
-                    runs.append(
-                        RunInput(
-                            name,
-                            ds,
-                            f"store:{ds.attrs.get('source_sha256', '')}:{name}:{info.get('identity')}",
-                            name,
-                            t_r=ds.attrs.get("t_r"),
-                        )
-                    )
-            elif path.is_dir() and any(path.glob("sub-*")):
-                runs.extend(resolve_runs(find_bids_runs(path), chunk_volumes=chunk_volumes))
-            elif path.is_dir():
-                raise InputError(
-                    f"{path}: a folder that is neither a daskparcel store nor a BIDS derivatives folder; "
-                    "give NIfTI files, a store (daskparcel convert) or an fMRIPrep folder"
-                )
-            else:
-                if path.exists() and not is_nifti_path(path):
-                    raise InputError(
-                        f"{path}: not a .nii or .nii.gz file name; give NIfTI BOLD runs"
-                    )
-                ds = open_nifti(path, chunk_volumes=chunk_volumes)
-                runs.append(
-                    RunInput(
-                        run_name(path),
-                        ds,
-                        "sha256:" + file_sha256(path),
-                        run_name(path),
-                        t_r=ds.attrs.get("t_r"),
-                        nifti=str(path),
-                    )
-                )
-        elif isinstance(item, nib.spatialimages.SpatialImage):
-            runs.append(_run_from_image(item, len(runs), chunk_volumes))
-        elif isinstance(item, xr.Dataset):
-            if (
-                "bold" not in item
-                or set(item["bold"].dims) != {"x", "y", "z", "t"}
-                or "affine" not in item.attrs
-            ):
-                raise InputError(
-                    "an xarray Dataset given as a run needs a variable bold(x, y, z, t) and an 'affine' attribute "
-                    "(as daskparcel.open_nifti / open_store give)"
-                )
-            ds = item if isinstance(item["bold"].data, da.Array) else item.chunk({"t": 16})
-            name = str(ds.attrs.get("run", f"run-{len(runs)}"))
-            runs.append(
-                RunInput(
-                    name,
-                    ds,
-                    "dask:" + dask.base.tokenize(ds["bold"].data),
-                    name,
-                    t_r=ds.attrs.get("t_r"),
-                )
-            )
-        else:
-            raise InputError(
-                f"imgs: cannot use a {type(item).__name__} as a run; give NIfTI paths, globs, nibabel images, "
-                "xarray Datasets, stores or a BIDS folder"
-            )
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        for index, run in enumerate(runs):
-            run.name = f"{index:03d}-{run.name}"
-    return runs
-
-
-def _run_from_image(img: Any, index: int, chunk_volumes: int | None) -> RunInput:
-    filename = img.get_filename()
-    proxy = getattr(img, "dataobj", None)
-    if (
-        filename
-        and is_nifti_path(filename)
-        and hasattr(proxy, "offset")
-        and os.path.exists(filename)
-    ):
-        ds = open_nifti(filename, chunk_volumes=chunk_volumes)
-        from daskparcel.store.runs import file_sha256
-
-        return RunInput(
-            run_name(filename),
-            ds,
-            "sha256:" + file_sha256(filename),
-            run_name(filename),
-            t_r=ds.attrs.get("t_r"),
-            nifti=str(filename),
-        )
-    if len(img.shape) != 4:
-        raise InputError(
-            f"imgs[{index}]: a {len(img.shape)}D image; give 4D BOLD runs (a single volume cannot be parcellated)"
-        )
-    from daskparcel.ingest.nifti import header_attrs, volumes_per_chunk
-
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    n = chunk_volumes or volumes_per_chunk(data.shape)
-    attrs = header_attrs(img)
-    ds = xr.Dataset(
-        {"bold": (("x", "y", "z", "t"), da.from_array(data, chunks=(*data.shape[:3], n)))},
-        attrs=attrs,
-    )
-    name = f"image-{index}"
-    return RunInput(name, ds, "array:" + dask.base.tokenize(data), name, t_r=attrs.get("t_r"))

@@ -153,8 +153,8 @@ def write_fit_outputs(
         mask = np.asarray(est.mask_img_.dataobj).astype(bool)
         affine = est.mask_img_.affine
         labels = est.labels_.values
-        signals = est._store.signals("cleaned")
-        smoothed = est._store.signals("smoothed")
+        signals = est.store_.signals("cleaned")
+        smoothed = est.store_.signals("smoothed")
         parcel_signals = cast(
             list[xr.DataArray],
             est.transform(imgs if isinstance(imgs, list | tuple) else [imgs], confounds=confounds),
@@ -200,8 +200,8 @@ def write_fit_outputs(
         nib.save(volume(np.nan_to_num(np.asarray(r2_v, dtype=np.float32))), partial / FILES["r2"])
         sizes = parcel_sizes(labels, est.n_parcels)
         contig = contiguity(np.asarray(est.labels_img_.dataobj))
-        runs = est._store.runs
-        ds_runs = est._store.run_signals("cleaned")
+        runs = est.store_.runs
+        ds_runs = est.store_.run_signals("cleaned")
         timings["outputs"] = time.perf_counter() - t0
         doc: dict[str, Any] = {
             "schema": 1,
@@ -213,7 +213,7 @@ def write_fit_outputs(
             "data": {
                 "shape": list(mask.shape),
                 "voxel_size": [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))],
-                "t_r": est._store.params.t_r,
+                "t_r": est.store_.params.t_r,
                 "n_runs": len(runs),
                 "runs": list(runs),
                 "n_volumes": [int(r.sizes["time"]) for r in ds_runs],

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from daskparcel.errors import InputError
-from daskparcel.preprocessing.confounds import load_confounds
+from daskparcel.ingest.confounds import load_confounds
 
 N = 12
 

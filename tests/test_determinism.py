@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+import daskparcel.clustering
 from daskparcel import Parcellations, datasets
-from daskparcel import estimator as estimator_module
 from daskparcel.runtime import peak_rss
 from daskparcel.store.runs import store_info
 
-METHODS = ["kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena"]
+METHODS = list(daskparcel.clustering.METHODS)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def reference(run_path, tmp_path_factory):
 
 
 def _fit_all(run_path, store, client=None, **kwargs):
-    estimator_module._MASKS.clear()  # every scheduler computes its own mask too
+    # every scheduler computes its own mask too: each call is given its own store (the mask cache)
     return {
         m: Parcellations(
             method=m, n_parcels=20, n_components=10, store=store, client=client, **kwargs
@@ -141,7 +141,7 @@ _SLOW_FIT = textwrap.dedent(
     import sys
     import dask
     from daskparcel import Parcellations
-    from daskparcel.preprocessing import signals
+    from daskparcel.preprocessing import pipeline as signals
 
     original = signals.smooth_block
     def slow_smooth(*args, **kwargs):  # each block of the streamed .nii.gz waits, so the kill lands mid-write
@@ -215,7 +215,6 @@ def test_workers_with_a_tight_memory_limit_complete_a_cohort_fit(method, cohort_
     ) as cluster:  # fmt: skip
         with Client(cluster) as client:
             pids = client.run(os.getpid)
-            estimator_module._MASKS.clear()
             labels = (
                 Parcellations(**kwargs, store=tmp_path / "capped", client=client)
                 .fit(cohort_paths)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 
 import nibabel as nib
@@ -14,11 +15,12 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score
 
+import daskparcel.clustering
 from daskparcel import Parcellations, datasets
 from daskparcel.errors import InputError
 from daskparcel.metrics import compression_r2
 
-METHODS = ["kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena"]
+METHODS = list(daskparcel.clustering.METHODS)
 
 
 @pytest.fixture(scope="module")
@@ -132,14 +134,18 @@ def test_estimator_contract(synthetic, tmp_path):
     np.testing.assert_allclose(np.asarray(again.transform(path)), np.asarray(est.transform(path)))
 
 
-def test_refit_with_other_n_parcels_reuses_signals_reduction_and_tree(synthetic, tmp_path):
+def test_refit_with_other_n_parcels_reuses_signals_reduction_and_tree(synthetic, tmp_path, caplog):
     path, _ = synthetic
     first = Parcellations(method="ward", n_parcels=30, n_components=10, store=tmp_path).fit(path)
+    caplog.set_level(logging.INFO, logger="daskparcel.estimator")
     with raise_if_dask_computes(0):
         second = Parcellations(method="ward", n_parcels=15, n_components=10, store=tmp_path).fit(
             path
         )
-    assert second.tree_ is first.tree_
+    # the tree kept in the signals store is cut again, not rebuilt (in this process or a later one)
+    assert "ward tree reused" in caplog.text
+    np.testing.assert_array_equal(second.tree_.children, first.tree_.children)
+    np.testing.assert_array_equal(second.tree_.distances, first.tree_.distances)
     assert second.signals_store_ == first.signals_store_
     # cutting the kept tree = fitting from scratch
     fresh = Parcellations(
@@ -180,7 +186,7 @@ def test_compression_r2_at_least_nilearns_on_the_real_scan(
     }
     ours = Parcellations(**kwargs, store=tmp_path).fit(scan)
     theirs = NilearnParcellations(**kwargs).fit(scan)
-    signals = ours._store.signals("cleaned")
+    signals = ours.store_.signals("cleaned")
     mask_arr = np.asarray(ours.mask_img_.dataobj).astype(bool)
     r2_ours = compression_r2(signals, np.asarray(ours.labels_img_.dataobj)[mask_arr])
     r2_theirs = compression_r2(signals, np.asarray(theirs.labels_img_.dataobj)[mask_arr])

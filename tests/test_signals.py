@@ -13,8 +13,9 @@ from nilearn.maskers import NiftiMasker
 
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import open_nifti
-from daskparcel.preprocessing.signals import CleanParams, RunInput, write_signals
+from daskparcel.preprocessing.pipeline import write_signals
 from daskparcel.store.runs import quiet_zarr
+from daskparcel.store.signals import CleanParams, RunInput
 
 
 def _run(path, chunk=None, name="run", stream=False):
@@ -99,7 +100,7 @@ def test_streamed_gzip_runs_equal_blockwise_reads(tmp_path, caplog, time_chunk, 
     mask = np.zeros((9, 8, 7), bool)
     mask[1:8, 2:7, 1:6] = True
     params = CleanParams(smoothing_fwhm=5.0, detrend=True, standardize="zscore_sample")
-    caplog.set_level(logging.INFO, logger="daskparcel.preprocessing.signals")
+    caplog.set_level(logging.INFO, logger="daskparcel.preprocessing.pipeline")
     stores = []
     for stream in (False, True):
         runs = [_run(p, time_chunk, p.name.split(".")[0], stream) for p in paths]

@@ -1,0 +1,129 @@
+"""The clustering methods, registered once: ``METHODS`` maps a method name to what runs it.
+
+A method is either a *partition* (``labels(job)`` gives labels 0..K-1 of the mask's voxels) or a *tree*
+(``tree(job)`` gives a :class:`~daskparcel.clustering.agglomerative.MergeTree`; the estimator keeps it in the
+signals store and cuts it at K, so another K is a cut, not a refit). The estimator, the CLI's choices, the
+docs and the tests all read this mapping: a new method is its module plus one entry here (and its test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from daskparcel.clustering.agglomerative import MergeTree
+
+
+@dataclass(frozen=True)
+class ClusterJob:
+    """What a method may use: the features, K, the mask (its lattice), the seed and the method's options."""
+
+    features: np.ndarray  # (voxel, component), voxels in the mask's np.nonzero order
+    n_clusters: int
+    mask: np.ndarray  # (x, y, z) bool
+    random_state: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+    connectivity: Any = None  # a voxel x voxel graph replacing the mask's lattice, or None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered clustering method."""
+
+    name: str
+    summary: str
+    labels: Callable[[ClusterJob], np.ndarray] | None = None
+    tree: Callable[[ClusterJob], MergeTree] | None = None
+    #: The estimator options this method reads from ``ClusterJob.options``.
+    options: tuple[str, ...] = ()
+
+    @property
+    def is_tree(self) -> bool:
+        return self.tree is not None
+
+
+def _kmeans(job: ClusterJob) -> np.ndarray:
+    from daskparcel.clustering.kmeans import kmeans
+
+    method: Literal["minibatch", "lloyd"] = (
+        "lloyd" if job.options.get("kmeans_method") == "lloyd" else "minibatch"
+    )
+    return kmeans(
+        job.features, job.n_clusters, method=method, random_state=job.random_state, n_init=3,
+        refine=True,
+    ).labels  # fmt: skip
+
+
+def _hierarchical_kmeans(job: ClusterJob) -> np.ndarray:
+    from daskparcel.clustering.hierarchical_kmeans import hierarchical_kmeans
+
+    return np.asarray(
+        hierarchical_kmeans(job.features, job.n_clusters, random_state=job.random_state)
+    )
+
+
+def _rena(job: ClusterJob) -> np.ndarray:
+    from daskparcel.clustering.rena import auto_block_shape, rena
+
+    return rena(
+        job.features, job.n_clusters, mask=job.mask, n_iter=int(job.options.get("n_iter", 10)),
+        block_shape=auto_block_shape(job.mask),
+    )  # fmt: skip
+
+
+def _agglomerative_tree(linkage: str) -> Callable[[ClusterJob], MergeTree]:
+    def build(job: ClusterJob) -> MergeTree:
+        from daskparcel.clustering.agglomerative import build_tree
+        from daskparcel.clustering.connectivity import check_connectivity, grid_connectivity
+
+        n_voxels = int(job.mask.sum())
+        conn = (
+            grid_connectivity(job.mask)
+            if job.connectivity is None
+            else check_connectivity(job.connectivity, n_voxels)
+        )
+        return build_tree(job.features, conn, linkage=linkage)
+
+    return build
+
+
+METHODS: dict[str, Method] = {
+    "kmeans": Method(
+        "kmeans",
+        "mini-batch KMeans of the voxels' reduced time courses (nilearn's), finished by Lloyd iterations",
+        labels=_kmeans,
+        options=("kmeans_method",),
+    ),
+    "hierarchical_kmeans": Method(
+        "hierarchical_kmeans",
+        "two-level KMeans: sqrt(K) coarse clusters, each split in proportion to its size",
+        labels=_hierarchical_kmeans,
+    ),
+    "ward": Method(
+        "ward",
+        "Ward agglomeration on the mask's 6-neighbour lattice (connected parcels)",
+        tree=_agglomerative_tree("ward"),
+    ),
+    "complete": Method(
+        "complete",
+        "complete-linkage agglomeration on the lattice (connected parcels)",
+        tree=_agglomerative_tree("complete"),
+    ),
+    "average": Method(
+        "average",
+        "average-linkage agglomeration on the lattice (connected parcels)",
+        tree=_agglomerative_tree("average"),
+    ),
+    "rena": Method(
+        "rena",
+        "recursive nearest-neighbour agglomeration, blockwise (connected parcels)",
+        labels=_rena,
+        options=("n_iter",),
+    ),
+}
+
+__all__ = ["METHODS", "ClusterJob", "Method"]

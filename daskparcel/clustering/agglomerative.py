@@ -542,6 +542,30 @@ class MergeTree:
     component_weights: np.ndarray
     merge_component: np.ndarray = field(repr=False)
 
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The tree as arrays and attributes (to keep it in a store); :meth:`from_arrays` reads it back."""
+        arrays = {
+            "children": self.children,
+            "distances": self.distances,
+            "component_labels": self.component_labels,
+            "component_weights": self.component_weights,
+            "merge_component": self.merge_component,
+        }
+        return arrays, {"n_leaves": int(self.n_leaves), "linkage": self.linkage}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> MergeTree:
+        """The tree kept by :meth:`to_arrays`."""
+        return cls(
+            children=arrays["children"],
+            distances=arrays["distances"],
+            n_leaves=int(attrs["n_leaves"]),
+            linkage=str(attrs["linkage"]),
+            component_labels=arrays["component_labels"],
+            component_weights=arrays["component_weights"],
+            merge_component=arrays["merge_component"],
+        )
+
     @property
     def n_components(self) -> int:
         """Number of connected components (trees of the forest)."""

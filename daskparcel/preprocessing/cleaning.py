@@ -385,7 +385,7 @@ def make_clean_plan(
         if conf.ndim != 2:
             raise InputError(
                 f"confounds of shape {conf.shape}: must be 2D (n_time, n_confounds); load them "
-                "with daskparcel.preprocessing.confounds.load_confounds"
+                "with daskparcel.ingest.confounds.load_confounds"
             )
         if conf.shape[0] != n_time:
             raise InputError(

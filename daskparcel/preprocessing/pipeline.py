@@ -1,14 +1,15 @@
-"""The signals store: runs -> smoothed, masked, cleaned voxel signals, voxel-major, on disk.
+"""The mask and signals passes: runs -> the signals store (smoothed, masked, cleaned voxel signals on disk).
 
 This is the one out-of-core transpose of the pipeline. NIfTI files and run stores give volume-major chunks
 (whole volumes, a block of time points); cleaning, the SVD and clustering want voxel-major chunks (a block of
-voxels, the whole time axis of a run). The transpose is a two-pass write through the store itself:
+voxels, the whole time axis of a run). The transpose is a two-pass write through the store itself (its layout
+is in :mod:`daskparcel.store.signals`):
 
 1. ``smoothed/<run>`` (voxel, time), chunks ``(voxel_chunk, store_time_chunk)``: each task smooths a block of
    whole volumes (nilearn's ``smooth_img``), takes the mask's voxels and writes its time block. Memory: a block
    of volumes. A gzipped NIfTI run can only be inflated in order, so it is one task that streams the file once
    (inflating in a background thread) and does the same per block; runs go in parallel. The zarr chunks hold
-   several input blocks along time (:func:`store_time_chunk`, >= 64 volumes): every later pass reads whole runs
+   several input blocks along time (``store_time_chunk``, >= 64 volumes): every later pass reads whole runs
    of a voxel block, and a few MB chunks read ~5x faster than the input's 8-volume ones (which made 44k chunks
    at 40 subjects).
 2. ``cleaned/<run>`` (voxel, time), chunks ``(voxel_chunk, whole run)``: each task reads one voxel block over
@@ -29,21 +30,19 @@ No step holds more than a chunk, whatever the number of runs or voxels, on any s
 rechunk would hold the run; its p2p rechunk needs a distributed cluster). ``smoothed`` is kept: ``transform``
 averages it per parcel and cleans the parcel signals, as nilearn's ``NiftiLabelsMasker`` does, without
 re-reading the images.
-
-The store is the cache: its folder name is a hash of everything that shapes it (the inputs' checksums, the mask,
-the smoothing and cleaning parameters, the confounds, the chunking), so asking again with the same inputs reuses
-it and changing any of them makes a new one.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,132 +58,77 @@ from daskparcel.preprocessing.cleaning import (
     clean,
     count_zeroed_voxels,
     warn_zeroed_voxels,
-    zscore_divisor,
 )
 from daskparcel.preprocessing.smoothing import smooth_block, smooth_bold, smoothing_kernel
 from daskparcel.store.runs import quiet_zarr, set_store_info, store_info, store_lock
+from daskparcel.store.signals import (
+    CleanParams,
+    RunInput,
+    SignalsStore,
+    fresh_store,
+    signals_identity,
+    store_time_chunk,
+    zero_variance_voxels,
+)
 
 logger = logging.getLogger(__name__)
+
+#: Part of the key of the masks kept in the cache: bump it when a strategy changes what it computes.
+MASK_CACHE_VERSION = 1
 
 dask.config.update_defaults({"daskparcel": {"voxel-chunk": 8192}})
 
 
-@dataclass(frozen=True)
-class CleanParams:
-    """The parameters that shape the signals (nilearn's names and defaults of ``Parcellations``)."""
-
-    smoothing_fwhm: float | None = 4.0
-    detrend: bool = False
-    standardize: Any = False
-    standardize_confounds: bool = True
-    low_pass: float | None = None
-    high_pass: float | None = None
-    t_r: float | None = None
-
-    def standardize_value(self) -> Any:
-        # nilearn >= 0.13: True means "zscore_sample", False means None
-        if self.standardize is True:
-            return "zscore_sample"
-        if self.standardize is False:
-            return None
-        return self.standardize
+_DEFAULT_CACHE: Path | None = None
 
 
-@dataclass
-class RunInput:
-    """One run to preprocess: its Dataset (bold(x, y, z, t)), names, and its identity (what its data are)."""
-
-    name: str
-    data: xr.Dataset
-    identity: str
-    subject: str = ""
-    confounds: np.ndarray | None = None
-    sample_mask: np.ndarray | None = None
-    t_r: float | None = None
-    #: The NIfTI file that ``data["bold"]`` reads, untouched (as :func:`open_nifti` made it); when it is gzipped,
-    #: the smoothing pass reads it in one sequential stream instead of block by block.
-    nifti: str | None = None
-
-    @property
-    def n_time(self) -> int:
-        return int(self.data["bold"].shape[3])
+def default_cache_dir() -> Path:
+    """The cache of stores for estimators given no ``store``: one temporary folder per process."""
+    global _DEFAULT_CACHE
+    if _DEFAULT_CACHE is None:
+        _DEFAULT_CACHE = Path(tempfile.mkdtemp(prefix="daskparcel-cache-"))
+        atexit.register(shutil.rmtree, _DEFAULT_CACHE, ignore_errors=True)
+    return _DEFAULT_CACHE
 
 
-@dataclass
-class SignalsStore:
-    """A written signals store: lazy access to its arrays."""
+def run_mask(
+    runs: Sequence[RunInput],
+    affine: np.ndarray,
+    cache_dir: str | os.PathLike[str],
+    *,
+    mask: Any = None,
+    strategy: str = "epi",
+    mask_args: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """The mask pass: the user's ``mask`` on the runs' grid, or the ``strategy`` mask of the runs.
 
-    path: Path
-    runs: list[str]
-    subjects: list[str]
-    mask: np.ndarray
-    affine: np.ndarray
-    params: CleanParams
-    n_zeroed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: No cleaning step applies (no detrend, standardize, filter, confounds or censoring): ``cleaned`` is
-    #: ``smoothed`` and is not written twice.
-    cleaned_is_smoothed: bool = False
-    #: Cleaning is z-scoring alone ("zscore_sample" or "zscore"): ``cleaned`` is ``smoothed`` standardized
-    #: on read with the per-voxel moments of ``zscore/<run>``.
-    zscore_on_read: str | None = None
+    A computed mask is kept in ``cache_dir/masks/`` under a hash of the runs' identities, the strategy and its
+    arguments, so refits of the same runs (another method, another K, another session) do not read them again.
+    """
+    from daskparcel.preprocessing.masking import compute_mask, resample_mask
 
-    @property
-    def n_voxels(self) -> int:
-        return int(self.mask.sum())
-
-    @property
-    def cleaned_is_stored(self) -> bool:
-        """Whether ``cleaned/`` arrays were written apart (else ``cleaned`` is read from ``smoothed/``)."""
-        return not self.cleaned_is_smoothed and self.zscore_on_read is None
-
-    def _array(self, kind: str, run: str) -> da.Array:
-        if kind == "cleaned" and self.zscore_on_read is not None:
-            smoothed = self._array("smoothed", run)
-            with quiet_zarr():
-                moments = zarr.open_array(
-                    str(self.path), path=f"zscore/{run}", mode="r", zarr_format=3
-                )
-            voxel_chunks = (smoothed.chunks[0], (2,))
-            stats = da.from_zarr(
-                moments, chunks=voxel_chunks, name=f"zscore-{run}-{self.path.name}"
-            )
-            return da.blockwise(
-                _zscore_block, "ij", smoothed, "ij", stats, "ik", concatenate=True, dtype=np.float32,
-                name=f"cleaned-{run}-{self.path.name}",
-            )  # fmt: skip
-        if kind == "cleaned" and self.cleaned_is_smoothed:
-            kind = "smoothed"
-        with quiet_zarr():
-            array = zarr.open_array(str(self.path), path=f"{kind}/{run}", mode="r", zarr_format=3)
-        chunks = array.chunks if kind == "cleaned" else (array.chunks[0], array.shape[1])
-        return da.from_zarr(array, chunks=chunks, name=f"{kind}-{run}-{self.path.name}")
-
-    def run_signals(self, kind: str = "cleaned") -> list[xr.DataArray]:
-        """Per-run signals (voxel, time): ``cleaned`` (for the fit) or ``smoothed`` (for transform)."""
-        out = []
-        for run, subject in zip(self.runs, self.subjects, strict=True):
-            data = self._array(kind, run)
-            out.append(
-                xr.DataArray(
-                    data,
-                    dims=("voxel", "time"),
-                    coords={
-                        "run": ("time", np.full(data.shape[1], run, dtype=object)),
-                        "subject": ("time", np.full(data.shape[1], subject, dtype=object)),
-                    },
-                    name=kind,
-                )
-            )
-        return out
-
-    def signals(self, kind: str = "cleaned") -> xr.DataArray:
-        """All runs concatenated along time (voxel, time), with ``run`` and ``subject`` coordinates on time and
-        the voxel's grid indices ``i, j, k``; chunked by voxel blocks x one run."""
-        runs = self.run_signals(kind)
-        out = xr.concat(runs, dim="time") if len(runs) > 1 else runs[0]
-        i, j, k = np.nonzero(self.mask)
-        return out.assign_coords(i=("voxel", i), j=("voxel", j), k=("voxel", k))
+    shape = runs[0].data["bold"].shape[:3]
+    if mask is not None:
+        result = resample_mask(mask, affine, shape)
+    else:
+        key = hashlib.sha256(
+            json.dumps(
+                [[r.identity for r in runs], strategy, repr(mask_args), MASK_CACHE_VERSION]
+            ).encode()
+        ).hexdigest()[:20]
+        cached = Path(cache_dir) / "masks" / f"mask-{key}.npy"
+        if cached.is_file():
+            logger.info("mask reused from %s", cached)
+            result = np.load(cached)
+        else:
+            result = compute_mask([r.data["bold"] for r in runs], affine, strategy, mask_args)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_name(cached.name + ".partial.npy")
+            np.save(partial, np.asarray(result, dtype=bool))
+            os.replace(partial, cached)
+    if not result.any():
+        raise InputError("the mask has no voxel; give another mask or mask_strategy / mask_args")
+    return np.asarray(result, dtype=bool)
 
 
 def voxel_signals(bold: xr.DataArray, mask: np.ndarray) -> da.Array:
@@ -199,46 +143,6 @@ def voxel_signals(bold: xr.DataArray, mask: np.ndarray) -> da.Array:
     index = np.flatnonzero(mask)
     flat = data.reshape((-1, data.shape[3]), merge_chunks=True)
     return flat[index]
-
-
-def signals_identity(
-    runs: Sequence[RunInput],
-    mask: np.ndarray,
-    params: CleanParams,
-    voxel_chunk: int,
-    time_chunk: int,
-) -> str:
-    """A hash of everything that shapes the signals store (used as its folder name)."""
-    digest = hashlib.sha256()
-    doc = {
-        "runs": [
-            {
-                "name": r.name,
-                "identity": r.identity,
-                "confounds": _array_hash(r.confounds),
-                "sample_mask": _array_hash(r.sample_mask),
-                "t_r": r.t_r,
-            }
-            for r in runs
-        ],
-        "mask": _array_hash(mask.astype(bool)),
-        "params": asdict(params),
-        "chunks": [voxel_chunk, time_chunk],
-        # 2: no cleaned/ arrays when cleaning is the identity; 3: smoothed/ time chunks of >= 64 volumes,
-        # z-scoring alone applied on read
-        "layout": 3,
-    }
-    digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:20]
-
-
-def _array_hash(array: np.ndarray | None) -> str | None:
-    if array is None:
-        return None
-    array = np.ascontiguousarray(array)
-    return hashlib.sha256(
-        array.tobytes() + str(array.shape).encode() + array.dtype.str.encode()
-    ).hexdigest()
 
 
 def write_signals(
@@ -303,7 +207,7 @@ def write_signals(
     # validate the cleaning parameters on every run before anything is written
     cleaned_graphs = []
     with store_lock(path):
-        _fresh_store(path, key, names, subjects, mask, affine, params)
+        fresh_store(path, key, names, subjects, mask, affine, params)
         smoothed_targets, sources, streams = [], [], []
         sigma, fast = smoothing_kernel(params.smoothing_fwhm, affine)
         for run in runs:
@@ -356,7 +260,7 @@ def write_signals(
                 logger.info(
                     "signals: cleaning is z-scoring alone; it is applied when the signals are read"
                 )
-                total_zeroed = _zero_variance_voxels(path, names)
+                total_zeroed = zero_variance_voxels(path, names)
                 warn_zeroed_voxels(total_zeroed, n_voxels, source="signals")
             else:
                 logger.info(
@@ -422,14 +326,6 @@ def _zscore_alone(runs: Sequence[RunInput], params: CleanParams) -> str | None:
     return str(standardize) if alone else None
 
 
-def store_time_chunk(time_chunk: int, n_time: int, min_volumes: int = 64) -> int:
-    """Volumes per zarr chunk of ``smoothed/``: a multiple of the input's ``time_chunk`` of at least
-    ``min_volumes``, at most the run (so every write is of whole chunks, and a voxel block of a run is a few
-    chunks)."""
-    blocks = -(-min_volumes // time_chunk)
-    return max(1, min(n_time, blocks * time_chunk))
-
-
 def _voxel_moments(signals: da.Array, ddof: int) -> da.Array:
     """(voxel, 2) float64: each voxel's mean and standard deviation over time (dask's pairwise moments)."""
     x = signals.astype(np.float64)
@@ -462,25 +358,6 @@ class _Moments:
         assert self.mean is not None and self.m2 is not None
         std = np.sqrt(self.m2 / max(self.n - ddof, 1))
         return np.stack([self.mean, std], axis=1)
-
-
-def _zscore_block(block: np.ndarray, moments: np.ndarray) -> np.ndarray:
-    """Standardize a (voxel, time) block with its voxels' (mean, std), as nilearn's ``standardize_signal``:
-    float64, a standard deviation below float64 eps counts as 1; float32 out."""
-    x = block.astype(np.float64)
-    x -= moments[:, :1]
-    x /= zscore_divisor(moments[:, 1:])
-    return x.astype(np.float32)
-
-
-def _zero_variance_voxels(path: Path, runs: Sequence[str]) -> int:
-    """The most voxels of zero variance in a run (their z-scored signals are all 0, as ``clean`` makes them)."""
-    most = 0
-    with quiet_zarr():
-        for run in runs:
-            moments = zarr.open_array(str(path), path=f"zscore/{run}", mode="r", zarr_format=3)
-            most = max(most, int(np.count_nonzero(moments[:, 1] == 0)))
-    return most
 
 
 def _gzipped_volumes(run: RunInput) -> NiftiVolumes | None:
@@ -527,30 +404,3 @@ def _stream_smoothed(
             stats = zarr.open_array(store, path=f"zscore/{run}", mode="r+", zarr_format=3)
         stats[:] = moments.result(ddof or 0)
     return n
-
-
-def _fresh_store(
-    path: Path,
-    key: str,
-    names: list[str],
-    subjects: list[str],
-    mask: np.ndarray,
-    affine: np.ndarray,
-    params: CleanParams,
-) -> None:
-    for child in path.iterdir():
-        if not child.name.startswith(".daskparcel"):
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    with quiet_zarr():
-        root = zarr.open_group(str(path), mode="a", zarr_format=3)
-        root.create_array("mask", data=mask.astype(np.uint8), chunks=mask.shape)
-    set_store_info(
-        path,
-        kind="signals",
-        complete=False,
-        identity=key,
-        runs=names,
-        subjects=subjects,
-        affine=np.asarray(affine, float).tolist(),
-        params=asdict(params),
-    )
