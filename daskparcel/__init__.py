@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "open_store": "daskparcel.store",
     "to_nifti": "daskparcel.store",
     "Parcellations": "daskparcel.estimator",
+    "connectome": "daskparcel.outputs.connectomes",
     "connect": "daskparcel.runtime",
     "reduce": "daskparcel.reduction",
     "kmeans": "daskparcel.clustering.kmeans",
