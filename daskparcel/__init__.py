@@ -23,6 +23,8 @@ _EXPORTS: dict[str, str] = {
     "to_nifti": "daskparcel.store",
     "Parcellations": "daskparcel.estimator",
     "connectome": "daskparcel.outputs.connectomes",
+    "to_nifti_zarr": "daskparcel.outputs.nifti_zarr",
+    "open_nifti_zarr": "daskparcel.outputs.nifti_zarr",
     "connect": "daskparcel.runtime",
     "reduce": "daskparcel.reduction",
     "kmeans": "daskparcel.clustering.kmeans",

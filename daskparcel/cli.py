@@ -50,6 +50,11 @@ def _convert(args: argparse.Namespace) -> int:
         inputs += [str(r.path) for r in runs]
     if not inputs:
         raise InputError("no input given; pass NIfTI files or globs, or --bids FOLDER")
+    if args.format == "nifti-zarr":
+        from daskparcel.outputs.nifti_zarr import convert_to_nifti_zarr
+
+        print(convert_to_nifti_zarr(inputs, args.out, overwrite=args.overwrite))
+        return EXIT_OK
     result = convert(
         inputs,
         args.out,
@@ -81,6 +86,12 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         "--chunk-volumes", type=int, help="whole volumes per chunk (default: ~32 MB per chunk)"
     )
     p.add_argument("--compression", default="blosc-lz4", choices=["blosc-lz4", "zstd", "none"])
+    p.add_argument(
+        "--format",
+        default="zarr",
+        choices=["zarr", "nifti-zarr"],
+        help="zarr: daskparcel's run store (default); nifti-zarr: one run as a .nii.zarr image",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace a store made from other inputs"
     )

@@ -272,3 +272,88 @@ def test_cli_bad_connectome_exits_2_before_anything_is_written(single_fit, tmp_p
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pearson" in lines[0] and "choose among" in lines[0], proc.stderr
     assert not out.exists() and not out.with_name("fit.partial").exists()
+
+
+# ------------------------------------------------------------------------------------ NIfTI-Zarr
+@pytest.mark.parametrize("source", ["store", "nifti_blocks"])
+def test_nifti_zarr_export_round_trips_through_the_nifti_zarr_package(source, tmp_path):
+    niizarr = pytest.importorskip("niizarr", reason="nifti-zarr is not installed (the test extra)")
+    from daskparcel import convert, open_nifti
+    from daskparcel.outputs.nifti_zarr import to_nifti_zarr
+
+    scan = real_scan("nipy")
+    original = nib.load(scan)
+    if source == "store":
+        convert([scan], tmp_path / "run-store")
+        data = tmp_path / "run-store"
+    else:
+        data = open_nifti(scan, chunk_volumes=3)  # 7 blocks of volumes, the last one short
+    path = to_nifti_zarr(data, tmp_path / "run.nii.zarr")
+    try:  # the OME-Zarr metadata, checked by nifti-zarr's "validate" extra when installed
+        import ome_zarr_models
+        import zarr
+    except ImportError:
+        pass
+    else:
+        image = ome_zarr_models.open_ome_zarr(zarr.open_group(path, mode="r"))
+        assert type(image).__name__ == "Image"
+    back = niizarr.zarr2nii(path)
+    np.testing.assert_array_equal(
+        np.asarray(back.dataobj, dtype=np.float32), original.get_fdata(dtype=np.float32)
+    )
+    np.testing.assert_allclose(back.header.get_best_affine(), original.affine, atol=1e-6)
+    ours, theirs = back.header, original.header
+    assert ours.get_data_dtype() == np.float32
+    for field in ("dim", "pixdim", "xyzt_units", "qform_code", "sform_code", "srow_x", "srow_y",
+                  "srow_z", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "descrip"):  # fmt: skip
+        np.testing.assert_array_equal(ours[field], theirs[field], err_msg=field)
+
+
+def test_nifti_zarr_input_gives_the_same_signals_as_the_nifti(tmp_path):
+    pytest.importorskip("niizarr", reason="nifti-zarr is not installed (the test extra)")
+    from daskparcel.outputs.nifti_zarr import open_nifti_zarr, to_nifti_zarr
+
+    scan = real_scan("nipy")
+    img = nib.load(scan)
+    path = to_nifti_zarr(scan, tmp_path / "run.nii.zarr")
+    run = open_nifti_zarr(path)
+    assert run["bold"].dims == ("x", "y", "z", "t") and run.attrs["t_r"] == pytest.approx(2.0)
+    np.testing.assert_array_equal(run["bold"].values, img.get_fdata(dtype=np.float32))
+    labels = np.zeros(img.shape[:3], np.int32)
+    labels[2:15, 2:19, :] = 1 + (np.arange(13)[:, None, None] // 4)
+    est = Parcellations.from_labels(nib.Nifti1Image(labels, img.affine), smoothing_fwhm=4.0)
+    np.testing.assert_allclose(
+        np.asarray(est.transform(run)), np.asarray(est.transform(scan)), rtol=1e-6
+    )
+
+
+def test_nifti_zarr_bad_paths_are_refused(tmp_path):
+    pytest.importorskip("niizarr", reason="nifti-zarr is not installed (the test extra)")
+    from daskparcel.errors import InputError
+    from daskparcel.outputs.nifti_zarr import open_nifti_zarr, to_nifti_zarr
+
+    with pytest.raises(
+        InputError, match=r"run\.zarr: a NIfTI-Zarr image is a folder named \*\.nii\.zarr"
+    ):
+        to_nifti_zarr(real_scan("nipy"), tmp_path / "run.zarr")
+    assert not (tmp_path / "run.zarr").exists()
+    (tmp_path / "empty.nii.zarr").mkdir()
+    with pytest.raises(InputError, match=r"empty\.nii\.zarr: not a NIfTI-Zarr image"):
+        open_nifti_zarr(tmp_path / "empty.nii.zarr")
+
+
+def test_cli_convert_nifti_zarr(tmp_path, capsys):
+    niizarr = pytest.importorskip("niizarr", reason="nifti-zarr is not installed (the test extra)")
+    scan = real_scan("nitime1")
+    out = tmp_path / "fmri1.nii.zarr"
+    assert main(["convert", str(scan), "--out", str(out), "--format", "nifti-zarr"]) == 0
+    assert "NIfTI-Zarr image" in capsys.readouterr().out
+    np.testing.assert_array_equal(
+        np.asarray(niizarr.zarr2nii(out).dataobj, dtype=np.float32),
+        nib.load(scan).get_fdata(dtype=np.float32),
+    )
+    code = main(
+        ["convert", str(scan), str(real_scan("nitime2")), "--out", str(tmp_path / "two.nii.zarr"),
+         "--format", "nifti-zarr"]
+    )  # fmt: skip
+    assert code == 2 and not (tmp_path / "two.nii.zarr").exists()
