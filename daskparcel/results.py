@@ -279,7 +279,6 @@ def _write_bids(
         write_bids_atlas,
         write_run_tables,
     )
-    from daskparcel.outputs.connectomes import connectome
 
     names = [str(s["run"].values[0]) for s in parcel_signals]
     runs = read_run_signals(folder / FILES["parcel_signals"], parcel_signals)
@@ -305,7 +304,7 @@ def _write_bids(
         names,
         label=atlas["atlas"],
         names=atlas.pop("names"),
-        connectomes=[connectome(runs, kind=k) for k in kinds],
+        kinds=kinds,
         space=space,
     )
     return {**atlas, **tables, "connectomes": kinds}

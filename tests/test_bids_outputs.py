@@ -357,3 +357,23 @@ def test_cli_convert_nifti_zarr(tmp_path, capsys):
          "--format", "nifti-zarr"]
     )  # fmt: skip
     assert code == 2 and not (tmp_path / "two.nii.zarr").exists()
+
+
+def test_look_up_table_keeps_label_values_with_gaps_and_an_oblique_affine():
+    from daskparcel.errors import InputError
+    from daskparcel.outputs.bids import look_up_table
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice([0, 5, 18, 31], size=(6, 7, 5)).astype(np.int16)
+    affine = np.array([[2.0, 0.3, 0, -10], [0, 2.5, 0.2, 4], [0.1, 0, 3.0, 7], [0, 0, 0, 1]])
+    lut = look_up_table(nib.Nifti1Image(labels, affine))
+    assert list(lut["index"]) == [0, 5, 18, 31]
+    assert list(lut["name"]) == ["Background", "parcel005", "parcel018", "parcel031"]
+    assert list(lut["size"]) == [int((labels == k).sum()) for k in (0, 5, 18, 31)]
+    for row, k in zip(range(1, 4), (5, 18, 31), strict=True):
+        ijk = np.argwhere(labels == k).mean(axis=0)
+        np.testing.assert_allclose(
+            lut.loc[row, ["x", "y", "z"]], affine[:3, :3] @ ijk + affine[:3, 3]
+        )
+    with pytest.raises(InputError, match="labels_img: a labels image must be 3D with labels >= 0"):
+        look_up_table(nib.Nifti1Image(-np.ones((2, 2, 2), np.int16), np.eye(4)))

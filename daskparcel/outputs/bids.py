@@ -45,7 +45,6 @@ import pandas as pd
 
 from daskparcel import __version__
 from daskparcel.errors import InputError
-from daskparcel.outputs.connectomes import Connectomes
 
 logger = logging.getLogger(__name__)
 
@@ -176,23 +175,21 @@ def look_up_table(labels_img: nib.spatialimages.SpatialImage) -> pd.DataFrame:
         raise InputError(
             "labels_img: a labels image must be 3D with labels >= 0 (0 = background); give an atlas image"
         )
-    flat = data.ravel()
-    present = np.unique(flat)
-    present = present[present > 0]
-    counts = np.bincount(flat)
-    ijk = np.indices(data.shape).reshape(3, -1).astype(np.float64)
+    where = np.nonzero(data)  # the labelled voxels only: memory follows the brain, not the grid
+    values = data[where]
+    present = np.unique(values)
+    counts = np.bincount(values, minlength=int(values.max(initial=0)) + 1)
     centres = np.stack(
-        [np.bincount(flat, weights=ijk[d]) / np.maximum(counts, 1) for d in range(3)]
-    )
+        [np.bincount(values, weights=where[d], minlength=counts.size) for d in range(3)]
+    ) / np.maximum(counts, 1)
     xyz = nib.affines.apply_affine(labels_img.affine, centres[:, present].T)
+    background = int(data.size - values.size)
     table = pd.DataFrame(
         {
             "index": np.concatenate([[0], present]).astype(int),
             "name": ["Background", *parcel_names(present)],
             "color": ["#000000", *_colors(len(present))],
-            "size": np.concatenate([[counts[0] if counts.size else 0], counts[present]]).astype(
-                int
-            ),
+            "size": np.concatenate([[background], counts[present]]).astype(int),
             "x": np.concatenate([[np.nan], xyz[:, 0]]),
             "y": np.concatenate([[np.nan], xyz[:, 1]]),
             "z": np.concatenate([[np.nan], xyz[:, 2]]),
@@ -367,21 +364,26 @@ def write_bids_atlas(
 
 def write_run_tables(
     folder: str | os.PathLike[str],
-    signals: Sequence[np.ndarray],
+    signals: Sequence[Any],
     run_names: Sequence[str],
     *,
     label: str,
     names: Sequence[str],
-    connectomes: Sequence[Connectomes] = (),
+    kinds: Sequence[str] = (),
     space: str | None = None,
 ) -> dict[str, list[str]]:
     """Write each run's parcel time series and connectomes as TSV tables (columns: the parcel names).
+
+    One dask task per run reads the run's signals, writes its time series and its matrices and returns them
+    for the group means, summed as a tree: memory is a few runs' (time, parcel) series and (parcel, parcel)
+    matrices, whatever the number of runs. ``"tangent"`` keeps each run's covariance in a scratch file of the
+    folder (removed at the end) for the geometric mean, one pass over them per iteration.
 
     Parameters
     ----------
     folder : path
         The dataset folder.
-    signals : sequence of (time, parcel) arrays
+    signals : sequence of (time, parcel) arrays (numpy or dask)
         One per run.
     run_names : sequence of str
         The runs' names (their BIDS entities, see :func:`run_entities`).
@@ -389,8 +391,9 @@ def write_run_tables(
         The atlas label.
     names : sequence of str
         The parcel names (the look-up table's, without the background).
-    connectomes : sequence of Connectomes
-        Written per run (``*_stat-<kind>_relmat.tsv``), with the group summary at the root.
+    kinds : sequence of str
+        Connectome kinds (:data:`daskparcel.outputs.connectomes.KINDS`) written per run
+        (``*_stat-<kind>_relmat.tsv``), with the group summary at the root (nilearn's ``mean_``).
     space : str, optional
         The ``space-`` label of the runs.
 
@@ -399,38 +402,117 @@ def write_run_tables(
     dict
         ``{"timeseries": [paths], "relmat": [paths], "group_relmat": [paths]}`` relative to ``folder``.
     """
+    import dask
+
+    from daskparcel.outputs.connectomes import (
+        check_kinds,
+        geometric_mean_of,
+        tangent_whitening,
+        tree_sum,
+    )
+
     folder = Path(folder)
     names = list(names)
+    kinds = check_kinds(kinds)
+    direct = [k for k in kinds if k != "tangent"]
     written: dict[str, list[str]] = {"timeseries": [], "relmat": [], "group_relmat": []}
+    scratch = folder / ".daskparcel-covariances"
+    tasks: list[Any] = []
+    relmats: list[Path] = []
+    covariances: list[Path] = []
     for index, (entities, values) in enumerate(zip(run_entities(run_names), signals, strict=True)):
-        sub_folder, prefix = run_prefix(entities, space)
-        values = np.asarray(values)
-        if values.shape[1] != len(names):
+        if np.shape(values)[1] != len(names):
             raise InputError(
-                f"signals of run {run_names[index]}: {values.shape[1]} parcels, the look-up table names "
+                f"signals of run {run_names[index]}: {np.shape(values)[1]} parcels, the look-up table names "
                 f"{len(names)}; give the signals of this atlas"
             )
-        path = sub_folder / f"{prefix}_atlas-{label}_stat-mean_timeseries.tsv"
-        _write_tsv(folder / path, pd.DataFrame(values, columns=names))
-        written["timeseries"].append(str(path))
-        for conn in connectomes:
-            path = sub_folder / f"{prefix}_atlas-{label}_stat-{stat_label(conn.kind)}_relmat.tsv"
-            table = pd.DataFrame(conn.matrices.values[index], columns=names)
-            _write_tsv(folder / path, table, float_format="%.17g")
-            written["relmat"].append(str(path))
-    for conn in connectomes:
-        path = Path(f"atlas-{label}_stat-{stat_label(conn.kind)}_relmat.tsv")
-        _write_tsv(folder / path, pd.DataFrame(conn.mean.values, columns=names), "%.17g")
+        sub_folder, prefix = run_prefix(entities, space)
+        (folder / sub_folder).mkdir(parents=True, exist_ok=True)
+        series = sub_folder / f"{prefix}_atlas-{label}_stat-mean_timeseries.tsv"
+        paths = {
+            k: sub_folder / f"{prefix}_atlas-{label}_stat-{stat_label(k)}_relmat.tsv" for k in kinds
+        }
+        cov = scratch / f"{index}.npy" if "tangent" in kinds else None
+        tasks.append(
+            dask.delayed(_write_run)(
+                values, folder / series, {k: folder / paths[k] for k in direct}, names, cov
+            )
+        )
+        written["timeseries"].append(str(series))
+        written["relmat"] += [str(paths[k]) for k in kinds]
+        if cov is not None:
+            relmats.append(paths["tangent"])
+            covariances.append(cov)
+    if "tangent" in kinds:
+        scratch.mkdir(exist_ok=True)
+    (sums,) = dask.compute(tree_sum(tasks))
+    n_runs = len(tasks)
+    for kind in direct:
+        mean = sums[kind] / n_runs
+        path = Path(f"atlas-{label}_stat-{stat_label(kind)}_relmat.tsv")
+        _write_tsv(folder / path, pd.DataFrame(0.5 * (mean + mean.T), columns=names), "%.17g")
         written["group_relmat"].append(str(path))
+    if "tangent" in kinds:
+
+        def mean_of(function: Any) -> np.ndarray:
+            parts = [dask.delayed(_apply_to_saved)(function, c) for c in covariances]
+            (total,) = dask.compute(tree_sum(parts))
+            return np.asarray(total) / n_runs
+
+        gmean = geometric_mean_of(mean_of)
+        whitening = tangent_whitening(gmean)
+        dask.compute(
+            [
+                dask.delayed(_write_tangent)(c, whitening, folder / r, names)
+                for c, r in zip(covariances, relmats, strict=True)
+            ]
+        )
+        path = Path(f"atlas-{label}_stat-tangent_relmat.tsv")
+        _write_tsv(folder / path, pd.DataFrame(gmean, columns=names), "%.17g")
+        written["group_relmat"].append(str(path))
+        shutil.rmtree(scratch, ignore_errors=True)
     return written
 
 
-def read_run_signals(store: str | os.PathLike[str], runs: Sequence[Any]) -> list[np.ndarray]:
-    """Each run's (time, parcel) values from a written ``parcel_signals`` zarr store, split as ``runs`` are."""
+def _write_run(
+    values: Any,
+    series: Path,
+    relmats: Mapping[str, Path],
+    names: list[str],
+    covariance: Path | None,
+) -> dict[str, np.ndarray]:
+    """One run's task: its time series table, its matrices (returned for the group means), its covariance."""
+    from daskparcel.outputs.connectomes import run_matrix
+
+    values = np.asarray(values)
+    _write_tsv(series, pd.DataFrame(values, columns=names))
+    x = values.astype(np.float64)
+    out = {}
+    for kind, path in relmats.items():
+        out[kind] = run_matrix(x, kind)
+        _write_tsv(path, pd.DataFrame(out[kind], columns=names), "%.17g")
+    if covariance is not None:
+        np.save(covariance, run_matrix(x, "covariance"))
+    return out
+
+
+def _apply_to_saved(function: Any, path: Path) -> np.ndarray:
+    return np.asarray(function(np.load(path)))
+
+
+def _write_tangent(covariance: Path, whitening: np.ndarray, path: Path, names: list[str]) -> None:
+    from daskparcel.outputs.connectomes import tangent_matrix
+
+    matrix = tangent_matrix(np.load(covariance), whitening)
+    _write_tsv(path, pd.DataFrame(matrix, columns=names), "%.17g")
+
+
+def read_run_signals(store: str | os.PathLike[str], runs: Sequence[Any]) -> list[Any]:
+    """Each run's (time, parcel) values (lazy) from a written ``parcel_signals`` zarr store, split as ``runs``."""
     import xarray as xr
 
     stored = xr.open_zarr(store, zarr_format=3, consolidated=False)["parcel_signals"]
-    values = np.asarray(stored.values)
+    values = stored.data
     bounds = np.cumsum([0, *(int(r.sizes["time"]) for r in runs)])
     return [values[a:b] for a, b in itertools.pairwise(bounds)]
 
@@ -472,7 +554,6 @@ def write_transform_tables(
     dict
         The written tables (see :func:`write_run_tables`).
     """
-    from daskparcel.outputs.connectomes import connectome
     from daskparcel.results import check_out_dir
     from daskparcel.store import replace_dir
 
@@ -498,7 +579,7 @@ def write_transform_tables(
             names,
             label=label,
             names=list(table["name"][table["index"] > 0]),
-            connectomes=[connectome(values, kind=k) for k in kinds],
+            kinds=kinds,
             space=common_space(inputs),
         )
         replace_dir(partial, out)

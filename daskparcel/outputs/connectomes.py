@@ -13,8 +13,9 @@ The group summary of each kind is nilearn's ``mean_``: the mean of the runs' mat
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,8 +136,9 @@ def _map_eigenvalues(function: Any, symmetric: np.ndarray) -> np.ndarray:
     return np.asarray((vectors * function(values)) @ vectors.T)
 
 
-def _run_matrix(x: Any, kind: str) -> np.ndarray:
-    """One run's matrix; for "tangent", its covariance (the group step follows)."""
+def run_matrix(x: Any, kind: str) -> np.ndarray:
+    """One run's (time, parcel) signals -> its matrix of ``kind``; for "tangent", its covariance (the group
+    step follows)."""
     x = np.asarray(x, dtype=np.float64)
     if kind == "correlation":
         return _cov_to_corr(_covariance(_zscore_sample(x)))
@@ -167,14 +169,32 @@ def geometric_mean(
     numpy.ndarray (n, n)
     """
     stack = np.asarray(matrices, dtype=np.float64)
-    gmean = stack.mean(axis=0)
+    return geometric_mean_of(
+        lambda function: np.mean([function(m) for m in stack], axis=0),
+        max_iter=max_iter,
+        tol=tol,
+    )
+
+
+def geometric_mean_of(
+    mean_of: Callable[[Callable[[np.ndarray], np.ndarray]], np.ndarray],
+    *,
+    max_iter: int = 30,
+    tol: float = 1e-7,
+) -> np.ndarray:
+    """:func:`geometric_mean` of matrices that are only reached through ``mean_of``.
+
+    ``mean_of(f)`` returns the mean over the matrices of ``f(matrix)``: the matrices can stay on disk, each
+    iteration is one pass over them (a dask graph of one task per matrix, summed as a tree).
+    """
+    gmean = np.asarray(mean_of(lambda m: m), dtype=np.float64)
     norm_old = np.inf
     step = 1.0
     for _ in range(max_iter):
         vals, vecs = linalg.eigh(gmean)
         inv_sqrt = (vecs / np.sqrt(vals)) @ vecs.T
-        logs_mean = np.mean(
-            [_map_eigenvalues(np.log, inv_sqrt @ m @ inv_sqrt) for m in stack], axis=0
+        logs_mean = np.asarray(
+            mean_of(functools.partial(_whitened_log, inv_sqrt=inv_sqrt)), dtype=np.float64
         )
         if np.any(np.isnan(logs_mean)):
             raise FloatingPointError("NaN after the matrix logarithm: a covariance is not SPD")
@@ -194,6 +214,37 @@ def geometric_mean(
             "geometric mean: %d iterations without reaching the tolerance %g", max_iter, tol
         )
     return np.asarray(gmean)
+
+
+def _whitened_log(matrix: np.ndarray, inv_sqrt: np.ndarray) -> np.ndarray:
+    return _map_eigenvalues(np.log, inv_sqrt @ matrix @ inv_sqrt)
+
+
+def tangent_whitening(mean: np.ndarray) -> np.ndarray:
+    """The whitening of the tangent space at ``mean`` (its inverse square root)."""
+    return _map_eigenvalues(lambda v: 1.0 / np.sqrt(v), mean)
+
+
+def tangent_matrix(covariance: np.ndarray, whitening: np.ndarray) -> np.ndarray:
+    """A run's tangent connectome: the matrix logarithm of its whitened covariance."""
+    return _map_eigenvalues(np.log, whitening @ covariance @ whitening)
+
+
+def tree_sum(items: Sequence[Any]) -> Any:
+    """Sum of delayed values (or dicts of arrays) as a tree of pairwise sums, not a sequential chain."""
+    level = list(items)
+    if not level:
+        raise ValueError("tree_sum of nothing")
+    while len(level) > 1:
+        pairs = [dask.delayed(_add)(a, b) for a, b in zip(level[::2], level[1::2], strict=False)]
+        level = pairs + ([level[-1]] if len(level) % 2 else [])
+    return level[0]
+
+
+def _add(a: Any, b: Any) -> Any:
+    if isinstance(a, dict):
+        return {key: a[key] + b[key] for key in a}
+    return a + b
 
 
 def connectome(signals: Any, kind: str = "correlation") -> Connectomes:
@@ -227,13 +278,13 @@ def connectome(signals: Any, kind: str = "correlation") -> Connectomes:
             "kind='tangent': one run given; the tangent connectome is a deviation from the group mean, "
             "give two runs or more (or another kind)"
         )
-    tasks = [dask.delayed(_run_matrix)(item, checked) for item in items]
+    tasks = [dask.delayed(run_matrix)(item, checked) for item in items]
     (matrices,) = dask.compute(tasks)
     matrices = [np.asarray(m) for m in matrices]
     if checked == "tangent":
         mean = geometric_mean(matrices)
-        whitening = _map_eigenvalues(lambda v: 1.0 / np.sqrt(v), mean)
-        matrices = [_map_eigenvalues(np.log, whitening @ m @ whitening) for m in matrices]
+        whitening = tangent_whitening(mean)
+        matrices = [tangent_matrix(m, whitening) for m in matrices]
     else:
         mean = np.mean(matrices, axis=0)
         mean = 0.5 * (mean + mean.T)
