@@ -377,3 +377,27 @@ def test_look_up_table_keeps_label_values_with_gaps_and_an_oblique_affine():
         )
     with pytest.raises(InputError, match="labels_img: a labels image must be 3D with labels >= 0"):
         look_up_table(nib.Nifti1Image(-np.ones((2, 2, 2), np.int16), np.eye(4)))
+
+
+def test_nilearn_plots_the_dseg_with_the_lut_colours(single_fit):
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nilearn import plotting
+
+    _, out = single_fit
+    lut = _read_tsv(out / "atlas-ward20_dseg.tsv")
+    dseg = out / "sub-scan01" / "anat" / "sub-scan01_atlas-ward20_dseg.nii.gz"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        display = plotting.plot_roi(dseg, cmap=lut, bg_img=out / "mean.nii.gz")
+    assert not [w for w in caught if "color" in str(w.message)], [str(w.message) for w in caught]
+    # nilearn builds its colormap from the table's colours (background row left out), from first to last
+    image = display.axes["x"].ax.get_images()[-1]
+    assert image.cmap.name == "custom_colormap"
+    assert matplotlib.colors.to_hex(image.cmap(0.0)) == lut["color"][1]
+    assert matplotlib.colors.to_hex(image.cmap(1.0)) == lut["color"].iloc[-1]
+    plt.close("all")
