@@ -401,3 +401,18 @@ def test_nilearn_plots_the_dseg_with_the_lut_colours(single_fit):
     assert matplotlib.colors.to_hex(image.cmap(0.0)) == lut["color"][1]
     assert matplotlib.colors.to_hex(image.cmap(1.0)) == lut["color"].iloc[-1]
     plt.close("all")
+
+
+def test_cli_fit_with_tangent_on_one_run_exits_2_and_writes_nothing(single_fit, tmp_path, capsys):
+    _, fit_folder = single_fit
+    scan = next((fit_folder.parent / "data").glob("scan_01.nii.gz"))
+    out = tmp_path / "fit"
+    code = main(
+        ["fit", str(scan), "--method", "ward", "--n-parcels", "5", "--n-components", "5",
+         "--store", str(fit_folder.parent / "cache"), "--out", str(out), "--connectome", "tangent",
+         "correlation", "--quiet"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'tangent': one run" in err[0] and "give two runs" in err[0], err
+    assert not out.exists() and not out.with_name("fit.partial").exists()

@@ -415,6 +415,11 @@ def write_run_tables(
     names = list(names)
     kinds = check_kinds(kinds)
     direct = [k for k in kinds if k != "tangent"]
+    if "tangent" in kinds and len(run_names) < 2:
+        raise InputError(
+            "connectome 'tangent': one run; it is each run's deviation from the group mean, give two runs "
+            "or more (or another kind)"
+        )
     written: dict[str, list[str]] = {"timeseries": [], "relmat": [], "group_relmat": []}
     scratch = folder / ".daskparcel-covariances"
     tasks: list[Any] = []
