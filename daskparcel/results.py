@@ -246,7 +246,7 @@ def write_fit_outputs(
             },
             "files": dict(FILES),
         }
-        doc["bids"] = _write_bids(est, imgs, doc, partial, parcel_signals, kinds)
+        doc["bids"] = _write_bids(est, inputs or imgs, doc, partial, parcel_signals, kinds)
         (partial / FILES["fit"]).write_text(json.dumps(doc, indent=1))
         if report:
             from daskparcel.report import write_report
@@ -272,7 +272,10 @@ def _write_bids(
     parcel_signals: list[xr.DataArray],
     kinds: list[str],
 ) -> dict[str, Any]:
-    """The BIDS atlas and per-run tables of a fit folder (parcel signals read back from the written zarr)."""
+    """The BIDS atlas and per-run tables of a fit folder (parcel signals read back from the written zarr).
+
+    ``imgs`` are the inputs as given (paths or BIDS runs name the ``space-`` and the ``Sources``).
+    """
     from daskparcel.outputs.bids import (
         common_space,
         read_run_signals,
