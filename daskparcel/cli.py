@@ -50,6 +50,11 @@ def _convert(args: argparse.Namespace) -> int:
         inputs += [str(r.path) for r in runs]
     if not inputs:
         raise InputError("no input given; pass NIfTI files or globs, or --bids FOLDER")
+    if args.format == "nifti-zarr":
+        from daskparcel.outputs.nifti_zarr import convert_to_nifti_zarr
+
+        print(convert_to_nifti_zarr(inputs, args.out, overwrite=args.overwrite))
+        return EXIT_OK
     result = convert(
         inputs,
         args.out,
@@ -81,6 +86,12 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         "--chunk-volumes", type=int, help="whole volumes per chunk (default: ~32 MB per chunk)"
     )
     p.add_argument("--compression", default="blosc-lz4", choices=["blosc-lz4", "zstd", "none"])
+    p.add_argument(
+        "--format",
+        default="zarr",
+        choices=["zarr", "nifti-zarr"],
+        help="zarr: daskparcel's run store (default); nifti-zarr: one run as a .nii.zarr image",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace a store made from other inputs"
     )
@@ -170,6 +181,7 @@ def _fit(args: argparse.Namespace) -> int:
     from daskparcel.results import check_out_dir, write_fit_outputs
 
     out = check_out_dir(args.out, overwrite=args.overwrite)
+    kinds = _connectome_kinds(args)
     imgs = _inputs(args)
     est = Parcellations(
         method=args.method,
@@ -190,6 +202,7 @@ def _fit(args: argparse.Namespace) -> int:
             confounds=args.confounds_resolved,
             inputs=[str(i) for i in args.inputs],
             overwrite=args.overwrite,
+            connectomes=kinds,
         )
     m = doc["metrics"]
     print(
@@ -232,6 +245,39 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_preprocessing(p)
     _add_where(p)
+    _add_tables(p, transform=False)
+
+
+# ------------------------------------------------------------------- BIDS tables and connectomes
+def _add_tables(p: argparse.ArgumentParser, *, transform: bool) -> None:
+    g = p.add_argument_group("parcel time series and connectomes (BIDS tables)")
+    g.add_argument(
+        "--connectome",
+        nargs="+",
+        metavar="KIND",
+        help='connectomes per run (*_relmat.tsv) and their group mean: correlation, "partial correlation", '
+        "tangent (over the runs), covariance (nilearn's ConnectivityMeasure)",
+    )
+    if transform:
+        g.add_argument(
+            "--tables",
+            help="also write each run's parcel time series (and connectomes) as BIDS TSV tables in this folder",
+        )
+
+
+def _connectome_kinds(args: argparse.Namespace) -> list[str]:
+    from daskparcel.outputs.connectomes import check_kinds
+
+    kinds = check_kinds(args.connectome, name="--connectome")
+    if kinds and getattr(args, "tables", "") is None:
+        raise InputError(
+            "--connectome: give --tables DIR, the folder its *_relmat.tsv tables go to"
+        )
+    if getattr(args, "tables", None):
+        from daskparcel.results import check_out_dir
+
+        check_out_dir(args.tables, overwrite=args.overwrite)
+    return kinds
 
 
 @command("transform")
@@ -245,6 +291,7 @@ def _transform(args: argparse.Namespace) -> int:
     from daskparcel.store.runs import replace_dir
 
     out = check_out_dir(args.out, overwrite=args.overwrite)
+    kinds = _connectome_kinds(args)
     labels = Path(args.labels)
     mask = args.mask
     if labels.is_dir():  # a fit folder: its labels, mask and preprocessing parameters
@@ -284,6 +331,13 @@ def _transform(args: argparse.Namespace) -> int:
             combined.to_dataset(name="parcel_signals").to_zarr(
                 partial, mode="w", zarr_format=3, consolidated=False
             )
+            if args.tables:
+                from daskparcel.outputs.bids import write_transform_tables
+
+                write_transform_tables(
+                    args.tables, partial, runs, est.labels_img_, labels=args.labels, kinds=kinds,
+                    inputs=imgs, overwrite=args.overwrite,
+                )  # fmt: skip
         replace_dir(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -308,6 +362,7 @@ def _add_transform(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_preprocessing(p)
     _add_where(p)
+    _add_tables(p, transform=True)
 
 
 @command("report")

@@ -10,6 +10,12 @@
     ``fit.json``               parameters, versions, data description, timings, quality figures (schema below)
     ``report.html``            the report (:mod:`daskparcel.report`)
 
+The folder is also a BIDS derivative dataset (:mod:`daskparcel.outputs.bids`): ``dataset_description.json``, the
+atlas (``atlas-<label>_description.json``, ``atlas-<label>_dseg.tsv`` / ``.json`` and
+``sub-*/anat/*_atlas-<label>_dseg.nii.gz``), each run's parcel time series (``*_stat-mean_timeseries.tsv``) and,
+when asked, its connectomes (``*_stat-<kind>_relmat.tsv``, :mod:`daskparcel.outputs.connectomes`), with the files
+above listed in ``.bidsignore``; ``fit.json`` records them under ``"bids"``.
+
 ``fit.json``: ``{"schema": 1, "daskparcel_version", "versions": {package: version}, "created",
 "inputs": [str], "parameters": {...}, "data": {"shape", "voxel_size", "t_r", "n_runs", "runs": [names],
 "n_volumes": [per run], "voxels_in_mask"}, "timings": {"mask", "signals", "reduction", "clustering", "total"
@@ -28,6 +34,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
@@ -127,12 +134,14 @@ def write_fit_outputs(
     inputs: list[str] | None = None,
     overwrite: bool = False,
     report: bool = True,
+    connectomes: Sequence[str] | str | None = None,
 ) -> dict[str, Any]:
     """Write the outputs of the fitted ``est`` on ``imgs`` to ``out`` (see the module docstring).
 
     The parcel signals of every run are computed with ``transform`` (from the signals store for fitted runs)
     and written to ``parcel_signals.zarr``; quality figures are computed over the signals store in two streaming
-    passes (the per-voxel R^2 map needs the parcel means first).
+    passes (the per-voxel R^2 map needs the parcel means first). The BIDS atlas, each run's parcel time series
+    and the ``connectomes`` asked for (kinds of :func:`daskparcel.connectome`) are written as BIDS tables.
 
     Returns
     -------
@@ -140,10 +149,12 @@ def write_fit_outputs(
         The content of ``fit.json``.
     """
     from daskparcel.metrics import compression_r2, contiguity, parcel_sizes, r2_map
+    from daskparcel.outputs.connectomes import check_kinds
     from daskparcel.parcels import parcel_means
 
     out = check_out_dir(out, overwrite=overwrite)
     est._check_fitted()
+    kinds = check_kinds(connectomes, name="connectomes")
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
@@ -235,6 +246,7 @@ def write_fit_outputs(
             },
             "files": dict(FILES),
         }
+        doc["bids"] = _write_bids(est, inputs or imgs, doc, partial, parcel_signals, kinds)
         (partial / FILES["fit"]).write_text(json.dumps(doc, indent=1))
         if report:
             from daskparcel.report import write_report
@@ -250,3 +262,52 @@ def write_fit_outputs(
 def _describe_inputs(imgs: Any) -> list[str]:
     items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
     return [str(i) if isinstance(i, str | os.PathLike) else type(i).__name__ for i in items]
+
+
+def _write_bids(
+    est: Parcellations,
+    imgs: Any,
+    doc: dict[str, Any],
+    folder: Path,
+    parcel_signals: list[xr.DataArray],
+    kinds: list[str],
+) -> dict[str, Any]:
+    """The BIDS atlas and per-run tables of a fit folder (parcel signals read back from the written zarr).
+
+    ``imgs`` are the inputs as given (paths or BIDS runs name the ``space-`` and the ``Sources``).
+    """
+    from daskparcel.outputs.bids import (
+        common_space,
+        read_run_signals,
+        write_bids_atlas,
+        write_run_tables,
+    )
+
+    names = [str(s["run"].values[0]) for s in parcel_signals]
+    runs = read_run_signals(folder / FILES["parcel_signals"], parcel_signals)
+    items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
+    space = common_space(items)
+    sources = [
+        str(getattr(i, "path", i))
+        for i in items
+        if isinstance(i, str | os.PathLike) or hasattr(i, "path")
+    ]
+    atlas = write_bids_atlas(
+        folder,
+        est.labels_img_,
+        method=str(est.method),
+        parameters=doc["parameters"],
+        run_names=names,
+        sources=sources or doc["inputs"],
+        space=space,
+    )
+    tables = write_run_tables(
+        folder,
+        runs,
+        names,
+        label=atlas["atlas"],
+        names=atlas.pop("names"),
+        kinds=kinds,
+        space=space,
+    )
+    return {**atlas, **tables, "connectomes": kinds}
