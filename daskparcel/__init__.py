@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "rena": "daskparcel.clustering.rena",
     "datasets": "daskparcel.datasets",
     "metrics": "daskparcel.metrics",
-    "plotting": "daskparcel.plotting",
+    "plotting": "daskparcel.outputs.plotting",
     "parcel_means": "daskparcel.parcels",
     "compression_r2": "daskparcel.metrics",
     "parcel_sizes": "daskparcel.metrics",
@@ -49,7 +49,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'daskparcel' has no attribute {name!r}")
     imported = importlib.import_module(module)
-    value = imported if module == f"daskparcel.{name}" else getattr(imported, name)
+    value = imported if module.endswith(f".{name}") else getattr(imported, name)
     globals()[name] = value
     return value
 

@@ -178,7 +178,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 @command("fit")
 def _fit(args: argparse.Namespace) -> int:
     from daskparcel.estimator import Parcellations
-    from daskparcel.results import check_out_dir, write_fit_outputs
+    from daskparcel.outputs.results import check_out_dir, write_fit_outputs
 
     out = check_out_dir(args.out, overwrite=args.overwrite)
     kinds = _connectome_kinds(args)
@@ -274,7 +274,7 @@ def _connectome_kinds(args: argparse.Namespace) -> list[str]:
             "--connectome: give --tables DIR, the folder its *_relmat.tsv tables go to"
         )
     if getattr(args, "tables", None):
-        from daskparcel.results import check_out_dir
+        from daskparcel.outputs.results import check_out_dir
 
         check_out_dir(args.tables, overwrite=args.overwrite)
     return kinds
@@ -287,7 +287,7 @@ def _transform(args: argparse.Namespace) -> int:
     import xarray as xr
 
     from daskparcel.estimator import Parcellations
-    from daskparcel.results import check_out_dir
+    from daskparcel.outputs.results import check_out_dir
     from daskparcel.store.runs import replace_dir
 
     out = check_out_dir(args.out, overwrite=args.overwrite)
@@ -367,7 +367,7 @@ def _add_transform(sub: argparse._SubParsersAction) -> None:
 
 @command("report")
 def _report(args: argparse.Namespace) -> int:
-    from daskparcel.report import write_report
+    from daskparcel.outputs.report import write_report
 
     path = write_report(Path(args.folder))
     print(f"report written to {path}")

@@ -42,7 +42,7 @@ def run_demo(
     from daskparcel.estimator import Parcellations
     from daskparcel.ingest.convert import convert, print_progress
     from daskparcel.metrics import adjusted_rand
-    from daskparcel.results import write_fit_outputs
+    from daskparcel.outputs.results import write_fit_outputs
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -163,7 +163,7 @@ def run_job(path: str | os.PathLike[str]) -> int:
     from daskparcel.ingest.bids import BidsRun, find_bids_runs
     from daskparcel.ingest.convert import convert
     from daskparcel.ingest.nifti import run_name
-    from daskparcel.results import write_fit_outputs
+    from daskparcel.outputs.results import write_fit_outputs
 
     job = load_job(path)
     runs: list[Any] = list(job.files)

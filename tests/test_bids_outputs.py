@@ -19,7 +19,7 @@ from scipy import ndimage
 from daskparcel import Parcellations, datasets
 from daskparcel.cli import main
 from daskparcel.outputs.bids import run_entities
-from daskparcel.results import write_fit_outputs
+from daskparcel.outputs.results import write_fit_outputs
 
 
 def _validator_errors(folder):

@@ -14,7 +14,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from daskparcel.errors import InputError
-from daskparcel.plotting import (
+from daskparcel.outputs.plotting import (
     figure_to_data_uri,
     figure_to_png_bytes,
     label_colormap,

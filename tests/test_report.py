@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from daskparcel.errors import InputError
-from daskparcel.report import render_report, write_report
+from daskparcel.outputs.report import render_report, write_report
 
 SECTIONS = (
     "summary",
@@ -39,7 +39,7 @@ CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 @pytest.fixture(scope="module")
 def fit_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from daskparcel import Parcellations, datasets
-    from daskparcel.results import write_fit_outputs
+    from daskparcel.outputs.results import write_fit_outputs
 
     root = tmp_path_factory.mktemp("report")
     paths, _ = datasets.write_synthetic_nifti(root / "data", 1, 4, 40, n_parcels=30)

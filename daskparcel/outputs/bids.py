@@ -559,8 +559,8 @@ def write_transform_tables(
     dict
         The written tables (see :func:`write_run_tables`).
     """
-    from daskparcel.results import check_out_dir
-    from daskparcel.store import replace_dir
+    from daskparcel.outputs.results import check_out_dir
+    from daskparcel.store.runs import replace_dir
 
     out = check_out_dir(folder, overwrite=overwrite)
     labels = Path(labels)

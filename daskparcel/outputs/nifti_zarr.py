@@ -42,7 +42,7 @@ def _run_dataset(data: Any) -> xr.Dataset:
     elif isinstance(data, str | os.PathLike):
         path = Path(data)
         if path.is_dir():
-            from daskparcel.store import open_store
+            from daskparcel.store.runs import open_store
 
             opened = open_store(path)
             if not isinstance(opened, xr.Dataset):
@@ -72,7 +72,7 @@ def _header(ds: xr.Dataset) -> nib.Nifti1Header:
     affine = np.asarray(attrs["affine"], dtype=float)
     shape = ds["bold"].shape
     if "nifti_header" in attrs:
-        from daskparcel.ingest.nifti import header_from_attrs
+        from daskparcel.store.runs import header_from_attrs
 
         source = header_from_attrs(attrs)
         hdr = source.copy()

@@ -1,8 +1,8 @@
 """The HTML report of a fit folder: one self-contained page a researcher can open, mail or archive.
 
-:func:`write_report` reads what :func:`daskparcel.results.write_fit_outputs` left in a fit folder
+:func:`write_report` reads what :func:`daskparcel.outputs.results.write_fit_outputs` left in a fit folder
 (``fit.json`` and the NIfTI images) and writes ``report.html`` beside them. The page has no external
-resource: the CSS is inline, the figures are PNG ``data:`` URIs (:func:`daskparcel.plotting.figure_to_data_uri`),
+resource: the CSS is inline, the figures are PNG ``data:`` URIs (:func:`daskparcel.outputs.plotting.figure_to_data_uri`),
 and the only script is a few inline lines that record, once the page has loaded, how many figures
 decoded (``<body data-images-loaded=N data-images-total=M>``), which the browser test reads.
 
@@ -121,7 +121,7 @@ def write_report(out_dir: str | os.PathLike[str]) -> Path:
     ----------
     out_dir : path
         A fit folder written by ``daskparcel fit ... --out DIR`` (or
-        :func:`daskparcel.results.write_fit_outputs`): it must hold ``fit.json``; the images are optional.
+        :func:`daskparcel.outputs.results.write_fit_outputs`): it must hold ``fit.json``; the images are optional.
 
     Returns
     -------
@@ -526,7 +526,7 @@ class _Figures:
     def _figure(
         self, title: str, needs: tuple[str, ...], draw: Callable[[], Any], caption: str, alt: str
     ) -> str:
-        from daskparcel.plotting import figure_to_data_uri
+        from daskparcel.outputs.plotting import figure_to_data_uri
 
         head = f"<h3>{_e(title)}</h3>"
         missing = self._missing(needs)
@@ -543,7 +543,7 @@ class _Figures:
         )
 
     def html(self) -> str:
-        from daskparcel.plotting import plot_compressed, plot_labels, plot_r2_map
+        from daskparcel.outputs.plotting import plot_compressed, plot_labels, plot_r2_map
 
         params = _mapping(self.doc.get("parameters"))
         metrics = _mapping(self.doc.get("metrics"))
@@ -616,7 +616,7 @@ class _Figures:
 
 
 def _size_histogram(labels_img: Any, method: str) -> Any:
-    """One parcellation's parcel sizes: the panel of :func:`daskparcel.plotting.plot_size_histograms`
+    """One parcellation's parcel sizes: the panel of :func:`daskparcel.outputs.plotting.plot_size_histograms`
     (same log-spaced bins), for a single fit, with its median marked."""
     from matplotlib.figure import Figure
 

@@ -8,7 +8,7 @@
     ``r2.nii.gz``              per-voxel compression R^2
     ``parcel_signals.zarr``    parcel signals (time, parcel) of every run, with ``run`` / ``subject`` coordinates
     ``fit.json``               parameters, versions, data description, timings, quality figures (schema below)
-    ``report.html``            the report (:mod:`daskparcel.report`)
+    ``report.html``            the report (:mod:`daskparcel.outputs.report`)
 
 The folder is also a BIDS derivative dataset (:mod:`daskparcel.outputs.bids`): ``dataset_description.json``, the
 atlas (``atlas-<label>_description.json``, ``atlas-<label>_dseg.tsv`` / ``.json`` and
@@ -154,6 +154,11 @@ def write_fit_outputs(
 
     out = check_out_dir(out, overwrite=overwrite)
     est._check_fitted()
+    store = est.store_
+    if store is None:
+        raise InputError(
+            "est: has no signals store (made by from_labels); fit it on runs before writing a fit folder"
+        )
     kinds = check_kinds(connectomes, name="connectomes")
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
@@ -164,8 +169,8 @@ def write_fit_outputs(
         mask = np.asarray(est.mask_img_.dataobj).astype(bool)
         affine = est.mask_img_.affine
         labels = est.labels_.values
-        signals = est.store_.signals("cleaned")
-        smoothed = est.store_.signals("smoothed")
+        signals = store.signals("cleaned")
+        smoothed = store.signals("smoothed")
         parcel_signals = cast(
             list[xr.DataArray],
             est.transform(imgs if isinstance(imgs, list | tuple) else [imgs], confounds=confounds),
@@ -211,8 +216,8 @@ def write_fit_outputs(
         nib.save(volume(np.nan_to_num(np.asarray(r2_v, dtype=np.float32))), partial / FILES["r2"])
         sizes = parcel_sizes(labels, est.n_parcels)
         contig = contiguity(np.asarray(est.labels_img_.dataobj))
-        runs = est.store_.runs
-        ds_runs = est.store_.run_signals("cleaned")
+        runs = store.runs
+        ds_runs = store.run_signals("cleaned")
         timings["outputs"] = time.perf_counter() - t0
         doc: dict[str, Any] = {
             "schema": 1,
@@ -224,7 +229,7 @@ def write_fit_outputs(
             "data": {
                 "shape": list(mask.shape),
                 "voxel_size": [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))],
-                "t_r": est.store_.params.t_r,
+                "t_r": store.params.t_r,
                 "n_runs": len(runs),
                 "runs": list(runs),
                 "n_volumes": [int(r.sizes["time"]) for r in ds_runs],
@@ -249,7 +254,7 @@ def write_fit_outputs(
         doc["bids"] = _write_bids(est, inputs or imgs, doc, partial, parcel_signals, kinds)
         (partial / FILES["fit"]).write_text(json.dumps(doc, indent=1))
         if report:
-            from daskparcel.report import write_report
+            from daskparcel.outputs.report import write_report
 
             write_report(partial)
         replace_dir(partial, out)
