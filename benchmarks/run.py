@@ -276,7 +276,7 @@ def fit_on_cluster(
     """Fit on the local default (``n_workers=0``) or on a LocalCluster of worker processes (child process);
     the peak RSS of each worker (its own high-water mark, :func:`daskparcel.runtime.peak_rss`)."""
     from daskparcel import Parcellations
-    from daskparcel.runtime import peak_rss
+    from daskparcel.testing import peak_rss
 
     cfg = Config(**config)
     phases: dict[str, list[float]] = {}

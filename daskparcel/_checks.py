@@ -28,6 +28,11 @@ def same_grid(shape_a: Sequence[int], affine_a: Any, shape_b: Sequence[int], aff
     )
 
 
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (numpy's included), not a boolean."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_int(name: str, value: Any, minimum: int, hint: str = "") -> int:
     """``value`` as an int >= ``minimum`` (booleans refused), else an InputError ending with ``hint``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:

@@ -36,6 +36,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from daskparcel import config
 from daskparcel._dask import gather_rows, tree_sum
 from daskparcel.errors import InputError
 
@@ -43,14 +44,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["reduce", "reduce_runs"]
 
-#: Runs (and the stacked group matrix) with at most this many columns get an exact SVD.
-_EXACT_MAX_COLUMNS_DEFAULT = 4000
-
 
 def _exact_max_columns() -> int:
-    return int(
-        dask.config.get("daskparcel.reduction.exact-max-columns", _EXACT_MAX_COLUMNS_DEFAULT)
-    )
+    """Runs (and the stacked group matrix) with at most this many columns get an exact SVD."""
+    return int(config.get("reduction.exact-max-columns"))
 
 
 def _check_finite_block(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:

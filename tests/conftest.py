@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import dask
 import pytest
+
+from daskparcel.testing import CountingScheduler, raise_if_dask_computes
+
+__all__ = ["REAL_DATA", "CountingScheduler", "raise_if_dask_computes", "real_scan"]
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("DASKPARCEL_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
@@ -34,30 +37,6 @@ def real_scan(name: str) -> Path:
             "or set DASKPARCEL_REAL_DATA"
         )
     return path
-
-
-class CountingScheduler:
-    """A dask scheduler that counts computes and raises past ``max_computes`` (as xarray's tests do)."""
-
-    def __init__(self, max_computes: int = 0) -> None:
-        self.total_computes = 0
-        self.max_computes = max_computes
-
-    def __call__(self, dsk, keys, **kwargs):  # type: ignore[no-untyped-def]
-        self.total_computes += 1
-        if self.total_computes > self.max_computes:
-            raise RuntimeError(
-                f"Too many computes: {self.total_computes} > {self.max_computes} (the graph should be lazy)"
-            )
-        return dask.get(dsk, keys, **kwargs)
-
-
-@contextlib.contextmanager
-def raise_if_dask_computes(max_computes: int = 0) -> Iterator[CountingScheduler]:
-    """Fail if anything inside the block computes more than ``max_computes`` times."""
-    scheduler = CountingScheduler(max_computes)
-    with dask.config.set(scheduler=scheduler):
-        yield scheduler
 
 
 @pytest.fixture(autouse=True)

@@ -16,8 +16,8 @@ from sklearn.metrics import adjusted_rand_score
 
 import daskparcel.clustering
 from daskparcel import Parcellations, datasets
-from daskparcel.runtime import peak_rss
 from daskparcel.store.runs import store_info
+from daskparcel.testing import peak_rss
 
 METHODS = list(daskparcel.clustering.METHODS)
 

@@ -32,6 +32,7 @@ import numpy as np
 import scipy.sparse
 from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
 
+from daskparcel import config
 from daskparcel._checks import check_int, check_n_clusters
 from daskparcel._dask import tree_reduce
 from daskparcel.clustering._common import default_rows, features_dask
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["KMeansResult", "kmeans"]
 
-_IN_MEMORY_BYTES_DEFAULT = 2**30
 _CANDIDATE_BLOCK = 2048
 
 
@@ -518,7 +518,7 @@ def kmeans(
 
     n_reseeded = 0
     if method == "minibatch":
-        limit = int(dask.config.get("daskparcel.kmeans.in-memory-bytes", _IN_MEMORY_BYTES_DEFAULT))
+        limit = int(config.get("kmeans.in-memory-bytes"))
         if x.nbytes <= limit:
             logger.debug("minibatch kmeans in memory (%d bytes <= %d)", x.nbytes, limit)
             arr = np.asarray(x.compute())

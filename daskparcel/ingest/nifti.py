@@ -33,6 +33,7 @@ import xarray as xr
 from nibabel.arrayproxy import ArrayProxy
 from nibabel.volumeutils import apply_read_scaling
 
+from daskparcel import config
 from daskparcel.errors import InputError
 from daskparcel.store.runs import header_codec_attrs
 
@@ -40,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 DIMS = ("x", "y", "z", "t")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-dask.config.update_defaults({"daskparcel": {"chunk-mb": 32}})
 
 
 def is_nifti_path(path: str | os.PathLike[str]) -> bool:
@@ -250,7 +249,7 @@ def scale_like_nibabel(raw: np.ndarray, slope: Any, inter: Any) -> np.ndarray:
 def volumes_per_chunk(shape: tuple[int, ...], chunk_mb: float | None = None) -> int:
     """How many whole float32 volumes make a chunk of about ``chunk_mb`` MB (config ``daskparcel.chunk-mb``)."""
     if chunk_mb is None:
-        chunk_mb = float(dask.config.get("daskparcel.chunk-mb"))
+        chunk_mb = float(config.get("chunk-mb"))
     volume_bytes = int(np.prod(shape[:3])) * 4
     return int(max(1, min(shape[3], (chunk_mb * 1e6) // volume_bytes)))
 

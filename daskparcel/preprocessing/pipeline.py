@@ -52,6 +52,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from daskparcel import config
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import NiftiVolumes
 from daskparcel.preprocessing.cleaning import (
@@ -75,8 +76,6 @@ logger = logging.getLogger(__name__)
 
 #: Part of the key of the masks kept in the cache: bump it when a strategy changes what it computes.
 MASK_CACHE_VERSION = 1
-
-dask.config.update_defaults({"daskparcel": {"voxel-chunk": 8192}})
 
 
 _DEFAULT_CACHE: Path | None = None
@@ -184,7 +183,7 @@ def write_signals(
                 f"{run.name}: its grid {run.data['bold'].shape[:3]} differs from the mask's {mask.shape}; "
                 "resample the run or give a mask on its grid"
             )
-    voxel_chunk = int(voxel_chunk or dask.config.get("daskparcel.voxel-chunk"))
+    voxel_chunk = int(voxel_chunk or config.get("voxel-chunk"))
     voxel_chunk = max(1, min(voxel_chunk, n_voxels))
     time_chunk = int(runs[0].data["bold"].data.chunks[3][0])
     key = signals_identity(runs, mask, params, voxel_chunk, time_chunk)
