@@ -8,7 +8,7 @@ from __future__ import annotations
 import glob
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ def check_n_clusters(n_clusters: Any, n_voxels: int, name: str = "n_clusters") -
     k = check_int(name, n_clusters, 1, f"pass {name}=50 (nilearn's default) or another integer")
     if k > n_voxels:
         raise InputError(
-            f"{name}={k}: larger than the {n_voxels} voxels to cluster; pass {name} <= {n_voxels} "
-            "or a larger mask"
+            f"{name}={k}: larger than the {n_voxels} voxels to cluster; ask for fewer parcels "
+            f"({name} <= {n_voxels}) or use a larger mask"
         )
     return k
 
@@ -72,8 +72,8 @@ def sample_mask_indices(sample_mask: Any, n_time: int, source: str = "sample_mas
         if idx.size and (idx.min() < 0 or idx.max() >= n_time):
             bad = idx[(idx < 0) | (idx >= n_time)]
             raise InputError(
-                f"{source} holds indices {bad[:10].tolist()} out of range: the run has {n_time} "
-                f"time points, indices must be in [0, {n_time - 1}]"
+                f"{source}: indices out of range for {n_time} volumes ({bad[:10].tolist()} not in "
+                f"[0, {n_time - 1}]); fix the indices"
             )
         if np.any(np.diff(idx) <= 0):
             raise InputError(
@@ -89,6 +89,73 @@ def sample_mask_indices(sample_mask: Any, n_time: int, source: str = "sample_mas
             f"{source} removes every volume of the run: keep at least one (True = keep)"
         )
     return idx
+
+
+# ------------------------------------------------------------------------ declared parameter checks
+Check = Callable[[str, Any], None]
+
+
+def one_of(*choices: Any) -> Check:
+    """A parameter that must be one of ``choices``."""
+
+    def check(name: str, value: Any) -> None:
+        if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+            shown = ", ".join(repr(c) for c in choices)
+            raise InputError(f"{name}={value!r}: unknown; pass one of {shown}")
+
+    return check
+
+
+def integer(minimum: int) -> Check:
+    """An integer parameter >= ``minimum``."""
+
+    def check(name: str, value: Any) -> None:
+        check_int(name, value, minimum)
+
+    return check
+
+
+def positive_or_none(name: str, value: Any) -> None:
+    """A positive number, or None."""
+    if value is not None and (
+        not isinstance(value, numbers.Real) or isinstance(value, bool) or value <= 0
+    ):
+        raise InputError(f"{name}={value!r}: must be a positive number or None")
+
+
+def boolean(name: str, value: Any) -> None:
+    """True or False (numpy's booleans too; not 0/1 or strings such as "false")."""
+    if not isinstance(value, bool | np.bool_):
+        raise InputError(f"{name}={value!r}: must be True or False")
+
+
+def mapping_or_none(name: str, value: Any) -> None:
+    """A dict of keyword arguments, or None."""
+    if value is not None and not isinstance(value, dict):
+        raise InputError(f"{name}={value!r}: must be a dict of keyword arguments or None")
+
+
+def fwhm(name: str, value: Any) -> None:
+    """A smoothing FWHM in mm: None, "fast", a number >= 0, or one per axis (None entries allowed)."""
+    if value is None or (isinstance(value, str) and value == "fast"):
+        return
+    try:
+        items = value if isinstance(value, list | tuple) else [value]
+        values = np.asarray([0.0 if v is None else v for v in items], dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"{name}={value!r}: not a number; pass the FWHM in mm (e.g. 4.0), 0 or None"
+        ) from None
+    if values.size not in (1, 3) or not np.all(np.isfinite(values)):
+        raise InputError(f"{name}={value!r}: pass one FWHM in mm or one per axis (3 values)")
+    if np.any(values < 0):
+        raise InputError(f"{name}={value}: must be >= 0 (mm); pass 0 or None for no smoothing")
+
+
+def check_params(params: dict[str, Any], checks: dict[str, Check]) -> None:
+    """Run each declared check on its parameter (the first failure raises)."""
+    for name, check in checks.items():
+        check(name, params[name])
 
 
 def expand_glob(text: str | os.PathLike[str], *, source: str = "") -> list[Path]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from daskparcel import __version__
+from daskparcel.clustering import METHODS
 from daskparcel.errors import InputError, StoreLockedError
 
 logger = logging.getLogger("daskparcel")
@@ -178,6 +179,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 @command("fit")
 def _fit(args: argparse.Namespace) -> int:
     from daskparcel.estimator import Parcellations
+    from daskparcel.outputs.record import summary_line
     from daskparcel.outputs.results import check_out_dir, write_fit_outputs
 
     out = check_out_dir(args.out, overwrite=args.overwrite)
@@ -204,12 +206,10 @@ def _fit(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             connectomes=kinds,
         )
-    m = doc["metrics"]
     print(
         f"{args.method} {args.n_parcels} parcels on {doc['data']['n_runs']} run(s), "
         f"{doc['data']['voxels_in_mask']} voxels: fit {doc['timings']['total']:.1f} s, "
-        f"compression R2 {m['compression_r2']:.3f}, size cv {m['sizes']['cv']:.2f}, "
-        f"contiguity {m['contiguity']:.2f}\nwritten to {out} (labels.nii.gz, report.html, fit.json, ...)"
+        f"{summary_line(doc['metrics'])}\nwritten to {out} (labels.nii.gz, report.html, fit.json, ...)"
     )
     return EXIT_OK
 
@@ -224,7 +224,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         required=True,
-        choices=["kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena"],
+        choices=list(METHODS),
     )
     p.add_argument("--n-parcels", type=int, default=50, help="number of parcels (default 50)")
     p.add_argument("--random-state", type=int, default=0)

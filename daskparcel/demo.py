@@ -42,7 +42,10 @@ def run_demo(
     from daskparcel.estimator import Parcellations
     from daskparcel.ingest.convert import convert, print_progress
     from daskparcel.metrics import adjusted_rand
+    from daskparcel.outputs.record import METRICS, shown, summary_line
     from daskparcel.outputs.results import write_fit_outputs
+
+    summary_metrics = [m for m in METRICS if m.short]
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -80,32 +83,27 @@ def run_demo(
             inputs=[str(p) for p in paths],
             overwrite=True,
         )
-        m = doc["metrics"]
+        metrics = doc["metrics"]
         ari = f"{adjusted_rand(est.labels_img_, truth):.2f}" if truth is not None else "-"
         rows.append(
-            (
-                method,
-                k,
-                fit_seconds,
-                m["compression_r2"],
-                m["sizes"]["cv"],
-                m["contiguity"],
-                ari,
-                f"{method}-{k}/report.html",
-            )
+            [method, str(k), f"{fit_seconds:.1f}"]
+            + [shown(metrics, m) for m in summary_metrics]
+            + [ari, f"{method}-{k}/report.html"]
         )
-        print(
-            f"  {method:<20} {k:>5} parcels  fit {fit_seconds:6.1f} s  R2 {m['compression_r2']:.3f}"
-        )
-    header = "| method | parcels | fit (s) | compression R2 | size cv | connected parcels | ARI to truth | report |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
-    lines += [
-        f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.3f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]} | {r[7]} |"
-        for r in rows
+        print(f"  {method:<20} {k:>5} parcels  fit {fit_seconds:6.1f} s  {summary_line(metrics)}")
+    header = [
+        "method",
+        "parcels",
+        "fit (s)",
+        *(m.label for m in summary_metrics),
+        "ARI to truth",
+        "report",
     ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     table = "\n".join(lines)
     (out / "summary.md").write_text(table + "\n")
     print()
     print(table)
-    print(f"\noutputs in {out.resolve()}: open {out.resolve() / rows[0][7]} in a browser")
+    print(f"\noutputs in {out.resolve()}: open {out.resolve() / rows[0][-1]} in a browser")
     return 0

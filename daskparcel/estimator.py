@@ -8,10 +8,8 @@ the mask and signals passes are :mod:`daskparcel.preprocessing.pipeline` (writin
 :mod:`daskparcel.store.signals`, the cache), the reduction is :mod:`daskparcel.reduction` and the methods are
 registered in :data:`daskparcel.clustering.METHODS`.
 
-``fit`` computes at named points only: the mask (one pass over the runs), the signals store (one pass, a second
-only when cleaning is more than z-scoring), the reduction (cached in the signals store), the clustering (trees
-of the agglomerative methods cached there too); ``transform`` and ``inverse_transform`` return lazy xarray
-objects.
+``fit`` computes at named points only: the mask, the signals store, the reduction, the clustering (each cached);
+``transform`` and ``inverse_transform`` return lazy xarray objects.
 """
 
 from __future__ import annotations
@@ -19,30 +17,57 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import dask
-import dask.array as da
 import nibabel as nib
 import numpy as np
 import xarray as xr
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
-from daskparcel._checks import check_int, same_grid
-from daskparcel.clustering import METHODS, ClusterJob
+from daskparcel._checks import (
+    Check,
+    boolean,
+    check_n_clusters,
+    check_params,
+    fwhm,
+    integer,
+    mapping_or_none,
+    one_of,
+    positive_or_none,
+)
+from daskparcel.clustering import METHODS, ClusterJob, run_method
 from daskparcel.errors import InputError
 from daskparcel.ingest.resolve import per_run, prepare_runs, repetition_time, run_confounds
+from daskparcel.parcels import parcel_signals
+from daskparcel.preprocessing.masking import MASK_STRATEGIES
 from daskparcel.preprocessing.pipeline import default_cache_dir, run_mask, write_signals
 from daskparcel.store.signals import CleanParams, RunInput, SignalsStore
 
 logger = logging.getLogger(__name__)
 
-STANDARDIZE = (False, True, None, "zscore_sample", "zscore", "psc")
-KMEANS_METHODS = ("minibatch", "lloyd")
+#: The check of each parameter that has one (the others are checked where they are used: imgs, mask, store).
+PARAMETER_CHECKS: dict[str, Check] = {
+    "method": one_of(*METHODS),
+    "n_parcels": integer(1),
+    "n_components": integer(1),
+    "n_iter": integer(1),
+    "smoothing_fwhm": fwhm,
+    "standardize": one_of(False, True, None, "zscore_sample", "zscore", "psc"),
+    "standardize_confounds": boolean,
+    "detrend": boolean,
+    "scaling": boolean,
+    "low_pass": positive_or_none,
+    "high_pass": positive_or_none,
+    "t_r": positive_or_none,
+    "mask_strategy": one_of(*MASK_STRATEGIES),
+    "mask_args": mapping_or_none,
+    "kmeans_method": one_of("minibatch", "lloyd"),
+}
 
 
 class Parcellations(TransformerMixin, BaseEstimator):
@@ -177,71 +202,18 @@ class Parcellations(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------------------ validation
     def _validate_params(self) -> None:
-        """Every parameter check, in one place; run by ``fit`` before any data is read."""
-        if self.method not in METHODS:
-            raise InputError(f"method={self.method!r}: unknown; pass one of {', '.join(METHODS)}")
-        check_int("n_parcels", self.n_parcels, 1)
-        check_int("n_components", self.n_components, 1)
-        check_int("n_iter", self.n_iter, 1)
-        fwhm = self.smoothing_fwhm
-        if fwhm is not None and not (isinstance(fwhm, str) and fwhm == "fast"):
-            try:
-                items = fwhm if isinstance(fwhm, list | tuple) else [fwhm]
-                values = np.asarray([0.0 if v is None else v for v in items], dtype=float)
-            except (TypeError, ValueError):
-                raise InputError(
-                    f"smoothing_fwhm={fwhm!r}: not a number; pass the FWHM in mm (e.g. 4.0), 0 or None"
-                ) from None
-            if values.size not in (1, 3) or not np.all(np.isfinite(values)):
-                raise InputError(
-                    f"smoothing_fwhm={fwhm!r}: pass one FWHM in mm or one per axis (3 values)"
-                )
-            if np.any(values < 0):
-                raise InputError(
-                    f"smoothing_fwhm={fwhm}: must be >= 0 (mm); pass 0 or None for no smoothing"
-                )
-        if self.standardize not in STANDARDIZE:
-            raise InputError(
-                f"standardize={self.standardize!r}: unknown; pass one of False, 'zscore_sample', 'zscore', 'psc'"
-            )
-        if self.kmeans_method not in KMEANS_METHODS:
-            raise InputError(f"kmeans_method={self.kmeans_method!r}: pass 'minibatch' or 'lloyd'")
-        for name in ("low_pass", "high_pass", "t_r"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
-            ):
-                raise InputError(f"{name}={value!r}: must be a positive number or None")
-        for name in ("detrend", "standardize_confounds", "scaling"):
-            if not isinstance(getattr(self, name), bool | np.bool_):
-                raise InputError(f"{name}={getattr(self, name)!r}: must be True or False")
-        if self.mask_args is not None and not isinstance(self.mask_args, dict):
-            raise InputError(f"mask_args={self.mask_args!r}: must be a dict of keyword arguments")
+        """Every parameter check, declared in :data:`PARAMETER_CHECKS`; run by ``fit`` before any data is
+        read."""
+        check_params(self.get_params(), PARAMETER_CHECKS)
         if self.scaling and self.method != "rena":
             raise InputError(
                 f"scaling=True: only used by method='rena' (method={self.method!r}); pass scaling=False"
             )
 
-    def _clean_params(self, t_r: float | None) -> CleanParams:
-        fwhm = self.smoothing_fwhm
-        return CleanParams(
-            smoothing_fwhm=None
-            if fwhm is None
-            else (fwhm if isinstance(fwhm, str) else float(fwhm)),
-            detrend=bool(self.detrend),
-            standardize=self.standardize,
-            standardize_confounds=bool(self.standardize_confounds),
-            low_pass=self.low_pass,
-            high_pass=self.high_pass,
-            t_r=t_r,
-        )
-
-    def _t_r(self, runs: Sequence[RunInput]) -> float | None:
+    def _clean_params(self, runs: Sequence[RunInput]) -> CleanParams:
+        """The smoothing and cleaning parameters of ``runs`` (with their TR when filtering needs it)."""
         filtering = self.low_pass is not None or self.high_pass is not None
-        return repetition_time(runs, self.t_r, needed=filtering)
-
-    def _cache_dir(self) -> Path:
-        return Path(self.store) if self.store is not None else default_cache_dir()
+        return CleanParams.of(self.get_params(), repetition_time(runs, self.t_r, needed=filtering))
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(
@@ -268,41 +240,33 @@ class Parcellations(TransformerMixin, BaseEstimator):
 
         self._validate_params()
         timings: dict[str, float] = {}
-        start = time.perf_counter()
-        runs = prepare_runs(
-            imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
-            confounds_columns=self.confounds_columns,
-        )  # fmt: skip
-        affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
-        params = self._clean_params(self._t_r(runs))
-        with connect(self.client):
-            t0 = time.perf_counter()
-            mask = run_mask(
-                runs, affine, self._cache_dir(), mask=self.mask, strategy=self.mask_strategy,
-                mask_args=self.mask_args,
+        step = partial(_timed, timings)
+        with step("total"):
+            runs = prepare_runs(
+                imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
+                confounds_columns=self.confounds_columns,
             )  # fmt: skip
-            timings["mask"] = time.perf_counter() - t0
-            n_voxels = int(mask.sum())
-            if self.n_parcels > n_voxels:
-                raise InputError(
-                    f"n_parcels={self.n_parcels}: larger than the {n_voxels} voxels of the mask; "
-                    "ask for fewer parcels or use a larger mask"
-                )
-            t0 = time.perf_counter()
-            store = write_signals(
-                runs, mask, affine, params, self._cache_dir(), voxel_chunk=self.voxel_chunk
-            )
-            timings["signals"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            reduce = partial(
-                reduce_runs, n_components=self.n_components, random_state=self.random_state
-            )
-            features = store.features(self.n_components, self.random_state, reduce)
-            timings["reduction"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            labels = self._cluster(features, mask, store)
-            timings["clustering"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - start
+            affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
+            params = self._clean_params(runs)
+            cache = Path(self.store) if self.store is not None else default_cache_dir()
+            with connect(self.client):
+                with step("mask"):
+                    mask = run_mask(
+                        runs, affine, cache, mask=self.mask, strategy=self.mask_strategy,
+                        mask_args=self.mask_args,
+                    )  # fmt: skip
+                check_n_clusters(self.n_parcels, int(mask.sum()), "n_parcels")
+                with step("signals"):
+                    store = write_signals(
+                        runs, mask, affine, params, cache, voxel_chunk=self.voxel_chunk
+                    )
+                with step("reduction"):
+                    reduce = partial(
+                        reduce_runs, n_components=self.n_components, random_state=self.random_state
+                    )
+                    features = store.features(self.n_components, self.random_state, reduce)
+                with step("clustering"):
+                    labels = self._cluster(features, mask, store)
         self._set_fitted(labels, mask, affine, features, store, runs, timings)
         logger.info(
             "fit %s %d parcels in %.1f s %s", self.method, self.n_parcels, timings["total"], timings
@@ -310,43 +274,17 @@ class Parcellations(TransformerMixin, BaseEstimator):
         return self
 
     def _cluster(self, features: np.ndarray, mask: np.ndarray, store: SignalsStore) -> np.ndarray:
-        """Labels 0..K-1 over the mask's voxels, by the registered method (a tree is kept in the store)."""
-        from daskparcel.clustering.agglomerative import MergeTree
-
+        """Labels 0..K-1 over the mask's voxels, by the registered method (trees kept in the store)."""
         method = METHODS[str(self.method)]
         options = {name: getattr(self, name) for name in method.options}
         job = ClusterJob(
             features, int(self.n_parcels), mask, int(self.random_state), options, self.connectivity
         )
-        self.tree_ = None
-        if method.tree is None:
-            assert method.labels is not None
-            return method.labels(job)
-        name = (
-            store.features_group(self.n_components, self.random_state).replace("reduced/", "trees/")
-            + f"-{method.name}"
+        tree_key = store.features_group(self.n_components, self.random_state).replace(
+            "reduced/", "trees/"
         )
-        if self.connectivity is not None:
-            conn = self.connectivity
-            name += "-" + dask.base.tokenize(
-                getattr(conn, "indptr", conn), getattr(conn, "indices", None)
-            )
-        cached = store.cached_arrays(name)
-        if cached is not None:
-            logger.info(
-                "%s tree reused from %s/%s: cut at %d parcels",
-                method.name,
-                store.path,
-                name,
-                job.n_clusters,
-            )
-            tree = MergeTree.from_arrays(*cached)
-        else:
-            tree = method.tree(job)
-            arrays, attrs = tree.to_arrays()
-            store.write_arrays(name, arrays, **attrs)
-        self.tree_ = tree
-        return np.asarray(tree.cut(job.n_clusters))
+        labels, self.tree_ = run_method(method, job, cache=store, key=tree_key)
+        return labels
 
     def _set_fitted(
         self,
@@ -365,22 +303,26 @@ class Parcellations(TransformerMixin, BaseEstimator):
             raise RuntimeError(
                 f"{self.method} gave {len(found)} clusters instead of {n}: please report this"
             )
-        volume = np.zeros(mask.shape, dtype=np.int32)
-        volume[mask] = labels + 1
-        i, j, k = np.nonzero(mask)
-        self.labels_ = xr.DataArray(
-            (labels + 1).astype(np.int32), dims=("voxel",), coords={"i": ("voxel", i), "j": ("voxel", j), "k": ("voxel", k)},
-            name="labels",
-        )  # fmt: skip
-        self.labels_img_ = nib.Nifti1Image(volume, affine)
-        self.mask_img_ = nib.Nifti1Image(mask.astype(np.int8), affine)
-        self.n_elements_ = n
+        self._set_labels(labels + 1, mask, affine)
         self.components_ = features.T
         self.store_ = store
         self.signals_store_ = None if store is None else store.path
         self.timings_ = timings
         self.runs_ = [r.name for r in runs]
         self._fitted_identities = {r.identity: r.name for r in runs}
+
+    def _set_labels(self, values: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> None:
+        """``labels_`` (1..K of the mask's voxels), ``labels_img_``, ``mask_img_`` and ``n_elements_``."""
+        volume = np.zeros(mask.shape, dtype=np.int32)
+        volume[mask] = values
+        i, j, k = np.nonzero(mask)
+        coords = {"i": ("voxel", i), "j": ("voxel", j), "k": ("voxel", k)}
+        self.labels_ = xr.DataArray(
+            values.astype(np.int32), dims=("voxel",), coords=coords, name="labels"
+        )
+        self.labels_img_ = nib.Nifti1Image(volume, affine)
+        self.mask_img_ = nib.Nifti1Image(mask.astype(np.int8), affine)
+        self.n_elements_ = int(self.n_parcels)
 
     @classmethod
     def from_labels(cls, labels_img: Any, mask_img: Any = None, **params: Any) -> Parcellations:
@@ -395,39 +337,12 @@ class Parcellations(TransformerMixin, BaseEstimator):
         **params
             Parameters of the estimator (smoothing and cleaning of ``transform``).
         """
-        labels_img = (
-            nib.load(labels_img) if isinstance(labels_img, str | os.PathLike) else labels_img
-        )
-        volume = np.asarray(labels_img.dataobj)
-        if volume.ndim != 3 or (
-            not np.issubdtype(volume.dtype, np.integer) and not np.all(volume == np.round(volume))
-        ):
-            raise InputError("labels_img: give a 3D image of integer labels (0 = background, 1..K)")
-        volume = volume.astype(np.int64)
-        if mask_img is not None:
-            mask_img = nib.load(mask_img) if isinstance(mask_img, str | os.PathLike) else mask_img
-            mask = np.asarray(mask_img.dataobj) > 0
-        else:
-            mask = volume > 0
-        if mask.shape != volume.shape:
-            raise InputError(
-                f"mask_img: its grid {mask.shape} differs from the labels' {volume.shape}"
-            )
-        values = volume[mask]
-        n = int(values.max()) if values.size else 0
-        if n < 1 or values.min() < 0 or len(np.unique(values[values > 0])) != n:
-            raise InputError(
-                "labels_img: labels must be 1..K with every label present (0 = background)"
-            )
+        from daskparcel.parcels import labels_from_image
+
+        values, mask, affine = labels_from_image(labels_img, mask_img)
+        n = int(values.max())
         est = cls(n_parcels=n, **params)
-        i, j, k = np.nonzero(mask)
-        est.labels_ = xr.DataArray(
-            values.astype(np.int32), dims=("voxel",), coords={"i": ("voxel", i), "j": ("voxel", j), "k": ("voxel", k)},
-            name="labels",
-        )  # fmt: skip
-        est.labels_img_ = nib.Nifti1Image(volume.astype(np.int32), labels_img.affine)
-        est.mask_img_ = nib.Nifti1Image(mask.astype(np.int8), labels_img.affine)
-        est.n_elements_ = n
+        est._set_labels(values, mask, affine)
         est.store_ = None
         est.signals_store_ = None
         est.runs_ = []
@@ -473,62 +388,28 @@ class Parcellations(TransformerMixin, BaseEstimator):
         return out[0] if single else out
 
     def _transform_run(self, run: RunInput, confounds: Any) -> xr.DataArray:
-        from daskparcel.parcels import parcel_means
-        from daskparcel.preprocessing.cleaning import clean
-        from daskparcel.preprocessing.pipeline import voxel_signals
-        from daskparcel.preprocessing.smoothing import smooth_bold
+        from daskparcel.preprocessing.pipeline import run_voxel_signals
 
-        mask = np.asarray(self.mask_img_.dataobj, dtype=bool)
-        affine = self.mask_img_.affine
-        if not same_grid(run.data["bold"].shape[:3], run.data.attrs["affine"], mask.shape, affine):
-            raise InputError(
-                f"{run.name}: its grid {run.data['bold'].shape[:3]} differs from the fitted mask's "
-                f"{mask.shape}; resample it to the fitted grid (nilearn.image.resample_to_img)"
-            )
         fitted = self._fitted_identities.get(run.identity)
+        stored = None
         if fitted is not None and self.store_ is not None:
-            voxels = self.store_.run_signals("smoothed")[self.store_.runs.index(fitted)]
-        else:
-            smoothed = smooth_bold(run.data["bold"], affine, self.smoothing_fwhm)
-            voxels = xr.DataArray(voxel_signals(smoothed, mask), dims=("voxel", "time"))
-        means = parcel_means(voxels, self.labels_.values, self.n_parcels)
-        params = self._clean_params(self._t_r([run]))
+            stored = self.store_.run_signals("smoothed")[self.store_.runs.index(fitted)]
+        mask = np.asarray(self.mask_img_.dataobj, dtype=bool)
+        voxels = run_voxel_signals(run, mask, self.mask_img_.affine, self.smoothing_fwhm, stored)
         conf = (
             run_confounds(confounds, run, self.confounds_columns) if confounds is not None else None
         )
-        as_voxels = (
-            means.transpose("parcel", "time")
-            .rename(parcel="voxel")
-            .chunk({"voxel": -1, "time": -1})
-        )
-        cleaned = clean(
-            as_voxels.drop_vars([c for c in as_voxels.coords if c != "voxel"]),
-            detrend=params.detrend,
-            standardize=params.standardize_value(),
-            confounds=conf,
-            standardize_confounds=params.standardize_confounds,
-            low_pass=params.low_pass,
-            high_pass=params.high_pass,
-            t_r=params.t_r,
-        )
-        result = cleaned.rename(voxel="parcel").transpose("time", "parcel")
-        scale = self._scale()
-        if scale is not None:
-            result = result * xr.DataArray(scale.astype(np.float32), dims="parcel")
-        result = result.assign_coords(
-            parcel=np.arange(1, self.n_parcels + 1),
-            run=("time", np.full(result.sizes["time"], run.name, dtype=object)),
-        )
-        result.name = "parcel_signals"
-        return result
+        return parcel_signals(
+            voxels, self.labels_.values, self.n_parcels, self._clean_params([run]), conf,
+            scale=self._scale(), run=run.name,
+        )  # fmt: skip
 
     def fit_transform(
         self, imgs: Any, y: Any = None, confounds: Any = None, **fit_params: Any
     ) -> Any:
         """``fit`` then ``transform`` of the same runs (the preprocessing is done once)."""
-        return self.fit(imgs, confounds=confounds, **fit_params).transform(
-            imgs, confounds=confounds
-        )
+        self.fit(imgs, confounds=confounds, **fit_params)
+        return self.transform(imgs, confounds=confounds)
 
     def inverse_transform(self, signals: Any) -> xr.DataArray | list[xr.DataArray]:
         """Images in which each voxel takes its parcel's signal (the "compressed representation"), lazily.
@@ -543,29 +424,27 @@ class Parcellations(TransformerMixin, BaseEstimator):
             Lazy, chunked in whole volumes, with the ``affine`` attribute: write it with
             :func:`daskparcel.to_nifti` (streamed) or ``.to_zarr``.
         """
-        from daskparcel.parcels import expand, to_volumes
+        from daskparcel.parcels import as_parcel_signals, expand, to_volumes
 
         self._check_fitted()
         single = not isinstance(signals, list | tuple)
         items = [signals] if single else list(signals)
         mask = np.asarray(self.mask_img_.dataobj, dtype=bool)
-        out = []
+        scale, out = self._scale(), []
         for item in items:
-            if not isinstance(item, xr.DataArray):
-                array = np.asarray(item) if not isinstance(item, da.Array) else item
-                if array.ndim == 1:
-                    array = array[None, :]
-                item = xr.DataArray(array, dims=("time", "parcel"))
-            if item.sizes.get("parcel") != self.n_parcels:
-                raise InputError(
-                    f"signals have {item.sizes.get('parcel', item.shape[-1])} parcels, the parcellation "
-                    f"has {self.n_parcels}; give the output of transform() of this estimator"
-                )
-            item = item.assign_coords(parcel=np.arange(1, self.n_parcels + 1))
-            scale = self._scale()
+            item = as_parcel_signals(item, self.n_parcels)
             if scale is not None:
                 item = item / xr.DataArray(scale.astype(np.float32), dims="parcel")
             voxels = expand(item, self.labels_.values)
-            volumes = to_volumes(voxels, mask, affine=self.mask_img_.affine)
-            out.append(volumes)
+            out.append(to_volumes(voxels, mask, affine=self.mask_img_.affine))
         return out[0] if single else out
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the seconds the block takes as ``timings[name]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = time.perf_counter() - start

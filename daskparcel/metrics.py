@@ -26,7 +26,7 @@ import xarray as xr
 from flox.xarray import xarray_reduce
 
 from daskparcel.errors import InputError
-from daskparcel.parcels import _check_signals, check_labels, parcel_means
+from daskparcel.parcels import check_labels, check_signals, parcel_means
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _shifted(signals: xr.DataArray) -> xr.DataArray:
     before the first can be used, so dask holds whole voxel blocks (over all runs of a cohort) in
     memory; the shift needs only the first time chunk.
     """
-    signals = _check_signals(signals)
+    signals = check_signals(signals)
     x = signals.astype(np.float64)
     x = x.drop_vars([n for n, c in x.coords.items() if "voxel" in c.dims])
     return x - x.isel(time=0, drop=True)
@@ -284,7 +284,7 @@ def r2_map(
 # --------------------------------------------------------------------------------------------------
 
 
-def _as_int_labels(labels: Any, name: str) -> np.ndarray:
+def as_int_labels(labels: Any, name: str) -> np.ndarray:
     """Labels (any dims) as an int64 array; nibabel images are read."""
     if hasattr(labels, "get_fdata") and hasattr(labels, "affine"):
         labels = np.asarray(labels.dataobj)
@@ -385,7 +385,7 @@ def parcel_sizes(labels: Any, n_parcels: int | None = None) -> ParcelSizes:
     InputError
         If the labels are not non-negative integers, contain no parcel, or exceed ``n_parcels``.
     """
-    values = _as_int_labels(labels, "labels").ravel()
+    values = as_int_labels(labels, "labels").ravel()
     _, k = check_labels(values, values.shape[0], n_parcels)
     sizes = np.bincount(values, minlength=k + 1)[1:]
     mean = sizes.mean()
@@ -455,7 +455,7 @@ def contiguity(labels: Any, mask: np.ndarray | None = None) -> Contiguity:
     from scipy.sparse import coo_array
     from scipy.sparse.csgraph import connected_components
 
-    values = _as_int_labels(labels, "labels")
+    values = as_int_labels(labels, "labels")
     if mask is not None:
         mask = np.asarray(mask).astype(bool)
         if mask.ndim != 3 or values.ndim != 1 or values.shape[0] != int(mask.sum()):
@@ -536,7 +536,7 @@ def adjusted_rand(a: Any, b: Any, mask: np.ndarray | None = None) -> float:
     """
     from sklearn.metrics import adjusted_rand_score
 
-    va, vb = _as_int_labels(a, "a"), _as_int_labels(b, "b")
+    va, vb = as_int_labels(a, "a"), as_int_labels(b, "b")
     if va.shape != vb.shape:
         raise InputError(
             f"a, b: shapes {va.shape} and {vb.shape} differ; both parcellations must label the "
@@ -584,7 +584,7 @@ def split_half_reproducibility(
     InputError
         If ``split`` is neither ``"time"`` nor a coordinate along time with at least two values.
     """
-    signals = _check_signals(signals)
+    signals = check_signals(signals)
     if split == "time":
         n = signals.sizes["time"]
         if n < 2:

@@ -13,9 +13,11 @@ order of the mask) with values ``1..K`` for the parcels and ``0`` for a voxel in
 from __future__ import annotations
 
 import logging
-from typing import Literal
+import os
+from typing import Any, Literal
 
 import dask.array as da
+import nibabel as nib
 import numpy as np
 import xarray as xr
 from flox.xarray import xarray_reduce
@@ -24,7 +26,15 @@ from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["expand", "parcel_means", "to_volumes"]
+__all__ = [
+    "as_parcel_signals",
+    "clean_parcel_signals",
+    "expand",
+    "labels_from_image",
+    "parcel_means",
+    "parcel_signals",
+    "to_volumes",
+]
 
 FloxMethod = Literal["map-reduce", "cohorts"]
 
@@ -34,7 +44,7 @@ def _time_coords(obj: xr.DataArray, dim: str = "time") -> dict[str, xr.Variable]
     return {str(name): c.variable for name, c in obj.coords.items() if c.dims == (dim,)}
 
 
-def _check_signals(signals: object, name: str = "signals") -> xr.DataArray:
+def check_signals(signals: object, name: str = "signals") -> xr.DataArray:
     if not isinstance(signals, xr.DataArray):
         raise InputError(
             f"{name}: expected an xarray.DataArray with dims ('voxel', 'time'), got "
@@ -160,7 +170,7 @@ def parcel_means(
     parcels that are present) and as ``sklearn.cluster.FeatureAgglomeration(pooling_func=np.mean)
     .transform`` with labels - 1.
     """
-    signals = _check_signals(signals)
+    signals = check_signals(signals)
     codes, n_parcels = check_labels(labels, signals.sizes["voxel"], n_parcels)
     out_dtype = signals.dtype if np.issubdtype(signals.dtype, np.floating) else np.dtype("float64")
 
@@ -357,7 +367,7 @@ def to_volumes(
     -----
     The same as ``nilearn.masking.unmask(signals.T, mask_img)`` (which puts time last).
     """
-    signals = _check_signals(signals)
+    signals = check_signals(signals)
     mask = np.asarray(mask)
     if mask.ndim != 3:
         raise InputError(f"mask: has {mask.ndim} dimensions, expected a 3D boolean array")
@@ -390,3 +400,97 @@ def to_volumes(
     coords = {name: (("t",), var.values) for name, var in _time_coords(signals).items()}
     attrs = {} if affine is None else {"affine": np.asarray(affine, dtype=float).tolist()}
     return xr.DataArray(out, dims=("x", "y", "z", "t"), coords=coords, attrs=attrs, name="bold")
+
+
+def labels_from_image(
+    labels_img: Any, mask_img: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A parcellation image's labels in its mask: ``(values 1..K per mask voxel, mask, affine)``.
+
+    ``labels_img`` holds integer labels 1..K (0 = background, every label present); ``mask_img`` (default:
+    the labelled voxels) is on its grid.
+    """
+    labels_img = nib.load(labels_img) if isinstance(labels_img, str | os.PathLike) else labels_img
+    volume = np.asarray(labels_img.dataobj)
+    if volume.ndim != 3 or (
+        not np.issubdtype(volume.dtype, np.integer) and not np.all(volume == np.round(volume))
+    ):
+        raise InputError("labels_img: give a 3D image of integer labels (0 = background, 1..K)")
+    volume = volume.astype(np.int64)
+    if mask_img is not None:
+        mask_img = nib.load(mask_img) if isinstance(mask_img, str | os.PathLike) else mask_img
+        mask = np.asarray(mask_img.dataobj) > 0
+    else:
+        mask = volume > 0
+    if mask.shape != volume.shape:
+        raise InputError(f"mask_img: its grid {mask.shape} differs from the labels' {volume.shape}")
+    values = volume[mask]
+    n = int(values.max()) if values.size else 0
+    if n < 1 or values.min() < 0 or len(np.unique(values[values > 0])) != n:
+        raise InputError(
+            "labels_img: labels must be 1..K with every label present (0 = background)"
+        )
+    return values, mask, np.asarray(labels_img.affine, dtype=float)
+
+
+def clean_parcel_signals(means: xr.DataArray, params: Any, confounds: Any = None) -> xr.DataArray:
+    """Clean parcel mean signals (parcel, time) as nilearn's ``NiftiLabelsMasker`` does after averaging:
+    detrend, filters, confounds and standardization of ``params`` (a ``CleanParams``); (time, parcel) out."""
+    from daskparcel.preprocessing.cleaning import clean
+
+    as_voxels = (
+        means.transpose("parcel", "time").rename(parcel="voxel").chunk({"voxel": -1, "time": -1})
+    )
+    cleaned = clean(
+        as_voxels.drop_vars([c for c in as_voxels.coords if c != "voxel"]),
+        detrend=params.detrend,
+        standardize=params.standardize_value(),
+        confounds=confounds,
+        standardize_confounds=params.standardize_confounds,
+        low_pass=params.low_pass,
+        high_pass=params.high_pass,
+        t_r=params.t_r,
+    )
+    return cleaned.rename(voxel="parcel").transpose("time", "parcel")
+
+
+def as_parcel_signals(signals: Any, n_parcels: int) -> xr.DataArray:
+    """Parcel signals (an xarray ("time", "parcel"), or an array (n_scans, n_parcels) / (n_parcels,)) as a
+    DataArray ("time", "parcel") with parcel coordinates 1..K, checked against the parcellation's K."""
+    if not isinstance(signals, xr.DataArray):
+        array = signals if isinstance(signals, da.Array) else np.asarray(signals)
+        if array.ndim == 1:
+            array = array[None, :]
+        signals = xr.DataArray(array, dims=("time", "parcel"))
+    if signals.sizes.get("parcel") != n_parcels:
+        raise InputError(
+            f"signals have {signals.sizes.get('parcel', signals.shape[-1])} parcels, the parcellation "
+            f"has {n_parcels}; give the output of transform() of this estimator"
+        )
+    return signals.assign_coords(parcel=np.arange(1, n_parcels + 1))
+
+
+def parcel_signals(
+    voxels: xr.DataArray,
+    labels: np.ndarray,
+    n_parcels: int,
+    params: Any,
+    confounds: Any = None,
+    *,
+    scale: np.ndarray | None = None,
+    run: str = "",
+) -> xr.DataArray:
+    """``transform`` of one run: parcel means of its smoothed voxel signals (voxel, time), cleaned as nilearn's
+    ``NiftiLabelsMasker`` cleans them (``params``: a ``CleanParams``), times ``scale`` per parcel if given.
+
+    Returns a lazy ("time", "parcel") DataArray named ``parcel_signals``, parcels 1..K, ``run`` on time.
+    """
+    result = clean_parcel_signals(parcel_means(voxels, labels, n_parcels), params, confounds)
+    if scale is not None:
+        result = result * xr.DataArray(scale.astype(np.float32), dims="parcel")
+    result = result.assign_coords(
+        parcel=np.arange(1, n_parcels + 1),
+        run=("time", np.full(result.sizes["time"], run, dtype=object)),
+    )
+    result.name = "parcel_signals"
+    return result

@@ -137,7 +137,7 @@ def test_estimator_contract(synthetic, tmp_path):
 def test_refit_with_other_n_parcels_reuses_signals_reduction_and_tree(synthetic, tmp_path, caplog):
     path, _ = synthetic
     first = Parcellations(method="ward", n_parcels=30, n_components=10, store=tmp_path).fit(path)
-    caplog.set_level(logging.INFO, logger="daskparcel.estimator")
+    caplog.set_level(logging.INFO, logger="daskparcel.clustering")
     with raise_if_dask_computes(0):
         second = Parcellations(method="ward", n_parcels=15, n_components=10, store=tmp_path).fit(
             path

@@ -8,11 +8,15 @@ docs and the tests all read this mapping: a new method is its module plus one en
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import dask
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from daskparcel.clustering.agglomerative import MergeTree
@@ -126,4 +130,44 @@ METHODS: dict[str, Method] = {
     ),
 }
 
-__all__ = ["METHODS", "ClusterJob", "Method"]
+
+class TreeCache(Protocol):
+    """Where trees are kept between fits (the signals store): named groups of arrays."""
+
+    def cached_arrays(self, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None: ...
+
+    def write_arrays(self, name: str, arrays: dict[str, np.ndarray], **attrs: Any) -> None: ...
+
+
+def run_method(
+    method: Method, job: ClusterJob, *, cache: TreeCache | None = None, key: str = "trees/tree"
+) -> tuple[np.ndarray, MergeTree | None]:
+    """Labels 0..K-1 of the mask's voxels by ``method``, and its merge tree (None for partitions).
+
+    A tree method's tree is read from ``cache`` (group ``<key>-<method>[-<graph token>]``) when it is there,
+    else built and kept there; either way it is cut at ``job.n_clusters``.
+    """
+    if method.tree is None:
+        assert method.labels is not None
+        return np.asarray(method.labels(job)), None
+    from daskparcel.clustering.agglomerative import MergeTree
+
+    name = f"{key}-{method.name}"
+    if job.connectivity is not None:
+        conn = job.connectivity
+        name += "-" + dask.base.tokenize(
+            getattr(conn, "indptr", conn), getattr(conn, "indices", None)
+        )
+    cached = cache.cached_arrays(name) if cache is not None else None
+    if cached is not None:
+        logger.info("%s tree reused from %s: cut at %d parcels", method.name, name, job.n_clusters)
+        tree = MergeTree.from_arrays(*cached)
+    else:
+        tree = method.tree(job)
+        if cache is not None:
+            arrays, attrs = tree.to_arrays()
+            cache.write_arrays(name, arrays, **attrs)
+    return np.asarray(tree.cut(job.n_clusters)), tree
+
+
+__all__ = ["METHODS", "ClusterJob", "Method", "TreeCache", "run_method"]

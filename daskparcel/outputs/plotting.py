@@ -20,7 +20,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from daskparcel.errors import InputError
-from daskparcel.metrics import _as_int_labels
+from daskparcel.metrics import as_int_labels
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def plot_labels(
     from nilearn import plotting
 
     labels_img = _check_img(labels_img, "labels_img")
-    values = _as_int_labels(labels_img, "labels_img")
+    values = as_int_labels(labels_img, "labels_img")
     n_labels = int(values.max()) if values.size else 0
     if n_labels < 1:
         raise InputError("labels_img: contains no parcel (all 0); pass a labels image with 1..K")
@@ -245,7 +245,7 @@ def plot_size_histograms(
     if len(names) != 2:
         raise InputError(f"names: {len(names)} names given, expected 2 (one per parcellation)")
     sizes = [
-        parcel_sizes(_as_int_labels(lab, name)) for lab, name in zip((labels_a, labels_b), names)
+        parcel_sizes(as_int_labels(lab, name)) for lab, name in zip((labels_a, labels_b), names)
     ]
     top = max(max(s.largest for s in sizes), 2)
     edges = np.logspace(0, np.log10(top), bins + 1)

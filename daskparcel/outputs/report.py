@@ -26,14 +26,14 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from daskparcel.errors import InputError
+from daskparcel.outputs.record import FILES, METRICS, FitRecord, shown
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["render_report", "write_report"]
 
 REPORT_NAME = "report.html"
-FIT_JSON = "fit.json"
+FIT_JSON = FILES["fit"]
 DEFAULT_FILES = {
     "labels": "labels.nii.gz",
     "mask": "mask.nii.gz",
@@ -223,24 +223,7 @@ Self-contained: no network resource is used.</footer>
 
 def load_fit_json(folder: Path) -> dict[str, Any]:
     """The content of ``folder/fit.json``, or an :class:`InputError` saying how to make one."""
-    path = folder / FIT_JSON
-    if not folder.is_dir() or not path.is_file():
-        raise InputError(
-            f"{folder}: not a daskparcel fit folder (no {FIT_JSON}); run daskparcel fit ... --out DIR "
-            "first, then daskparcel report DIR"
-        )
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"{path}: cannot be read as JSON ({exc}); re-run daskparcel fit ... --out {folder} --overwrite"
-        ) from exc
-    if not isinstance(doc, dict):
-        raise InputError(
-            f"{path}: expected a JSON object, got {type(doc).__name__}; re-run daskparcel fit ... --out "
-            f"{folder} --overwrite"
-        )
-    return doc
+    return FitRecord.read(folder).to_dict()
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -424,12 +407,13 @@ def _timings_section(timings: Mapping[str, Any]) -> str:
 def _metrics_section(metrics: Mapping[str, Any]) -> str:
     if not metrics:
         return _note("fit.json records no quality metrics.")
-    sizes = _mapping(metrics.get("sizes"))
     contig = metrics.get("contiguity")
     disconnected = metrics.get("disconnected_parcels")
     n_parcels = metrics.get("n_parcels")
     if isinstance(disconnected, list):
-        disc_text = "none" if not disconnected else ", ".join(str(p) for p in disconnected)
+        shown_ids = ", ".join(str(p) for p in disconnected[:10])
+        more = f" and {len(disconnected) - 10} more" if len(disconnected) > 10 else ""
+        disc_text = "none" if not disconnected else f"{len(disconnected)}: {shown_ids}{more}"
     else:
         disc_text = "not recorded"
     connected = ""
@@ -437,24 +421,20 @@ def _metrics_section(metrics: Mapping[str, Any]) -> str:
         connected = (
             f" ({round(contig * n_parcels)} of {int(n_parcels)} parcels are one connected region)"
         )
-    rows = [
-        ("parcels", _fmt_int(n_parcels)),
-        ("compression R\u00b2", _fmt_float(metrics.get("compression_r2"))),
-        ("parcel size: coefficient of variation", _fmt_float(sizes.get("cv"), 2)),
-        ("largest parcel (voxels)", _fmt_int(sizes.get("largest"))),
-        ("smallest parcel (voxels)", _fmt_int(sizes.get("smallest"))),
-        ("median parcel size (voxels)", _fmt_float(sizes.get("median"), 1)),
-        ("singleton parcels (1 voxel)", _fmt_int(sizes.get("singletons"))),
-        (
-            "contiguity",
-            (f"{100 * contig:.1f} %" if _is_number(contig) else "not recorded") + connected,
-        ),
-        ("disconnected parcels", disc_text),
-    ]
+    rows = [(m.label, shown(metrics, m)) for m in METRICS]
+    rows[[m.key for m in METRICS].index("contiguity")] = (
+        "contiguity",
+        shown(metrics, METRICS[[m.key for m in METRICS].index("contiguity")]) + connected,
+    )
+    rows.append(("disconnected parcels", disc_text))
     explain = (
-        '<p class="muted">Compression R\u00b2: the fraction of the variance of the cleaned voxel signals '
-        "explained by their parcel's mean signal. Contiguity: the fraction of parcels that are one "
-        "6-connected region of the grid.</p>"
+        '<p class="muted">'
+        + " ".join(
+            f"{_e(m.label[0].upper() + m.label[1:])}: {_e(m.explain)}."
+            for m in METRICS
+            if m.explain
+        )
+        + "</p>"
     )
     return _rows(rows) + explain
 

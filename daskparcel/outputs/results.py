@@ -29,7 +29,6 @@ Everything is written to ``DIR.partial`` first and moved into place at the end: 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import shutil
@@ -47,20 +46,11 @@ import xarray as xr
 from daskparcel import __version__
 from daskparcel.errors import InputError
 from daskparcel.estimator import Parcellations
+from daskparcel.outputs.record import FILES, FitRecord
 from daskparcel.store.runs import replace_dir
 
 logger = logging.getLogger(__name__)
 
-FILES = {
-    "labels": "labels.nii.gz",
-    "mask": "mask.nii.gz",
-    "mean": "mean.nii.gz",
-    "compressed_mean": "compressed_mean.nii.gz",
-    "r2": "r2.nii.gz",
-    "parcel_signals": "parcel_signals.zarr",
-    "fit": "fit.json",
-    "report": "report.html",
-}
 PACKAGES = (
     "daskparcel",
     "dask",
@@ -219,14 +209,13 @@ def write_fit_outputs(
         runs = store.runs
         ds_runs = store.run_signals("cleaned")
         timings["outputs"] = time.perf_counter() - t0
-        doc: dict[str, Any] = {
-            "schema": 1,
-            "daskparcel_version": __version__,
-            "versions": versions(),
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "inputs": inputs if inputs is not None else _describe_inputs(imgs),
-            "parameters": json_parameters(est),
-            "data": {
+        record = FitRecord(
+            daskparcel_version=__version__,
+            versions=versions(),
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            inputs=inputs if inputs is not None else _describe_inputs(imgs),
+            parameters=json_parameters(est),
+            data={
                 "shape": list(mask.shape),
                 "voxel_size": [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))],
                 "t_r": store.params.t_r,
@@ -235,8 +224,8 @@ def write_fit_outputs(
                 "n_volumes": [int(r.sizes["time"]) for r in ds_runs],
                 "voxels_in_mask": int(mask.sum()),
             },
-            "timings": {k: round(float(v), 3) for k, v in timings.items()},
-            "metrics": {
+            timings={k: round(float(v), 3) for k, v in timings.items()},
+            metrics={
                 "compression_r2": float(r2_value),
                 "n_parcels": int(est.n_parcels),
                 "sizes": {
@@ -249,10 +238,11 @@ def write_fit_outputs(
                 "contiguity": float(contig.fraction),
                 "disconnected_parcels": [int(p) for p in contig.disconnected],
             },
-            "files": dict(FILES),
-        }
-        doc["bids"] = _write_bids(est, inputs or imgs, doc, partial, parcel_signals, kinds)
-        (partial / FILES["fit"]).write_text(json.dumps(doc, indent=1))
+        )
+        doc = record.to_dict()
+        record.bids = _write_bids(est, inputs or imgs, doc, partial, parcel_signals, kinds)
+        record.write(partial)
+        doc = record.to_dict()
         if report:
             from daskparcel.outputs.report import write_report
 

@@ -130,6 +130,28 @@ def run_mask(
     return np.asarray(result, dtype=bool)
 
 
+def run_voxel_signals(
+    run: RunInput,
+    mask: np.ndarray,
+    affine: np.ndarray,
+    smoothing_fwhm: Any,
+    stored: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """A run's smoothed signals in the mask (voxel, time): ``stored`` (from the signals store) when given,
+    else smoothed and masked lazily from its images, after checking it is on the mask's grid."""
+    from daskparcel._checks import same_grid
+
+    if not same_grid(run.data["bold"].shape[:3], run.data.attrs["affine"], mask.shape, affine):
+        raise InputError(
+            f"{run.name}: its grid {run.data['bold'].shape[:3]} differs from the fitted mask's "
+            f"{mask.shape}; resample it to the fitted grid (nilearn.image.resample_to_img)"
+        )
+    if stored is not None:
+        return stored
+    smoothed = smooth_bold(run.data["bold"], affine, smoothing_fwhm)
+    return xr.DataArray(voxel_signals(smoothed, mask), dims=("voxel", "time"))
+
+
 def voxel_signals(bold: xr.DataArray, mask: np.ndarray) -> da.Array:
     """The mask's voxels of a volume-chunked run: (voxel, time), chunks (all voxels, the run's time blocks)."""
     data = bold.transpose("x", "y", "z", "t").data

@@ -57,13 +57,31 @@ LAYOUT = 3
 class CleanParams:
     """The parameters that shape the signals (nilearn's names and defaults of ``Parcellations``)."""
 
-    smoothing_fwhm: float | None = 4.0
+    smoothing_fwhm: float | str | tuple[float | None, ...] | None = 4.0
     detrend: bool = False
     standardize: Any = False
     standardize_confounds: bool = True
     low_pass: float | None = None
     high_pass: float | None = None
     t_r: float | None = None
+
+    @classmethod
+    def of(cls, params: dict[str, Any], t_r: float | None) -> CleanParams:
+        """The parameters among an estimator's ``get_params()`` that shape the signals, with the TR."""
+        fwhm = params["smoothing_fwhm"]
+        if isinstance(fwhm, list | tuple):
+            fwhm = tuple(fwhm)
+        elif fwhm is not None and not isinstance(fwhm, str):
+            fwhm = float(fwhm)
+        return cls(
+            smoothing_fwhm=fwhm,
+            detrend=bool(params["detrend"]),
+            standardize=params["standardize"],
+            standardize_confounds=bool(params["standardize_confounds"]),
+            low_pass=params["low_pass"],
+            high_pass=params["high_pass"],
+            t_r=t_r,
+        )
 
     def standardize_value(self) -> Any:
         # nilearn >= 0.13: True means "zscore_sample", False means None

@@ -1,0 +1,182 @@
+"""The fit record behind ``fit.json``: one dataclass, the fit folder's file names, and the quality metrics,
+each listed once (where it sits in the record, its label, how it is shown).
+
+The writer (:mod:`daskparcel.outputs.results`), the report, the CLI summary and the demo table all read the
+metrics from :data:`METRICS`: a new metric is its function in :mod:`daskparcel.metrics`, the line that stores it
+in ``write_fit_outputs`` and one entry here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daskparcel.errors import InputError
+
+SCHEMA = 1
+
+#: The files of a fit folder (beside its BIDS files), by role.
+FILES: dict[str, str] = {
+    "labels": "labels.nii.gz",
+    "mask": "mask.nii.gz",
+    "mean": "mean.nii.gz",
+    "compressed_mean": "compressed_mean.nii.gz",
+    "r2": "r2.nii.gz",
+    "parcel_signals": "parcel_signals.zarr",
+    "fit": "fit.json",
+    "report": "report.html",
+}
+
+
+def _float(digits: int) -> Callable[[Any], str]:
+    return lambda v: f"{float(v):.{digits}f}"
+
+
+def _int(v: Any) -> str:
+    return f"{int(v):,}"
+
+
+def _percent(v: Any) -> str:
+    return f"{100 * float(v):.1f} %"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A quality figure of a fit: its place in ``fit.json``'s metrics (a dotted key), label and format."""
+
+    key: str
+    label: str
+    fmt: Callable[[Any], str]
+    #: Its short name in one-line summaries (CLI, demo); None: not in summaries.
+    short: str | None = None
+    explain: str = ""
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("n_parcels", "parcels", _int),
+    Metric(
+        "compression_r2",
+        "compression R\u00b2",
+        _float(3),
+        "R2",
+        "the fraction of the variance of the cleaned voxel signals explained by their parcel's mean",
+    ),
+    Metric(
+        "homogeneity",
+        "homogeneity",
+        _float(3),
+        "homogeneity",
+        "the size-weighted mean correlation between the voxels of a parcel (Schaefer et al. 2018)",
+    ),
+    Metric("sizes.cv", "parcel size: coefficient of variation", _float(2), "size cv"),
+    Metric("sizes.largest", "largest parcel (voxels)", _int),
+    Metric("sizes.smallest", "smallest parcel (voxels)", _int),
+    Metric("sizes.median", "median parcel size (voxels)", _float(1)),
+    Metric("sizes.singletons", "singleton parcels (1 voxel)", _int),
+    Metric(
+        "contiguity",
+        "contiguity",
+        _percent,
+        "contiguity",
+        "the fraction of parcels that are one 6-connected region of the grid",
+    ),
+)
+
+
+def metric_value(metrics: Mapping[str, Any], key: str) -> Any:
+    """The value at a dotted ``key`` of a metrics mapping, or None when it is not recorded."""
+    value: Any = metrics
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def shown(metrics: Mapping[str, Any], metric: Metric) -> str:
+    """A metric as the report and the summaries show it ("not recorded" when absent)."""
+    value = metric_value(metrics, metric.key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "not recorded"
+    if value != value:  # NaN
+        return "NaN"
+    return metric.fmt(value)
+
+
+def summary_line(metrics: Mapping[str, Any]) -> str:
+    """The metrics of one-line summaries, e.g. ``R2 0.512, size cv 0.83, contiguity 100.0 %``."""
+    return ", ".join(
+        f"{m.short} {shown(metrics, m)}"
+        for m in METRICS
+        if m.short and metric_value(metrics, m.key) is not None
+    )
+
+
+@dataclass
+class FitRecord:
+    """What ``fit.json`` holds (schema :data:`SCHEMA`)."""
+
+    daskparcel_version: str
+    versions: dict[str, str]
+    created: str
+    inputs: list[str]
+    parameters: dict[str, Any]
+    data: dict[str, Any]
+    timings: dict[str, float]
+    metrics: dict[str, Any]
+    files: dict[str, str] = field(default_factory=lambda: dict(FILES))
+    bids: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, folder: str | os.PathLike[str]) -> Path:
+        path = Path(folder) / FILES["fit"]
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike[str]) -> FitRecord:
+        """The record of a fit folder; an InputError naming the folder when it has none or it is damaged."""
+        folder = Path(folder)
+        path = folder / FILES["fit"]
+        if not path.is_file():
+            raise InputError(
+                f"{folder}: not a daskparcel fit folder (no {FILES['fit']}); run daskparcel fit ... --out DIR "
+                "to make one"
+            )
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(
+                f"{path}: unreadable fit record ({type(exc).__name__}: {exc}); re-run daskparcel fit to "
+                "write it again"
+            ) from None
+        if not isinstance(doc, dict):
+            raise InputError(f"{path}: not a fit record (a JSON object); re-run daskparcel fit")
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in doc.items() if k in names}
+        defaults: dict[str, Any] = {
+            "daskparcel_version": "",
+            "versions": {},
+            "created": "",
+            "inputs": [],
+            "parameters": {},
+            "data": {},
+            "timings": {},
+            "metrics": {},
+        }
+        for key, value in defaults.items():
+            if not isinstance(known.get(key, value), type(value)):
+                raise InputError(
+                    f"{path}: its {key!r} is a {type(known[key]).__name__}, not a "
+                    f"{type(value).__name__}; re-run daskparcel fit to write it again"
+                )
+            known.setdefault(key, value)
+        return cls(**known)
