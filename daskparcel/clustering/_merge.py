@@ -1,0 +1,426 @@
+"""The compiled merge loops of the agglomerative methods (scikit-learn's ``ward_tree`` / ``linkage_tree``
+with a connectivity, in numba), and the tree cut. They keep scikit-learn's arithmetic and a binary heap that
+follows CPython's ``heapq`` step by step, so ties break as scikit-learn breaks them.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# --------------------------------------------------------------------------------------------------
+# A binary heap that reproduces CPython's heapq (heappush / heappop / heapify) operation by operation.
+# Entries are (weight, a, b). ``lexi`` selects the comparison: scikit-learn's ward heap holds tuples
+# (compared lexicographically), its linkage heap holds WeightedEdge objects (compared by weight only).
+
+
+@numba.njit(cache=True, inline="always")
+def _lt(w1: float, a1: int, b1: int, w2: float, a2: int, b2: int, lexi: bool) -> bool:
+    if not lexi:
+        return w1 < w2
+    if w1 != w2:
+        return w1 < w2
+    if a1 != a2:
+        return a1 < a2
+    return b1 < b2
+
+
+@numba.njit(cache=True)
+def _siftdown(hw, ha, hb, startpos, pos, lexi):
+    nw, na, nb = hw[pos], ha[pos], hb[pos]
+    while pos > startpos:
+        parentpos = (pos - 1) >> 1
+        if _lt(nw, na, nb, hw[parentpos], ha[parentpos], hb[parentpos], lexi):
+            hw[pos], ha[pos], hb[pos] = hw[parentpos], ha[parentpos], hb[parentpos]
+            pos = parentpos
+            continue
+        break
+    hw[pos], ha[pos], hb[pos] = nw, na, nb
+
+
+@numba.njit(cache=True)
+def _siftup(hw, ha, hb, size, pos, lexi):
+    startpos = pos
+    nw, na, nb = hw[pos], ha[pos], hb[pos]
+    childpos = 2 * pos + 1
+    while childpos < size:
+        rightpos = childpos + 1
+        if rightpos < size and not _lt(
+            hw[childpos], ha[childpos], hb[childpos], hw[rightpos], ha[rightpos], hb[rightpos], lexi
+        ):
+            childpos = rightpos
+        hw[pos], ha[pos], hb[pos] = hw[childpos], ha[childpos], hb[childpos]
+        pos = childpos
+        childpos = 2 * pos + 1
+    hw[pos], ha[pos], hb[pos] = nw, na, nb
+    _siftdown(hw, ha, hb, startpos, pos, lexi)
+
+
+@numba.njit(cache=True)
+def _grow_f(arr, need):
+    if need <= arr.shape[0]:
+        return arr
+    new = np.empty(max(need, 2 * arr.shape[0]), dtype=arr.dtype)
+    new[: arr.shape[0]] = arr
+    return new
+
+
+@numba.njit(cache=True)
+def _grow_i(arr, need):
+    if need <= arr.shape[0]:
+        return arr
+    new = np.empty(max(need, 2 * arr.shape[0]), dtype=arr.dtype)
+    new[: arr.shape[0]] = arr
+    return new
+
+
+@numba.njit(cache=True)
+def _ward_pair(m1, m2, slot, row, col):
+    # scikit-learn's compute_ward_dist, operation for operation.
+    n = (m1[row] * m1[col]) / (m1[row] + m1[col])
+    sr = slot[row]
+    sc = slot[col]
+    pa = 0.0
+    for f in range(m2.shape[1]):
+        d = m2[sr, f] / m1[row] - m2[sc, f] / m1[col]
+        pa += d * d
+    return pa * n
+
+
+@numba.njit(cache=True)
+def ward_loop(indptr, indices, x, weights):
+    """scikit-learn's ward_tree merge loop (with connectivity). Returns children, inertias."""
+    n = indptr.shape[0] - 1
+    n_nodes = 2 * n - 1
+    n_features = x.shape[1]
+    m1 = np.zeros(n_nodes)
+    m1[:n] = weights
+    # moments of order 2, stored in slots: a merged node reuses its first child's slot
+    m2 = np.empty((n, n_features))
+    for i in range(n):
+        for f in range(n_features):
+            m2[i, f] = x[i, f] * weights[i] if weights[i] != 1.0 else x[i, f]
+    slot = np.empty(n_nodes, dtype=np.int64)
+    slot[:n] = np.arange(n)
+
+    # adjacency lists in one pool (start, length, capacity per node)
+    cap0 = indices.shape[0] + 16
+    pool = np.empty(2 * cap0, dtype=np.int64)
+    start = np.zeros(n_nodes, dtype=np.int64)
+    length = np.zeros(n_nodes, dtype=np.int64)
+    capac = np.zeros(n_nodes, dtype=np.int64)
+    top = 0
+    for i in range(n):
+        d = indptr[i + 1] - indptr[i]
+        start[i] = top
+        length[i] = d
+        capac[i] = d
+        pool[top : top + d] = indices[indptr[i] : indptr[i + 1]]
+        top += d
+
+    # initial heap: (inertia, ind, r) for r < ind, in CSR order, then heapify
+    m = 0
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] < i:
+                m += 1
+    hcap = max(16, 2 * m)
+    hw = np.empty(hcap)
+    ha = np.empty(hcap, dtype=np.int64)
+    hb = np.empty(hcap, dtype=np.int64)
+    size = 0
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            if j < i:
+                hw[size] = _ward_pair(m1, m2, slot, i, j)
+                ha[size] = i
+                hb[size] = j
+                size += 1
+    for i in range(size // 2 - 1, -1, -1):
+        _siftup(hw, ha, hb, size, i, True)
+
+    parent = np.arange(n_nodes, dtype=np.int64)
+    root = np.arange(n_nodes, dtype=np.int64)  # path-compressed copy of parent, for head lookups
+    used = np.ones(n_nodes, dtype=np.bool_)
+    visited_stamp = np.full(n_nodes, -1, dtype=np.int64)
+    children = np.empty((n - 1, 2), dtype=np.int64)
+    inertias = np.empty(n - 1)
+    buf = np.empty(64, dtype=np.int64)
+    n_merges = 0
+    for k in range(n, n_nodes):
+        # identify the merge
+        found = False
+        inert = 0.0
+        i = 0
+        j = 0
+        while size > 0:
+            size -= 1
+            lw, la, lb = hw[size], ha[size], hb[size]
+            if size > 0:
+                inert, i, j = hw[0], ha[0], hb[0]
+                hw[0], ha[0], hb[0] = lw, la, lb
+                _siftup(hw, ha, hb, size, 0, True)
+            else:
+                inert, i, j = lw, la, lb
+            if used[i] and used[j]:
+                found = True
+                break
+        if not found:
+            break  # the graph is not connected: the tree is a forest
+        parent[i] = k
+        parent[j] = k
+        root[i] = k
+        root[j] = k
+        children[n_merges, 0] = j  # scikit-learn reverses (i, j) at the end
+        children[n_merges, 1] = i
+        inertias[n_merges] = inert
+        n_merges += 1
+        used[i] = False
+        used[j] = False
+        m1[k] = m1[i] + m1[j]
+        si = slot[i]
+        sj = slot[j]
+        for f in range(n_features):
+            m2[si, f] = m2[si, f] + m2[sj, f]
+        slot[k] = si
+
+        # heads of the neighbours of i and j
+        visited_stamp[k] = k
+        nb = 0
+        for src in (i, j):
+            for p in range(start[src], start[src] + length[src]):
+                node = pool[p]
+                r = node
+                while root[r] != r:
+                    r = root[r]
+                # path compression
+                while root[node] != r:
+                    nxt = root[node]
+                    root[node] = r
+                    node = nxt
+                if visited_stamp[r] != k:
+                    visited_stamp[r] = k
+                    if nb >= buf.shape[0]:
+                        buf = _grow_i(buf, nb + 1)
+                    buf[nb] = r
+                    nb += 1
+        # A[k] = heads; A[col].append(k)
+        pool = _grow_i(pool, top + nb)
+        start[k] = top
+        length[k] = nb
+        capac[k] = nb
+        pool[top : top + nb] = buf[:nb]
+        top += nb
+        for q in range(nb):
+            col = buf[q]
+            if length[col] == capac[col]:
+                newcap = 2 * capac[col] + 4
+                pool = _grow_i(pool, top + newcap)
+                pool[top : top + length[col]] = pool[start[col] : start[col] + length[col]]
+                start[col] = top
+                capac[col] = newcap
+                top += newcap
+            pool[start[col] + length[col]] = k
+            length[col] += 1
+        # push the new inertias
+        if size + nb > hw.shape[0]:
+            hw = _grow_f(hw, size + nb)
+            ha = _grow_i(ha, size + nb)
+            hb = _grow_i(hb, size + nb)
+        for q in range(nb):
+            col = buf[q]
+            hw[size] = _ward_pair(m1, m2, slot, k, col)
+            ha[size] = k
+            hb[size] = col
+            size += 1
+            _siftdown(hw, ha, hb, 0, size - 1, True)
+    return children[:n_merges], inertias[:n_merges]
+
+
+@numba.njit(cache=True)
+def linkage_loop(indptr, indices, dist, method):
+    """scikit-learn's linkage_tree merge loop for complete (1) / average (2) linkage."""
+    n = indptr.shape[0] - 1
+    n_nodes = 2 * n - 1
+    nnz = indices.shape[0]
+    kpool = np.empty(2 * nnz + 16, dtype=np.int64)
+    vpool = np.empty(2 * nnz + 16)
+    start = np.zeros(n_nodes, dtype=np.int64)
+    length = np.zeros(n_nodes, dtype=np.int64)
+    capac = np.zeros(n_nodes, dtype=np.int64)
+    top = 0
+    for i in range(n):
+        d = indptr[i + 1] - indptr[i]
+        start[i] = top
+        length[i] = d
+        capac[i] = d
+        kpool[top : top + d] = indices[indptr[i] : indptr[i + 1]]
+        vpool[top : top + d] = dist[indptr[i] : indptr[i + 1]]
+        top += d
+    m = 0
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] < i:
+                m += 1
+    hcap = max(16, 2 * m)
+    hw = np.empty(hcap)
+    ha = np.empty(hcap, dtype=np.int64)
+    hb = np.empty(hcap, dtype=np.int64)
+    size = 0
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] < i:
+                hw[size] = dist[p]
+                ha[size] = i
+                hb[size] = indices[p]
+                size += 1
+    for i in range(size // 2 - 1, -1, -1):
+        _siftup(hw, ha, hb, size, i, False)
+
+    used = np.ones(n_nodes, dtype=np.int64)
+    children = np.empty((n - 1, 2), dtype=np.int64)
+    distances = np.empty(n - 1)
+    bk = np.empty(64, dtype=np.int64)
+    bv = np.empty(64)
+    n_merges = 0
+    for k in range(n, n_nodes):
+        found = False
+        w = 0.0
+        i = 0
+        j = 0
+        while size > 0:
+            size -= 1
+            lw, la, lb = hw[size], ha[size], hb[size]
+            if size > 0:
+                w, i, j = hw[0], ha[0], hb[0]
+                hw[0], ha[0], hb[0] = lw, la, lb
+                _siftup(hw, ha, hb, size, 0, False)
+            else:
+                w, i, j = lw, la, lb
+            if used[i] != 0 and used[j] != 0:
+                found = True
+                break
+        if not found:
+            break
+        distances[n_merges] = w
+        children[n_merges, 0] = j
+        children[n_merges, 1] = i
+        n_merges += 1
+        n_i = used[i]
+        n_j = used[j]
+        used[k] = n_i + n_j
+        used[i] = 0
+        used[j] = 0
+        n_out = float(n_i + n_j)
+        # merge the two sorted dicts A[i] (a) and A[j] (b), skipping merged keys
+        need = length[i] + length[j]
+        if need > bk.shape[0]:
+            bk = _grow_i(bk, need)
+            bv = _grow_f(bv, need)
+        nb = 0
+        pa = start[i]
+        ea = start[i] + length[i]
+        pb = start[j]
+        eb = start[j] + length[j]
+        while pa < ea or pb < eb:
+            if pb >= eb or (pa < ea and kpool[pa] < kpool[pb]):
+                key = kpool[pa]
+                if used[key] != 0:
+                    bk[nb] = key
+                    bv[nb] = vpool[pa]
+                    nb += 1
+                pa += 1
+            elif pa >= ea or kpool[pb] < kpool[pa]:
+                key = kpool[pb]
+                if used[key] != 0:
+                    bk[nb] = key
+                    bv[nb] = vpool[pb]
+                    nb += 1
+                pb += 1
+            else:
+                key = kpool[pa]
+                if used[key] != 0:
+                    va = vpool[pa]
+                    vb = vpool[pb]
+                    bk[nb] = key
+                    if method == 1:
+                        bv[nb] = max(va, vb)
+                    else:
+                        bv[nb] = (n_i * va + n_j * vb) / n_out
+                    nb += 1
+                pa += 1
+                pb += 1
+        # A[k] = merged; A[col].append(k, d); push (d, k, col) in key order
+        kpool = _grow_i(kpool, top + nb)
+        vpool = _grow_f(vpool, top + nb)
+        start[k] = top
+        length[k] = nb
+        capac[k] = nb
+        kpool[top : top + nb] = bk[:nb]
+        vpool[top : top + nb] = bv[:nb]
+        top += nb
+        if size + nb > hw.shape[0]:
+            hw = _grow_f(hw, size + nb)
+            ha = _grow_i(ha, size + nb)
+            hb = _grow_i(hb, size + nb)
+        for q in range(nb):
+            col = bk[q]
+            d = bv[q]
+            if length[col] == capac[col]:
+                newcap = 2 * capac[col] + 4
+                kpool = _grow_i(kpool, top + newcap)
+                vpool = _grow_f(vpool, top + newcap)
+                kpool[top : top + length[col]] = kpool[start[col] : start[col] + length[col]]
+                vpool[top : top + length[col]] = vpool[start[col] : start[col] + length[col]]
+                start[col] = top
+                capac[col] = newcap
+                top += newcap
+            kpool[start[col] + length[col]] = k
+            vpool[start[col] + length[col]] = d
+            length[col] += 1
+            hw[size] = d
+            ha[size] = k
+            hb[size] = col
+            size += 1
+            _siftdown(hw, ha, hb, 0, size - 1, False)
+    return children[:n_merges], distances[:n_merges]
+
+
+@numba.njit(cache=True)
+def cut(children, n_leaves, merge_comp, n_merges_per_comp):
+    """Partition after the first ``n_merges_per_comp[c]`` merges of each component ``c``."""
+    n_nodes = n_leaves + children.shape[0]
+    parent = np.arange(n_nodes, dtype=np.int64)
+    done = np.zeros(n_merges_per_comp.shape[0], dtype=np.int64)
+    for m in range(children.shape[0]):
+        c = merge_comp[m]
+        if done[c] < n_merges_per_comp[c]:
+            parent[children[m, 0]] = n_leaves + m
+            parent[children[m, 1]] = n_leaves + m
+            done[c] += 1
+    labels = np.full(n_leaves, -1, dtype=np.int64)
+    head_label = np.full(n_nodes, -1, dtype=np.int64)
+    nxt = 0
+    for v in range(n_leaves):
+        r = v
+        while parent[r] != r:
+            r = parent[r]
+        if head_label[r] < 0:
+            head_label[r] = nxt
+            nxt += 1
+        labels[v] = head_label[r]
+    return labels
+
+
+@numba.njit(cache=True)
+def merge_components(children, leaf_comp):
+    n = leaf_comp.shape[0]
+    node_comp = np.empty(n + children.shape[0], dtype=np.int64)
+    node_comp[:n] = leaf_comp
+    out = np.empty(children.shape[0], dtype=np.int64)
+    for m in range(children.shape[0]):
+        c = node_comp[children[m, 0]]
+        node_comp[n + m] = c
+        out[m] = c
+    return out
