@@ -88,25 +88,73 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------------- fit / transform
-def _add_preprocessing(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("preprocessing (nilearn's names and defaults)")
-    g.add_argument(
-        "--smoothing-fwhm", type=float, default=4.0, help="FWHM in mm (0: none; default 4)"
+def _add_parameters(p: argparse.ArgumentParser, command: str) -> None:
+    """One flag per estimator parameter of the table shared with job files (``daskparcel.jobs.PARAMETERS``).
+
+    Every flag defaults to None, "not given": the estimator's default applies, or for ``transform --labels
+    FITDIR`` the value saved in the fit folder's fit.json.
+    """
+    from daskparcel.jobs import PARAMETERS
+
+    g = p.add_argument_group(
+        "parameters of daskparcel.Parcellations (nilearn's names and defaults)"
     )
-    g.add_argument(
-        "--standardize",
-        default="none",
-        choices=["none", "zscore_sample", "zscore", "psc"],
-        help="standardize each voxel's time series (default: none)",
-    )
-    g.add_argument("--detrend", action="store_true", help="remove linear trends")
-    g.add_argument("--low-pass", type=float, help="low-pass cut-off (Hz)")
-    g.add_argument("--high-pass", type=float, help="high-pass cut-off (Hz)")
-    g.add_argument("--t-r", type=float, help="repetition time (s); default: from the headers")
+    for param in PARAMETERS:
+        if command == "transform" and not (param.preprocessing or param.transform):
+            continue
+        kwargs: dict[str, Any] = {"help": param.help, "default": None}
+        if param.kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif param.kind == "strings":
+            kwargs["nargs"] = "*"
+        elif param.kind == "choice":
+            kwargs["metavar"] = "{" + ",".join(param.choices) + "}"
+        if param.name == "method":
+            kwargs["required"] = True
+        g.add_argument(param.flag, **kwargs)
     g.add_argument("--confounds", nargs="*", help="confounds TSV files, one per input run")
-    g.add_argument(
-        "--confounds-columns", nargs="*", help="columns of the confounds files (names or globs)"
-    )
+
+
+def _parameters(
+    args: argparse.Namespace, command: str, saved: dict[str, Any] | None = None, source: str = ""
+) -> dict[str, Any]:
+    """The parameters given on the command line, checked; for ``transform``, the fit's saved preprocessing
+    parameters where none is given."""
+    from daskparcel.jobs import PARAMETERS
+
+    params: dict[str, Any] = {}
+    for param in PARAMETERS:
+        text = getattr(args, param.name, None)
+        if text is not None:
+            params[param.name] = param.from_cli(text)
+        elif saved is not None and param.preprocessing and param.name in saved:
+            try:
+                params[param.name] = param.check(saved[param.name])
+            except ValueError as exc:
+                raise InputError(
+                    f"{source}: parameters.{param.name}: {saved[param.name]!r} {exc}; re-run `daskparcel fit`, "
+                    f"or give {param.flag}"
+                ) from exc
+    log_verbose: int = getattr(args, "log_verbose", 0)
+    if "verbose" not in params and log_verbose:
+        params["verbose"] = min(log_verbose, 2)
+    return params
+
+
+def _check_out(out: str, *, overwrite: bool) -> Path:
+    """An output location: not the current folder, not a file, empty unless --overwrite, writable."""
+    from daskparcel.jobs import check_writable
+    from daskparcel.results import check_out_dir
+
+    path = Path(out)
+    resolved = path.resolve()
+    if resolved == Path.cwd() or resolved in Path.cwd().parents:
+        raise InputError(
+            f"--out {out}: is the current folder (or a folder above it); give a new folder, e.g. --out results"
+        )
+    path = check_out_dir(path, overwrite=overwrite)
+    check_writable(path, "--out")
+    return path
 
 
 def _add_where(p: argparse.ArgumentParser) -> None:
@@ -151,36 +199,20 @@ def _where(args: argparse.Namespace) -> Any:
     return args.scheduler or args.cluster
 
 
-def _params(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "smoothing_fwhm": args.smoothing_fwhm or None,
-        "standardize": None if args.standardize == "none" else args.standardize,
-        "detrend": args.detrend,
-        "low_pass": args.low_pass,
-        "high_pass": args.high_pass,
-        "t_r": args.t_r,
-        "confounds_columns": args.confounds_columns,
-        "client": _where(args),
-    }
-
-
 @command("fit")
 def _fit(args: argparse.Namespace) -> int:
     from daskparcel.estimator import Parcellations
-    from daskparcel.results import check_out_dir, write_fit_outputs
+    from daskparcel.jobs import check_writable, estimator_kwargs
+    from daskparcel.results import write_fit_outputs
 
-    out = check_out_dir(args.out, overwrite=args.overwrite)
-    imgs = _inputs(args)
+    out = _check_out(args.out, overwrite=args.overwrite)
+    if args.store is not None:
+        check_writable(args.store, "--store")
     est = Parcellations(
-        method=args.method,
-        n_parcels=args.n_parcels,
-        random_state=args.random_state,
-        mask=args.mask,
-        mask_strategy=args.mask_strategy,
-        n_components=args.n_components,
-        store=args.store,
-        **_params(args),
+        **estimator_kwargs(_parameters(args, "fit")), store=args.store, client=_where(args)
     )
+    est._validate_params()
+    imgs = _inputs(args)
     with _progress(args):
         est.fit(imgs, confounds=args.confounds_resolved)
         doc = write_fit_outputs(
@@ -193,7 +225,7 @@ def _fit(args: argparse.Namespace) -> int:
         )
     m = doc["metrics"]
     print(
-        f"{args.method} {args.n_parcels} parcels on {doc['data']['n_runs']} run(s), "
+        f"{est.method} {est.n_parcels} parcels on {doc['data']['n_runs']} run(s), "
         f"{doc['data']['voxels_in_mask']} voxels: fit {doc['timings']['total']:.1f} s, "
         f"compression R2 {m['compression_r2']:.3f}, size cv {m['sizes']['cv']:.2f}, "
         f"contiguity {m['contiguity']:.2f}\nwritten to {out} (labels.nii.gz, report.html, fit.json, ...)"
@@ -209,28 +241,12 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     )
     _add_inputs(p)
     p.add_argument(
-        "--method",
-        required=True,
-        choices=["kmeans", "hierarchical_kmeans", "ward", "complete", "average", "rena"],
-    )
-    p.add_argument("--n-parcels", type=int, default=50, help="number of parcels (default 50)")
-    p.add_argument("--random-state", type=int, default=0)
-    p.add_argument(
-        "--n-components", type=int, default=200, help="components of the reduction (default 200)"
-    )
-    p.add_argument("--mask", help="a mask image (default: computed by --mask-strategy)")
-    p.add_argument(
-        "--mask-strategy",
-        default="epi",
-        help="epi, background, whole-brain-template, gm-template, wm-template",
-    )
-    p.add_argument(
         "--store", help="folder of the cached stores (reused by later fits; default: temporary)"
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_preprocessing(p)
+    _add_parameters(p, "fit")
     _add_where(p)
 
 
@@ -241,35 +257,30 @@ def _transform(args: argparse.Namespace) -> int:
     import xarray as xr
 
     from daskparcel.estimator import Parcellations
-    from daskparcel.results import check_out_dir
+    from daskparcel.jobs import estimator_kwargs
     from daskparcel.store import replace_dir
 
-    out = check_out_dir(args.out, overwrite=args.overwrite)
+    out = _check_out(args.out, overwrite=args.overwrite)
     labels = Path(args.labels)
     mask = args.mask
+    saved: dict[str, Any] | None = None
+    source = ""
     if labels.is_dir():  # a fit folder: its labels, mask and preprocessing parameters
-        import json
-
         fit_json = labels / "fit.json"
         if not fit_json.exists():
             raise InputError(
                 f"{labels}: not a daskparcel fit folder (no fit.json); give labels.nii.gz or a fit folder"
             )
+        saved, source = _saved_parameters(fit_json), str(fit_json)
         mask = mask or str(labels / "mask.nii.gz")
         labels = labels / "labels.nii.gz"
-        saved = json.loads(fit_json.read_text())["parameters"]
-        for name in ("smoothing_fwhm", "standardize", "detrend", "low_pass", "high_pass", "t_r"):
-            if getattr(args, name) in (None, False, "none") and saved.get(name) not in (
-                None,
-                False,
-            ):
-                setattr(args, name, saved[name])
     if not labels.exists():
         raise InputError(
             f"{labels}: no such labels image; give the labels.nii.gz of `daskparcel fit`"
         )
+    params = _parameters(args, "transform", saved, source)
+    est = Parcellations.from_labels(labels, mask, **estimator_kwargs(params), client=_where(args))
     imgs = _inputs(args)
-    est = Parcellations.from_labels(labels, mask, **_params(args))
     from daskparcel.runtime import connect
 
     partial = out.with_name(out.name + ".partial")
@@ -292,6 +303,24 @@ def _transform(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _saved_parameters(fit_json: Path) -> dict[str, Any]:
+    """The ``parameters`` of a fit folder's fit.json; a one-line InputError when it cannot be read."""
+    import json
+
+    try:
+        doc = json.loads(fit_json.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"{fit_json}: not a readable fit.json ({exc}); re-run `daskparcel fit`, or give --labels labels.nii.gz"
+        ) from exc
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    if not isinstance(params, dict):
+        raise InputError(
+            f"{fit_json}: has no 'parameters' mapping; re-run `daskparcel fit`, or give --labels labels.nii.gz"
+        )
+    return params
+
+
 def _add_transform(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "transform",
@@ -306,7 +335,7 @@ def _add_transform(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the zarr store to write")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_preprocessing(p)
+    _add_parameters(p, "transform")
     _add_where(p)
 
 
@@ -405,7 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"daskparcel {__version__}")
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        dest="log_verbose",
+        help="more log lines (-vv: debug)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -419,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``daskparcel`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.log_verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         return _COMMANDS[args.command](args)

@@ -471,15 +471,30 @@ class Parcellations(TransformerMixin, BaseEstimator):
         **params
             Parameters of the estimator (smoothing and cleaning of ``transform``).
         """
-        labels_img = (
-            nib.load(labels_img) if isinstance(labels_img, str | os.PathLike) else labels_img
-        )
-        volume = np.asarray(labels_img.dataobj)
+        name = str(labels_img) if isinstance(labels_img, str | os.PathLike) else "labels_img"
+        if isinstance(labels_img, str | os.PathLike):
+            try:
+                labels_img = nib.load(labels_img)
+                volume = np.asarray(labels_img.dataobj)
+            except Exception as exc:  # empty, truncated, not an image: nibabel's errors vary
+                raise InputError(
+                    f"{name}: not a readable NIfTI labels image ({type(exc).__name__}); give the "
+                    "labels.nii.gz of `daskparcel fit` or an integer atlas"
+                ) from exc
+        else:
+            volume = np.asarray(labels_img.dataobj)
         if volume.ndim != 3 or (
             not np.issubdtype(volume.dtype, np.integer) and not np.all(volume == np.round(volume))
         ):
-            raise InputError("labels_img: give a 3D image of integer labels (0 = background, 1..K)")
+            raise InputError(
+                f"{name}: a {volume.ndim}D {volume.dtype} image; give a 3D image of integer labels "
+                "(0 = background, 1..K)"
+            )
         volume = volume.astype(np.int64)
+        if volume.min() < 0:
+            raise InputError(
+                f"{name}: negative labels (down to {volume.min()}); give labels 0 = background, 1..K"
+            )
         if mask_img is not None:
             mask_img = nib.load(mask_img) if isinstance(mask_img, str | os.PathLike) else mask_img
             mask = np.asarray(mask_img.dataobj) > 0
@@ -493,7 +508,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         n = int(values.max()) if values.size else 0
         if n < 1 or values.min() < 0 or len(np.unique(values[values > 0])) != n:
             raise InputError(
-                "labels_img: labels must be 1..K with every label present (0 = background)"
+                f"{name}: labels must be 1..K with every label present (0 = background); "
+                f"found {values.min() if values.size else 'no'} to {n}"
             )
         est = cls(n_parcels=n, **params)
         i, j, k = np.nonzero(mask)
@@ -785,6 +801,15 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
                 f"imgs: cannot use a {type(item).__name__} as a run; give NIfTI paths, globs, nibabel images, "
                 "xarray Datasets, stores or a BIDS folder"
             )
+    # the same data twice would count a run twice: refused, as convert does
+    seen: dict[str, RunInput] = {}
+    for run in runs:
+        if run.identity in seen:
+            raise InputError(
+                f"{run.nifti or run.name}: given twice (same file or same data as "
+                f"{seen[run.identity].nifti or seen[run.identity].name}); give each run once"
+            )
+        seen[run.identity] = run
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         for index, run in enumerate(runs):
