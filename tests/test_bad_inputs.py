@@ -144,6 +144,14 @@ def _confounds_tsv(tmp: Path) -> dict[str, Any]:
     return files
 
 
+def _confounds_text(tmp: Path) -> dict[str, Any]:
+    files = _run(tmp)
+    tsv = tmp / "sub-01_desc-confounds_timeseries.tsv"
+    tsv.write_text("csf\tnote\n" + "\n".join(f"{i}\tvolume {i}" for i in range(30)) + "\n")
+    files["tsv"] = tsv
+    return files
+
+
 def _job(tmp: Path, content: str) -> dict[str, Any]:
     files = _run(tmp)
     job = tmp / "job.yaml"
@@ -332,6 +340,14 @@ CASES = [
             "--confounds", str(f["tsv"]), "--confounds-columns", "csf", "global_signal"
         )(f, o),
         r"confounds_timeseries\.tsv: no column matches \['global_signal'\]; available columns",
+    ),
+    Case(  # issue 20, item 9: the advice names both spellings, the estimator's and the CLI's
+        "confounds-tsv-text-column",
+        _confounds_text,
+        lambda f, o: _fit_api()({**f, "fit_kwargs": {"confounds": f["tsv"]}}, o),
+        lambda f, o: _fit_cli("--confounds", str(f["tsv"]))(f, o),
+        r"confounds_timeseries\.tsv: columns \['note'\] are not numeric; .*confounds_columns=\[\.\.\.\] "
+        r"\(on the command line: --confounds-columns\)",
     ),
     Case(
         "t-r-missing-when-filtering",
