@@ -455,6 +455,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.log_verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if (
+        args.command in ("fit", "transform")
+        and not args.quiet
+        and not args.log_verbose
+        and not sys.stderr.isatty()
+    ):
+        # no progress bar without a terminal (cron, SLURM logs): one timed line per step instead
+        logging.getLogger("daskparcel").setLevel(logging.INFO)
     try:
         return _COMMANDS[args.command](args)
     except (InputError, StoreLockedError) as exc:

@@ -14,13 +14,14 @@ masking, then cleaning: two passes written to disk), the reduction (one compute)
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -244,27 +245,37 @@ class Parcellations(TransformerMixin, BaseEstimator):
         affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
         t_r = self._t_r(runs)
         params = self._clean_params(t_r)
-        with connect(self.client):
+        with connect(self.client), _verbosity(self.verbose):
             t0 = time.perf_counter()
             mask = self._mask(runs, affine)
             timings["mask"] = time.perf_counter() - t0
             n_voxels = int(mask.sum())
+            logger.info("mask: %.1f s, %d voxels", timings["mask"], n_voxels)
             if self.n_parcels > n_voxels:
                 raise InputError(
                     f"n_parcels={self.n_parcels}: larger than the {n_voxels} voxels of the mask; "
                     "ask for fewer parcels or use a larger mask"
                 )
+            logger.debug("signals: %d run(s), %s, into %s", len(runs), params, self._cache_dir())
             t0 = time.perf_counter()
             store = write_signals(
                 runs, mask, affine, params, self._cache_dir(), voxel_chunk=self.voxel_chunk
             )
             timings["signals"] = time.perf_counter() - t0
+            logger.info(
+                "signals: %.1f s, %d run(s) in %s", timings["signals"], len(runs), store.path
+            )
             t0 = time.perf_counter()
             features = self._features(store)
             timings["reduction"] = time.perf_counter() - t0
+            logger.info("reduction: %.1f s, %d components", timings["reduction"], features.shape[1])
+            logger.info(
+                "%s: clustering %d voxels into %d parcels", self.method, n_voxels, self.n_parcels
+            )
             t0 = time.perf_counter()
             labels = self._cluster(features, mask, store)
             timings["clustering"] = time.perf_counter() - t0
+            logger.info("clustering: %.1f s", timings["clustering"])
         timings["total"] = time.perf_counter() - start
         self._set_fitted(labels, mask, affine, features, store, runs, timings)
         logger.info(
@@ -649,6 +660,32 @@ class Parcellations(TransformerMixin, BaseEstimator):
             volumes = to_volumes(voxels, mask, affine=self.mask_img_.affine)
             out.append(volumes)
         return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------------------- verbose
+@contextlib.contextmanager
+def _verbosity(verbose: Any) -> Iterator[None]:
+    """nilearn's ``verbose`` through logging: 1 logs each step of ``fit`` (INFO), 2 details too (DEBUG).
+
+    The ``daskparcel`` logger's level is lowered for the block; its lines go to stderr unless logging is
+    configured already (the CLI's, a job's ``job.log``, the application's).
+    """
+    log = logging.getLogger("daskparcel")
+    if not verbose or log.isEnabledFor(logging.INFO if verbose == 1 else logging.DEBUG):
+        yield
+        return
+    level, handler = log.level, None
+    log.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s daskparcel: %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+        if handler is not None:
+            log.removeHandler(handler)
 
 
 # ----------------------------------------------------------------------------------------- inputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -216,3 +217,33 @@ def test_read_only_out_is_refused_before_reading(tmp_path, capsys):
         folder.chmod(0o755)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "cannot write" in err[0], err
+
+
+# -------------------------------------------------------------------- progress (issue 20, item 11)
+def test_fit_without_a_terminal_prints_one_timed_line_per_step(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "daskparcel.cli", "fit", str(real_scan("nitime1")), "--method", "ward",
+         "--n-parcels", "20", "--n-components", "10", "--mask-strategy", "background",
+         "--out", str(tmp_path / "fit")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for step in ("mask", "signals", "reduction", "clustering"):
+        assert re.search(rf"daskparcel\.estimator INFO: {step}: \d+\.\d s", proc.stderr), (
+            proc.stderr
+        )
+    assert "ward: clustering 1800 voxels into 20 parcels" in proc.stderr
+
+
+@pytest.mark.parametrize(("verbose", "levels"), [(0, set()), (1, {"INFO"}), (2, {"INFO", "DEBUG"})])
+def test_verbose_is_nilearns_through_logging(tmp_path, caplog, verbose, levels):
+    """verbose=0 logs nothing, 1 each step of fit, 2 the details too (as nilearn's verbose)."""
+    est = dp.Parcellations(
+        method="ward", n_parcels=20, n_components=10, mask_strategy="background",
+        store=tmp_path / "cache", verbose=verbose,
+    )  # fmt: skip
+    est.fit(str(real_scan("nitime1")))
+    records = [r for r in caplog.records if r.name == "daskparcel.estimator"]
+    assert {r.levelname for r in records} == levels
+    steps = [r.getMessage().split(":")[0] for r in records if r.levelname == "INFO"]
+    assert steps == (["mask", "signals", "reduction", "ward", "clustering"] if verbose else [])
