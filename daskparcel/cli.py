@@ -39,6 +39,7 @@ def command(
 @command("convert")
 def _convert(args: argparse.Namespace) -> int:
     from daskparcel.ingest.convert import convert, print_progress
+    from daskparcel.jobs import check_writable
 
     inputs = list(args.inputs)
     if args.bids is not None:
@@ -50,6 +51,8 @@ def _convert(args: argparse.Namespace) -> int:
         inputs += [str(r.path) for r in runs]
     if not inputs:
         raise InputError("no input given; pass NIfTI files or globs, or --bids FOLDER")
+    _check_not_cwd(args.out)
+    check_writable(args.out, "--out")
     result = convert(
         inputs,
         args.out,
@@ -141,18 +144,21 @@ def _parameters(
     return params
 
 
+def _check_not_cwd(out: str) -> None:
+    resolved = Path(out).resolve()
+    if resolved == Path.cwd() or resolved in Path.cwd().parents:
+        raise InputError(
+            f"--out {out}: is the current folder (or a folder above it); give a new folder, e.g. --out results"
+        )
+
+
 def _check_out(out: str, *, overwrite: bool) -> Path:
     """An output location: not the current folder, not a file, empty unless --overwrite, writable."""
     from daskparcel.jobs import check_writable
     from daskparcel.results import check_out_dir
 
-    path = Path(out)
-    resolved = path.resolve()
-    if resolved == Path.cwd() or resolved in Path.cwd().parents:
-        raise InputError(
-            f"--out {out}: is the current folder (or a folder above it); give a new folder, e.g. --out results"
-        )
-    path = check_out_dir(path, overwrite=overwrite)
+    _check_not_cwd(out)
+    path = check_out_dir(Path(out), overwrite=overwrite)
     check_writable(path, "--out")
     return path
 

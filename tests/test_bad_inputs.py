@@ -469,6 +469,13 @@ CASES = [
         r"--store /proc/daskparcel-cache: cannot write in /proc",
     ),
     Case(
+        "convert-out-read-only",
+        _run,
+        None,
+        lambda f, o: ["convert", str(f["run"]), "--out", "/proc/daskparcel-store.zarr", "--quiet"],
+        r"--out /proc/daskparcel-store\.zarr: cannot write in /proc",
+    ),
+    Case(
         "transform-empty-labels-file",
         _empty_labels,
         lambda f, o: Parcellations.from_labels(f["labels"]),

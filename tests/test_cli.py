@@ -187,12 +187,14 @@ def test_bad_flag_values_exit_2_with_one_line(tmp_path, capsys, words, message):
 
 
 # ------------------------------------------------------- output locations checked first (issue 20, item 7)
-@pytest.mark.parametrize("command", ["fit", "transform"])
+@pytest.mark.parametrize("command", ["fit", "transform", "convert"])
 def test_out_dot_is_refused_and_nothing_is_removed(tmp_path, monkeypatch, capsys, command):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "keep.txt").write_text("mine")
-    words = ["--method", "kmeans"] if command == "fit" else ["--labels", str(tmp_path / "keep.txt")]
-    code = main([command, str(real_scan("nitime1")), *words, "--out", ".", "--overwrite"])
+    words = {"fit": ["--method", "kmeans"], "transform": ["--labels", str(tmp_path / "keep.txt")]}
+    code = main(
+        [command, str(real_scan("nitime1")), *words.get(command, []), "--out", ".", "--overwrite"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "--out .: is the current folder" in err[0]
