@@ -8,12 +8,17 @@ A job file names the inputs, the parcellation, the output folder and where to ru
       # bids: {root: derivatives/fmriprep, task: rest, space: MNI152NLin2009cAsym}
       confounds_columns: ["trans_*", "rot_*", "csf", "white_matter"]   # optional (BIDS confounds TSVs)
     convert: true                 # convert the runs to a cohort store first (resumable), default true
-    parcellation:                 # daskparcel.Parcellations parameters (nilearn's names)
+    parcellation:                 # daskparcel.Parcellations parameters (nilearn's names; all but store, client)
       method: ward
       n_parcels: 1000
       smoothing_fwhm: 4
+      # mask: brain_mask.nii.gz   # paths are relative to this file
     output: results/ward-1000     # the job's folder
     where: null                   # null (this machine), "tcp://host:8786", or a cluster YAML (deploy/)
+
+Every key is checked before anything is written: types (true/false unquoted, numbers as numbers), paths
+(inputs, mask, a cluster file), the output's writability. The parcellation keys are the parameters
+``daskparcel fit`` has flags for (one table for both, ``daskparcel.jobs.PARAMETERS``).
 
 The job's folder holds ``job.log`` (the log), ``job.yaml`` (what ran), ``cache/`` (the stores: converted runs,
 signals, reductions), ``fit/`` (labels, mask, parcel signals of every run, fit.json, report.html) and ``done.json``.
