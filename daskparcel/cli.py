@@ -287,6 +287,7 @@ def _transform(args: argparse.Namespace) -> int:
     params = _parameters(args, "transform", saved, source)
     est = Parcellations.from_labels(labels, mask, **estimator_kwargs(params), client=_where(args))
     imgs = _inputs(args)
+    _check_labels_grid(est, imgs, labels)
     from daskparcel.runtime import connect
 
     partial = out.with_name(out.name + ".partial")
@@ -307,6 +308,30 @@ def _transform(args: argparse.Namespace) -> int:
         raise
     print(f"parcel signals of {len(runs)} run(s), {est.n_parcels} parcels, written to {out}")
     return EXIT_OK
+
+
+def _check_labels_grid(est: Any, imgs: list[Any], labels: Path) -> None:
+    """Labels on another grid than the NIfTI runs: the labels file is named (headers only are read)."""
+    import nibabel as nib
+    import numpy as np
+
+    from daskparcel.ingest.bids import BidsRun
+
+    shape, affine = est.mask_img_.shape, est.mask_img_.affine
+    for item in imgs:
+        path = Path(item.path if isinstance(item, BidsRun) else str(item))
+        if not (path.is_file() and path.name.endswith((".nii", ".nii.gz"))):
+            continue  # stores, globs, folders: the estimator checks their grid
+        try:
+            img: Any = nib.load(path)
+        except Exception:  # not an image: the run's own checks name it
+            continue
+        if img.shape[:3] != shape or not np.allclose(img.affine, affine, atol=1e-4):
+            raise InputError(
+                f"{labels}: its grid {tuple(shape)} differs from {path}'s {tuple(img.shape[:3])} (or its "
+                "affine does); resample the labels to the runs (nilearn.image.resample_to_img(labels, run, "
+                "interpolation='nearest'))"
+            )
 
 
 def _saved_parameters(fit_json: Path) -> dict[str, Any]:
