@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,7 @@ def _fit(args: argparse.Namespace) -> int:
     imgs = _inputs(args)
     with _progress(args):
         est.fit(imgs, confounds=args.confounds_resolved)
+        t0 = time.perf_counter()
         doc = write_fit_outputs(
             est,
             imgs,
@@ -229,6 +231,7 @@ def _fit(args: argparse.Namespace) -> int:
             inputs=[str(i) for i in args.inputs],
             overwrite=args.overwrite,
         )
+        logger.info("outputs: %.1f s, written to %s", time.perf_counter() - t0, out)
     m = doc["metrics"]
     print(
         f"{est.method} {est.n_parcels} parcels on {doc['data']['n_runs']} run(s), "
@@ -292,6 +295,7 @@ def _transform(args: argparse.Namespace) -> int:
 
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
+    t0 = time.perf_counter()
     try:
         with _progress(args), connect(est.client):
             signals = est.transform(
@@ -303,6 +307,7 @@ def _transform(args: argparse.Namespace) -> int:
                 partial, mode="w", zarr_format=3, consolidated=False
             )
         replace_dir(partial, out)
+        logger.info("transform: %.1f s, %d run(s)", time.perf_counter() - t0, len(runs))
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
