@@ -491,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.log_verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    package_logger = logging.getLogger("daskparcel")
+    previous_level = package_logger.level
     if (
         args.command in ("fit", "transform")
         and not args.quiet
@@ -498,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         and not sys.stderr.isatty()
     ):
         # no progress bar without a terminal (cron, SLURM logs): one timed line per step instead
-        logging.getLogger("daskparcel").setLevel(logging.INFO)
+        package_logger.setLevel(logging.INFO)
     try:
         return _COMMANDS[args.command](args)
     except (InputError, StoreLockedError) as exc:
@@ -510,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"daskparcel {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        package_logger.setLevel(previous_level)  # main() called in-process leaves logging as it was
 
 
 if __name__ == "__main__":  # pragma: no cover
