@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from daskparcel import __version__
-from daskparcel.clustering import METHODS
 from daskparcel.errors import InputError, StoreLockedError
 
 logger = logging.getLogger("daskparcel")
@@ -40,6 +40,7 @@ def command(
 @command("convert")
 def _convert(args: argparse.Namespace) -> int:
     from daskparcel.ingest.convert import convert, print_progress
+    from daskparcel.jobs import check_writable
 
     inputs = list(args.inputs)
     if args.bids is not None:
@@ -51,6 +52,8 @@ def _convert(args: argparse.Namespace) -> int:
         inputs += [str(r.path) for r in runs]
     if not inputs:
         raise InputError("no input given; pass NIfTI files or globs, or --bids FOLDER")
+    _check_not_cwd(args.out)
+    check_writable(args.out, "--out")
     if args.format == "nifti-zarr":
         from daskparcel.outputs.nifti_zarr import convert_to_nifti_zarr
 
@@ -100,25 +103,76 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------------- fit / transform
-def _add_preprocessing(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("preprocessing (nilearn's names and defaults)")
-    g.add_argument(
-        "--smoothing-fwhm", type=float, default=4.0, help="FWHM in mm (0: none; default 4)"
+def _add_parameters(p: argparse.ArgumentParser, command: str) -> None:
+    """One flag per estimator parameter of the table shared with job files (``daskparcel.jobs.PARAMETERS``).
+
+    Every flag defaults to None, "not given": the estimator's default applies, or for ``transform --labels
+    FITDIR`` the value saved in the fit folder's fit.json.
+    """
+    from daskparcel.jobs import PARAMETERS
+
+    g = p.add_argument_group(
+        "parameters of daskparcel.Parcellations (nilearn's names and defaults)"
     )
-    g.add_argument(
-        "--standardize",
-        default="none",
-        choices=["none", "zscore_sample", "zscore", "psc"],
-        help="standardize each voxel's time series (default: none)",
-    )
-    g.add_argument("--detrend", action="store_true", help="remove linear trends")
-    g.add_argument("--low-pass", type=float, help="low-pass cut-off (Hz)")
-    g.add_argument("--high-pass", type=float, help="high-pass cut-off (Hz)")
-    g.add_argument("--t-r", type=float, help="repetition time (s); default: from the headers")
+    for param in PARAMETERS:
+        if command == "transform" and not (param.preprocessing or param.transform):
+            continue
+        kwargs: dict[str, Any] = {"help": param.help, "default": None}
+        if param.kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif param.kind == "strings":
+            kwargs["nargs"] = "*"
+        elif param.kind == "choice":
+            kwargs["metavar"] = "{" + ",".join(param.choices) + "}"
+        if param.name == "method":
+            kwargs["required"] = True
+        g.add_argument(param.flag, **kwargs)
     g.add_argument("--confounds", nargs="*", help="confounds TSV files, one per input run")
-    g.add_argument(
-        "--confounds-columns", nargs="*", help="columns of the confounds files (names or globs)"
-    )
+
+
+def _parameters(
+    args: argparse.Namespace, command: str, saved: dict[str, Any] | None = None, source: str = ""
+) -> dict[str, Any]:
+    """The parameters given on the command line, checked; for ``transform``, the fit's saved preprocessing
+    parameters where none is given."""
+    from daskparcel.jobs import PARAMETERS
+
+    params: dict[str, Any] = {}
+    for param in PARAMETERS:
+        text = getattr(args, param.name, None)
+        if text is not None:
+            params[param.name] = param.from_cli(text)
+        elif saved is not None and param.preprocessing and param.name in saved:
+            try:
+                params[param.name] = param.check(saved[param.name])
+            except ValueError as exc:
+                raise InputError(
+                    f"{source}: parameters.{param.name}: {saved[param.name]!r} {exc}; re-run `daskparcel fit`, "
+                    f"or give {param.flag}"
+                ) from exc
+    log_verbose: int = getattr(args, "log_verbose", 0)
+    if "verbose" not in params and log_verbose:
+        params["verbose"] = min(log_verbose, 2)
+    return params
+
+
+def _check_not_cwd(out: str) -> None:
+    resolved = Path(out).resolve()
+    if resolved == Path.cwd() or resolved in Path.cwd().parents:
+        raise InputError(
+            f"--out {out}: is the current folder (or a folder above it); give a new folder, e.g. --out results"
+        )
+
+
+def _check_out(out: str, *, overwrite: bool) -> Path:
+    """An output location: not the current folder, not a file, empty unless --overwrite, writable."""
+    from daskparcel.jobs import check_writable
+    from daskparcel.outputs.results import check_out_dir
+
+    _check_not_cwd(out)
+    path = check_out_dir(Path(out), overwrite=overwrite)
+    check_writable(path, "--out")
+    return path
 
 
 def _add_where(p: argparse.ArgumentParser) -> None:
@@ -163,40 +217,25 @@ def _where(args: argparse.Namespace) -> Any:
     return args.scheduler or args.cluster
 
 
-def _params(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "smoothing_fwhm": args.smoothing_fwhm or None,
-        "standardize": None if args.standardize == "none" else args.standardize,
-        "detrend": args.detrend,
-        "low_pass": args.low_pass,
-        "high_pass": args.high_pass,
-        "t_r": args.t_r,
-        "confounds_columns": args.confounds_columns,
-        "client": _where(args),
-    }
-
-
 @command("fit")
 def _fit(args: argparse.Namespace) -> int:
     from daskparcel.estimator import Parcellations
+    from daskparcel.jobs import check_writable, estimator_kwargs
     from daskparcel.outputs.record import summary_line
-    from daskparcel.outputs.results import check_out_dir, write_fit_outputs
+    from daskparcel.outputs.results import write_fit_outputs
 
-    out = check_out_dir(args.out, overwrite=args.overwrite)
+    out = _check_out(args.out, overwrite=args.overwrite)
+    if args.store is not None:
+        check_writable(args.store, "--store")
     kinds = _connectome_kinds(args)
-    imgs = _inputs(args)
     est = Parcellations(
-        method=args.method,
-        n_parcels=args.n_parcels,
-        random_state=args.random_state,
-        mask=args.mask,
-        mask_strategy=args.mask_strategy,
-        n_components=args.n_components,
-        store=args.store,
-        **_params(args),
+        **estimator_kwargs(_parameters(args, "fit")), store=args.store, client=_where(args)
     )
+    est._validate_params()
+    imgs = _inputs(args)
     with _progress(args):
         est.fit(imgs, confounds=args.confounds_resolved)
+        t0 = time.perf_counter()
         doc = write_fit_outputs(
             est,
             imgs,
@@ -206,8 +245,9 @@ def _fit(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             connectomes=kinds,
         )
+        logger.info("outputs: %.1f s, written to %s", time.perf_counter() - t0, out)
     print(
-        f"{args.method} {args.n_parcels} parcels on {doc['data']['n_runs']} run(s), "
+        f"{est.method} {est.n_parcels} parcels on {doc['data']['n_runs']} run(s), "
         f"{doc['data']['voxels_in_mask']} voxels: fit {doc['timings']['total']:.1f} s, "
         f"{summary_line(doc['metrics'])}\nwritten to {out} (labels.nii.gz, report.html, fit.json, ...)"
     )
@@ -222,28 +262,12 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     )
     _add_inputs(p)
     p.add_argument(
-        "--method",
-        required=True,
-        choices=list(METHODS),
-    )
-    p.add_argument("--n-parcels", type=int, default=50, help="number of parcels (default 50)")
-    p.add_argument("--random-state", type=int, default=0)
-    p.add_argument(
-        "--n-components", type=int, default=200, help="components of the reduction (default 200)"
-    )
-    p.add_argument("--mask", help="a mask image (default: computed by --mask-strategy)")
-    p.add_argument(
-        "--mask-strategy",
-        default="epi",
-        help="epi, background, whole-brain-template, gm-template, wm-template",
-    )
-    p.add_argument(
         "--store", help="folder of the cached stores (reused by later fits; default: temporary)"
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_preprocessing(p)
+    _add_parameters(p, "fit")
     _add_where(p)
     _add_tables(p, transform=False)
 
@@ -287,40 +311,37 @@ def _transform(args: argparse.Namespace) -> int:
     import xarray as xr
 
     from daskparcel.estimator import Parcellations
-    from daskparcel.outputs.results import check_out_dir
+    from daskparcel.jobs import estimator_kwargs
     from daskparcel.store.runs import replace_dir
 
-    out = check_out_dir(args.out, overwrite=args.overwrite)
+    out = _check_out(args.out, overwrite=args.overwrite)
     kinds = _connectome_kinds(args)
     labels = Path(args.labels)
     mask = args.mask
+    saved: dict[str, Any] | None = None
+    source = ""
     if labels.is_dir():  # a fit folder: its labels, mask and preprocessing parameters
-        import json
-
         fit_json = labels / "fit.json"
         if not fit_json.exists():
             raise InputError(
                 f"{labels}: not a daskparcel fit folder (no fit.json); give labels.nii.gz or a fit folder"
             )
+        saved, source = _saved_parameters(fit_json), str(fit_json)
         mask = mask or str(labels / "mask.nii.gz")
         labels = labels / "labels.nii.gz"
-        saved = json.loads(fit_json.read_text())["parameters"]
-        for name in ("smoothing_fwhm", "standardize", "detrend", "low_pass", "high_pass", "t_r"):
-            if getattr(args, name) in (None, False, "none") and saved.get(name) not in (
-                None,
-                False,
-            ):
-                setattr(args, name, saved[name])
     if not labels.exists():
         raise InputError(
             f"{labels}: no such labels image; give the labels.nii.gz of `daskparcel fit`"
         )
+    params = _parameters(args, "transform", saved, source)
+    est = Parcellations.from_labels(labels, mask, **estimator_kwargs(params), client=_where(args))
     imgs = _inputs(args)
-    est = Parcellations.from_labels(labels, mask, **_params(args))
+    _check_labels_grid(est, imgs, labels)
     from daskparcel.runtime import connect
 
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
+    t0 = time.perf_counter()
     try:
         with _progress(args), connect(est.client):
             signals = est.transform(
@@ -339,11 +360,54 @@ def _transform(args: argparse.Namespace) -> int:
                     inputs=imgs, overwrite=args.overwrite,
                 )  # fmt: skip
         replace_dir(partial, out)
+        logger.info("transform: %.1f s, %d run(s)", time.perf_counter() - t0, len(runs))
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     print(f"parcel signals of {len(runs)} run(s), {est.n_parcels} parcels, written to {out}")
     return EXIT_OK
+
+
+def _check_labels_grid(est: Any, imgs: list[Any], labels: Path) -> None:
+    """Labels on another grid than the NIfTI runs: the labels file is named (headers only are read)."""
+    import nibabel as nib
+    import numpy as np
+
+    from daskparcel.ingest.bids import BidsRun
+
+    shape, affine = est.mask_img_.shape, est.mask_img_.affine
+    for item in imgs:
+        path = Path(item.path if isinstance(item, BidsRun) else str(item))
+        if not (path.is_file() and path.name.endswith((".nii", ".nii.gz"))):
+            continue  # stores, globs, folders: the estimator checks their grid
+        try:
+            img: Any = nib.load(path)
+        except Exception:  # not an image: the run's own checks name it
+            continue
+        if img.shape[:3] != shape or not np.allclose(img.affine, affine, atol=1e-4):
+            raise InputError(
+                f"{labels}: its grid {tuple(shape)} differs from {path}'s {tuple(img.shape[:3])} (or its "
+                "affine does); resample the labels to the runs (nilearn.image.resample_to_img(labels, run, "
+                "interpolation='nearest'))"
+            )
+
+
+def _saved_parameters(fit_json: Path) -> dict[str, Any]:
+    """The ``parameters`` of a fit folder's fit.json; a one-line InputError when it cannot be read."""
+    import json
+
+    try:
+        doc = json.loads(fit_json.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"{fit_json}: not a readable fit.json ({exc}); re-run `daskparcel fit`, or give --labels labels.nii.gz"
+        ) from exc
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    if not isinstance(params, dict):
+        raise InputError(
+            f"{fit_json}: has no 'parameters' mapping; re-run `daskparcel fit`, or give --labels labels.nii.gz"
+        )
+    return params
 
 
 def _add_transform(sub: argparse._SubParsersAction) -> None:
@@ -360,7 +424,7 @@ def _add_transform(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the zarr store to write")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_preprocessing(p)
+    _add_parameters(p, "transform")
     _add_where(p)
     _add_tables(p, transform=True)
 
@@ -460,7 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"daskparcel {__version__}")
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        dest="log_verbose",
+        help="more log lines (-vv: debug)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -474,8 +543,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``daskparcel`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.log_verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    package_logger = logging.getLogger("daskparcel")
+    previous_level = package_logger.level
+    if (
+        args.command in ("fit", "transform")
+        and not args.quiet
+        and not args.log_verbose
+        and not sys.stderr.isatty()
+    ):
+        # no progress bar without a terminal (cron, SLURM logs): one timed line per step instead
+        package_logger.setLevel(logging.INFO)
     try:
         return _COMMANDS[args.command](args)
     except (InputError, StoreLockedError) as exc:
@@ -487,6 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"daskparcel {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        package_logger.setLevel(previous_level)  # main() called in-process leaves logging as it was
 
 
 if __name__ == "__main__":  # pragma: no cover

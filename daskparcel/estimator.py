@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from daskparcel._checks import (
     one_of,
     positive_or_none,
 )
+from daskparcel._log import timed, verbosity
 from daskparcel.clustering import METHODS, ClusterJob, run_method
 from daskparcel.errors import InputError
 from daskparcel.ingest.resolve import per_run, prepare_runs, repetition_time, run_confounds
@@ -240,7 +239,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
 
         self._validate_params()
         timings: dict[str, float] = {}
-        step = partial(_timed, timings)
+        step = partial(timed, timings)
         with step("total"):
             runs = prepare_runs(
                 imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
@@ -249,28 +248,35 @@ class Parcellations(TransformerMixin, BaseEstimator):
             affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
             params = self._clean_params(runs)
             cache = Path(self.store) if self.store is not None else default_cache_dir()
-            with connect(self.client):
-                with step("mask"):
+            with connect(self.client), verbosity(self.verbose):
+                with step("mask", logger) as notes:
                     mask = run_mask(
                         runs, affine, cache, mask=self.mask, strategy=self.mask_strategy,
                         mask_args=self.mask_args,
                     )  # fmt: skip
+                    notes.append(f"{int(mask.sum())} voxels")
                 check_n_clusters(self.n_parcels, int(mask.sum()), "n_parcels")
-                with step("signals"):
+                logger.debug("signals: %d run(s), %s, into %s", len(runs), params, cache)
+                with step("signals", logger) as notes:
                     store = write_signals(
                         runs, mask, affine, params, cache, voxel_chunk=self.voxel_chunk
                     )
-                with step("reduction"):
+                    notes.append(f"{len(runs)} run(s) in {store.path}")
+                with step("reduction", logger) as notes:
                     reduce = partial(
                         reduce_runs, n_components=self.n_components, random_state=self.random_state
                     )
                     features = store.features(self.n_components, self.random_state, reduce)
-                with step("clustering"):
+                    notes.append(f"{features.shape[1]} components")
+                logger.info(
+                    "%s: clustering %d voxels into %d parcels",
+                    self.method,
+                    len(features),
+                    self.n_parcels,
+                )
+                with step("clustering", logger):
                     labels = self._cluster(features, mask, store)
         self._set_fitted(labels, mask, affine, features, store, runs, timings)
-        logger.info(
-            "fit %s %d parcels in %.1f s %s", self.method, self.n_parcels, timings["total"], timings
-        )
         return self
 
     def _cluster(self, features: np.ndarray, mask: np.ndarray, store: SignalsStore) -> np.ndarray:
@@ -438,13 +444,3 @@ class Parcellations(TransformerMixin, BaseEstimator):
             voxels = expand(item, self.labels_.values)
             out.append(to_volumes(voxels, mask, affine=self.mask_img_.affine))
         return out[0] if single else out
-
-
-@contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Record the seconds the block takes as ``timings[name]``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = time.perf_counter() - start

@@ -8,12 +8,17 @@ A job file names the inputs, the parcellation, the output folder and where to ru
       # bids: {root: derivatives/fmriprep, task: rest, space: MNI152NLin2009cAsym}
       confounds_columns: ["trans_*", "rot_*", "csf", "white_matter"]   # optional (BIDS confounds TSVs)
     convert: true                 # convert the runs to a cohort store first (resumable), default true
-    parcellation:                 # daskparcel.Parcellations parameters (nilearn's names)
+    parcellation:                 # daskparcel.Parcellations parameters (nilearn's names; all but store, client)
       method: ward
       n_parcels: 1000
       smoothing_fwhm: 4
+      # mask: brain_mask.nii.gz   # paths are relative to this file
     output: results/ward-1000     # the job's folder
     where: null                   # null (this machine), "tcp://host:8786", or a cluster YAML (deploy/)
+
+Every key is checked before anything is written: types (true/false unquoted, numbers as numbers), paths
+(inputs, mask, a cluster file), the output's writability. The parcellation keys are the parameters
+``daskparcel fit`` has flags for (one table for both, ``daskparcel.jobs.PARAMETERS``).
 
 The job's folder holds ``job.log`` (the log), ``job.yaml`` (what ran), ``cache/`` (the stores: converted runs,
 signals, reductions), ``fit/`` (labels, mask, parcel signals of every run, fit.json, report.html) and ``done.json``.
@@ -30,12 +35,15 @@ import hashlib
 import json
 import logging
 import os
+import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from daskparcel.clustering import METHODS
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -43,6 +51,238 @@ logger = logging.getLogger(__name__)
 TOP_KEYS = {"inputs", "convert", "parcellation", "output", "where"}
 INPUT_KEYS = {"files", "bids", "confounds_columns"}
 BIDS_KEYS = {"root", "subject", "session", "task", "run", "space", "desc"}
+
+
+# --------------------------------------------------------------------------------- the parameter table
+# Every Parcellations parameter a user can set from the command line (``--smoothing-fwhm``) or a job file
+# (``parcellation: {smoothing_fwhm: ...}``): one table, read by both, so the two cannot drift. ``store`` and
+# ``client`` are not here: the CLI spells them ``--store`` / ``--scheduler`` / ``--cluster``, a job ``output``
+# (its ``cache/``) and ``where``.
+@dataclass(frozen=True)
+class Param:
+    """One estimator parameter: its kind (how a value is checked and parsed from text) and its help.
+
+    kind is one of ``int`` (``minimum`` applies), ``float`` (> 0), ``bool``, ``choice`` (``choices``),
+    ``fwhm`` (mm >= 0, or none), ``standardize``, ``path`` (an existing file), ``mapping`` (``mask_args``:
+    JSON or key=value words) and ``strings`` (a list of names or globs). ``preprocessing`` marks the
+    parameters ``transform`` applies (carried over from a fit folder's fit.json); ``transform`` marks the
+    others that ``transform`` also takes.
+    """
+
+    name: str
+    kind: str
+    help: str
+    choices: tuple[Any, ...] = ()
+    minimum: int = 0
+    preprocessing: bool = False
+    transform: bool = False
+
+    @property
+    def flag(self) -> str:
+        """The command-line spelling (``--smoothing-fwhm``)."""
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any, base: Path | None = None) -> Any:
+        """``value`` as the estimator takes it; raises ValueError saying what is wrong and what to give.
+
+        Paths are resolved against ``base`` (the job file's folder; None: the current directory).
+        """
+        kind = self.kind
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int) or value < self.minimum:
+                raise ValueError(f"must be an integer >= {self.minimum}")
+            return value
+        if kind == "float":
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError("must be a positive number")
+            return float(value)
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError("must be a boolean: true or false (unquoted)")
+            return value
+        if kind == "choice":
+            if value not in self.choices:
+                raise ValueError(f"must be one of {', '.join(map(str, self.choices))}")
+            return value
+        if kind == "fwhm":
+            if value is None or (isinstance(value, str) and value.lower() == "none"):
+                return None
+            if value == "fast":
+                return value
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError("must be >= 0 (a FWHM in mm), fast, or none")
+            return float(value) or None  # 0: no smoothing, as nilearn
+        if kind == "standardize":
+            if value in (None, False, "none"):
+                return False
+            if value is True or value in ("zscore_sample", "zscore", "psc"):
+                return value
+            raise ValueError("must be one of none, zscore_sample, zscore, psc")
+        if kind == "path":
+            if value is None:
+                return None
+            if not isinstance(value, str | os.PathLike):
+                raise ValueError("must be a file path")
+            path = Path(value)
+            if base is not None and not path.is_absolute():
+                path = base / path
+            if not path.is_file():
+                raise ValueError(f"must be an existing file ({path} does not exist)")
+            return str(path)
+        if kind == "mapping":
+            if value is None:
+                return None
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError("must be a mapping of keyword arguments")
+            return dict(value)
+        if kind == "strings":
+            if value is None:
+                return None
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+                raise ValueError("must be a name or a list of names")
+            return list(items)
+        raise AssertionError(kind)  # pragma: no cover
+
+    def parse(self, text: Any) -> Any:
+        """A command-line value (text, a list of words, or a boolean flag's True/False) as ``check`` takes it."""
+        kind = self.kind
+        if kind in ("bool", "strings") or not isinstance(text, str):
+            return text
+        if kind == "int":
+            try:
+                return int(text)
+            except ValueError:
+                return text
+        if kind in ("float", "fwhm"):
+            if text.lower() in ("none", "fast"):
+                return None if text.lower() == "none" else "fast"
+            try:
+                return float(text)
+            except ValueError:
+                return text
+        if kind == "mapping":
+            return _parse_mapping(text)
+        return text
+
+    def from_cli(self, text: Any) -> Any:
+        """Parse and check a command-line value; InputError naming the flag."""
+        try:
+            return self.check(self.parse(text))
+        except ValueError as exc:
+            raise InputError(f"{self.flag} {_words(text)}: {exc}; see `--help`") from exc
+
+
+def _words(text: Any) -> str:
+    return " ".join(map(str, text)) if isinstance(text, list | tuple) else str(text)
+
+
+def _parse_mapping(text: str) -> Any:
+    """``mask_args`` from the command line: a JSON object, or ``key=value`` words (values read as YAML)."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"must be a JSON object or key=value words (not valid JSON: {exc.msg})"
+            ) from exc
+    doc: dict[str, Any] = {}
+    for word in text.replace(",", " ").split():
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ValueError(
+                f"must be a JSON object or key=value words ({word!r} is not key=value)"
+            )
+        doc[key] = yaml.safe_load(value)
+    return doc
+
+
+# the estimator's and the masking module's own tuples (a test keeps them equal): importing those modules here
+# would make `daskparcel --help` wait for dask and scikit-learn
+MASK_STRATEGIES = ("epi", "background", "whole-brain-template", "gm-template", "wm-template")
+PARAMETERS: tuple[Param, ...] = (
+    Param("method", "choice", "the clustering", tuple(METHODS)),
+    Param("n_parcels", "int", "number of parcels (default 50)", minimum=1),
+    Param("random_state", "int", "seed of the reduction and kmeans (default 0)"),
+    Param("mask", "path", "a mask image (default: computed by --mask-strategy)"),
+    Param(
+        "smoothing_fwhm",
+        "fwhm",
+        "FWHM in mm (0 or none: no smoothing; default 4)",
+        preprocessing=True,
+    ),
+    Param(
+        "standardize",
+        "standardize",
+        "per-voxel standardization (default: none)",
+        preprocessing=True,
+    ),
+    Param(
+        "standardize_confounds", "bool", "z-score the confounds (default: yes)", preprocessing=True
+    ),
+    Param("detrend", "bool", "remove linear trends (default: no)", preprocessing=True),
+    Param("low_pass", "float", "low-pass cut-off (Hz)", preprocessing=True),
+    Param("high_pass", "float", "high-pass cut-off (Hz)", preprocessing=True),
+    Param("t_r", "float", "repetition time (s); default: from the headers", preprocessing=True),
+    Param("mask_strategy", "choice", "how the mask is computed (default epi)", MASK_STRATEGIES),
+    Param("mask_args", "mapping", "mask function arguments: JSON or key=value words"),
+    Param("scaling", "bool", "ReNA: scale features by sqrt(cluster size) (default: no)"),
+    Param("n_iter", "int", "ReNA: iterations (default 10)", minimum=1),
+    Param("verbose", "int", "0 silent, 1 steps, 2 details (default: from -v)", transform=True),
+    Param("n_components", "int", "components of the reduction (default 200)", minimum=1),
+    Param("voxel_chunk", "int", "voxels per chunk of the signals store", minimum=1),
+    Param("chunk_volumes", "int", "volumes per chunk read from NIfTI", minimum=1, transform=True),
+    Param("connectivity", "path", "ward/complete/average: a voxel graph (.npz, scipy.sparse)"),
+    Param(
+        "kmeans_method", "choice", "kmeans: minibatch (nilearn) or lloyd", ("minibatch", "lloyd")
+    ),
+    Param(
+        "confounds_columns",
+        "strings",
+        "columns of the confounds files (names or globs)",
+        preprocessing=True,
+    ),
+)
+PARAMETER_NAMES = {p.name: p for p in PARAMETERS}
+
+
+def estimator_kwargs(values: dict[str, Any]) -> dict[str, Any]:
+    """Checked parameter values as ``Parcellations`` keyword arguments (a connectivity file loaded)."""
+    kwargs = dict(values)
+    path = kwargs.get("connectivity")
+    if path is not None:
+        import scipy.sparse
+
+        try:
+            kwargs["connectivity"] = scipy.sparse.load_npz(path)
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"{path}: not a scipy.sparse .npz file ({exc}); save the graph with scipy.sparse.save_npz"
+            ) from exc
+    return kwargs
+
+
+def check_writable(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse an output location that cannot be written, before any data is read.
+
+    The location (or the nearest folder above it that exists) gets a probe folder made and removed.
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    folder = existing if existing.is_dir() else existing.parent
+    try:
+        probe = tempfile.mkdtemp(prefix=".daskparcel-probe-", dir=folder)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise InputError(
+            f"{what} {path}: cannot write in {folder} ({exc.strerror}); give a writable location"
+        ) from exc
+    return path
 
 
 @dataclass
@@ -69,7 +309,23 @@ class Job:
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
-    """Read and validate a job file: every key, every input file, every parameter, before anything runs."""
+    """Read and validate a job file: every key, every input file, every parameter, before anything runs.
+
+    Parameters
+    ----------
+    path : path
+        The job YAML file; relative paths in it (inputs, mask, output, a cluster file) are relative to its folder.
+
+    Returns
+    -------
+    Job
+
+    Raises
+    ------
+    InputError
+        A missing or unknown key, a value of the wrong type, a path that does not exist, an output that
+        cannot be written: the first one found, named.
+    """
     from daskparcel.estimator import Parcellations
 
     path = Path(path)
@@ -93,8 +349,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         raise InputError(f"{path}: 'inputs' must be a mapping with 'files' or 'bids'")
     _no_unknown(inputs, INPUT_KEYS, path, "inputs.")
     files: list[Path] = []
-    for item in _as_list(inputs.get("files")):
-        text = str(item) if os.path.isabs(str(item)) else str(base / str(item))
+    for item in _strings(inputs.get("files"), path, "inputs.files"):
+        text = item if os.path.isabs(item) else str(base / item)
         if glob.has_magic(text):
             found = sorted(glob.glob(text))
             if not found:
@@ -111,36 +367,88 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         if not isinstance(bids, dict) or "root" not in bids:
             raise InputError(f"{path}: inputs.bids needs a 'root' folder")
         _no_unknown(bids, BIDS_KEYS, path, "inputs.bids.")
-        root = Path(bids["root"]) if os.path.isabs(str(bids["root"])) else base / str(bids["root"])
+        if not isinstance(bids["root"], str):
+            raise InputError(f"{path}: inputs.bids.root: {bids['root']!r} is not a folder path")
+        for key, value in bids.items():
+            if key != "root":
+                _strings(value, path, f"inputs.bids.{key}")
+        root = Path(bids["root"]) if os.path.isabs(bids["root"]) else base / bids["root"]
         bids = {**bids, "root": root}
         if not root.is_dir():
             raise InputError(f"{path}: inputs.bids.root: {root} is not a folder")
     if not files and bids is None:
         raise InputError(f"{path}: inputs names no run; give inputs.files or inputs.bids")
+    columns = _strings(inputs.get("confounds_columns"), path, "inputs.confounds_columns")
+    convert = raw.get("convert", True)
+    if not isinstance(convert, bool):
+        raise InputError(f"{path}: convert: {convert!r} is not a boolean; write true or false")
     parcellation = raw["parcellation"]
     if not isinstance(parcellation, dict):
         raise InputError(f"{path}: 'parcellation' must be a mapping of Parcellations parameters")
-    known = set(Parcellations().get_params()) - {"client", "store"}
-    _no_unknown(parcellation, known, path, "parcellation.")
-    Parcellations(**parcellation)._validate_params()
-    output = Path(raw["output"]) if os.path.isabs(str(raw["output"])) else base / str(raw["output"])
+    _no_unknown(parcellation, set(PARAMETER_NAMES), path, "parcellation.")
+    checked: dict[str, Any] = {}
+    for name, value in parcellation.items():
+        try:
+            checked[name] = PARAMETER_NAMES[name].check(value, base)
+        except ValueError as exc:
+            raise InputError(
+                f"{path}: parcellation.{name}: {value!r} {exc}; fix the job file"
+            ) from exc
+    try:
+        Parcellations(**estimator_kwargs(checked))._validate_params()
+    except InputError as exc:
+        raise InputError(f"{path}: parcellation: {exc}") from exc
+    output_text = raw["output"]
+    if not isinstance(output_text, str) or not output_text.strip():
+        raise InputError(f"{path}: output: {output_text!r} is not a folder path; give one path")
+    output = Path(output_text) if os.path.isabs(output_text) else base / output_text
     if output.exists() and not output.is_dir():
         raise InputError(f"{path}: output: {output} is a file; give a folder")
-    where = raw.get("where")
-    if isinstance(where, str) and where.endswith((".yaml", ".yml")) and not os.path.isabs(where):
-        where = str(base / where)
-    columns = inputs.get("confounds_columns")
+    check_writable(output, f"{path}: output:")
+    where = _check_where(raw.get("where"), base, path)
     return Job(
         path,
         files,
         bids,
-        _as_list(columns) or None,
-        bool(raw.get("convert", True)),
-        parcellation,
+        columns or None,
+        convert,
+        checked,
         output,
         where,
         raw,
     )
+
+
+def _check_where(where: Any, base: Path, path: Path) -> Any:
+    """``where``: null, a scheduler address, or a cluster YAML file (relative to the job file), validated."""
+    from daskparcel.runtime import load_cluster_config
+
+    if where is None:
+        return None
+    if not isinstance(where, str) or not where.strip():
+        raise InputError(
+            f"{path}: where: {where!r} must be null, a scheduler address (tcp://host:8786) or a cluster YAML file"
+        )
+    if re.fullmatch(r"[a-z]+://\S+|[\w.\-]+:\d+", where.strip()):
+        return where
+    file = Path(where) if os.path.isabs(where) else base / where
+    if not file.is_file():
+        raise InputError(
+            f"{path}: where: {where!r} is neither a scheduler address (tcp://host:8786) nor an existing "
+            f"cluster YAML file ({file})"
+        )
+    try:
+        load_cluster_config(file)
+    except InputError as exc:
+        raise InputError(f"{path}: where: {exc}") from exc
+    return str(file)
+
+
+def _strings(value: Any, path: Path, key: str) -> list[str]:
+    items = _as_list(value)
+    if not all(isinstance(v, str) for v in items):
+        raise InputError(f"{path}: {key}: {value!r} must be a name or a list of names (text)")
+    return items
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -204,7 +512,9 @@ def run_job(path: str | os.PathLike[str]) -> int:
             result = convert(paths, out / "cache" / "runs.zarr", names=names)
             logger.info("%s", result.summary())
             imgs = out / "cache" / "runs.zarr"
-        est = Parcellations(**job.parcellation, store=out / "cache", client=job.where)
+        est = Parcellations(
+            **estimator_kwargs(job.parcellation), store=out / "cache", client=job.where
+        )
         est.fit(imgs, confounds=confounds)
         doc = write_fit_outputs(
             est,
@@ -225,9 +535,16 @@ def run_job(path: str | os.PathLike[str]) -> int:
             f"compression R2 {doc['metrics']['compression_r2']:.3f}; outputs in {out / 'fit'}"
         )
         return 0
-    except InputError:
+    except InputError as exc:
+        logger.error("job failed: bad input: %s", " ".join(str(exc).split()))
         raise
-    except Exception:
+    except KeyboardInterrupt:
+        logger.error(
+            "job interrupted: re-run `daskparcel run %s` to resume from the completed stores",
+            job.path,
+        )
+        raise
+    except BaseException:
         logger.exception(
             "job failed: re-run `daskparcel run %s` to resume from the completed stores", job.path
         )

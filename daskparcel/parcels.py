@@ -410,13 +410,30 @@ def labels_from_image(
     ``labels_img`` holds integer labels 1..K (0 = background, every label present); ``mask_img`` (default:
     the labelled voxels) is on its grid.
     """
-    labels_img = nib.load(labels_img) if isinstance(labels_img, str | os.PathLike) else labels_img
-    volume = np.asarray(labels_img.dataobj)
+    name = str(labels_img) if isinstance(labels_img, str | os.PathLike) else "labels_img"
+    if isinstance(labels_img, str | os.PathLike):
+        try:
+            labels_img = nib.load(labels_img)
+            volume = np.asarray(labels_img.dataobj)
+        except Exception as exc:  # empty, truncated, not an image: nibabel's errors vary
+            raise InputError(
+                f"{name}: not a readable NIfTI labels image ({type(exc).__name__}); give the "
+                "labels.nii.gz of `daskparcel fit` or an integer atlas"
+            ) from exc
+    else:
+        volume = np.asarray(labels_img.dataobj)
     if volume.ndim != 3 or (
         not np.issubdtype(volume.dtype, np.integer) and not np.all(volume == np.round(volume))
     ):
-        raise InputError("labels_img: give a 3D image of integer labels (0 = background, 1..K)")
+        raise InputError(
+            f"{name}: a {volume.ndim}D {volume.dtype} image; give a 3D image of integer labels "
+            "(0 = background, 1..K)"
+        )
     volume = volume.astype(np.int64)
+    if volume.min() < 0:
+        raise InputError(
+            f"{name}: negative labels (down to {volume.min()}); give labels 0 = background, 1..K"
+        )
     if mask_img is not None:
         mask_img = nib.load(mask_img) if isinstance(mask_img, str | os.PathLike) else mask_img
         mask = np.asarray(mask_img.dataobj) > 0
@@ -428,7 +445,8 @@ def labels_from_image(
     n = int(values.max()) if values.size else 0
     if n < 1 or values.min() < 0 or len(np.unique(values[values > 0])) != n:
         raise InputError(
-            "labels_img: labels must be 1..K with every label present (0 = background)"
+            f"{name}: labels must be 1..K with every label present (0 = background); "
+            f"found {values.min() if values.size else 'no'} to {n}"
         )
     return values, mask, np.asarray(labels_img.affine, dtype=float)
 

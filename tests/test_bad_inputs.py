@@ -144,6 +144,14 @@ def _confounds_tsv(tmp: Path) -> dict[str, Any]:
     return files
 
 
+def _confounds_text(tmp: Path) -> dict[str, Any]:
+    files = _run(tmp)
+    tsv = tmp / "sub-01_desc-confounds_timeseries.tsv"
+    tsv.write_text("csf\tnote\n" + "\n".join(f"{i}\tvolume {i}" for i in range(30)) + "\n")
+    files["tsv"] = tsv
+    return files
+
+
 def _job(tmp: Path, content: str) -> dict[str, Any]:
     files = _run(tmp)
     job = tmp / "job.yaml"
@@ -167,6 +175,51 @@ def _out_is_file(tmp: Path) -> dict[str, Any]:
     files = _run(tmp)
     (tmp / "out").write_text("an existing file")
     return files
+
+
+def _labels(tmp: Path, data: Any, name: str = "atlas.nii.gz") -> dict[str, Any]:
+    files = _run(tmp)
+    files["labels"] = _save(nib.Nifti1Image(data, AFFINE), tmp / name)
+    return files
+
+
+def _empty_labels(tmp: Path) -> dict[str, Any]:
+    files = _run(tmp)
+    files["labels"] = tmp / "labels.nii.gz"
+    files["labels"].write_bytes(b"")
+    return files
+
+
+def _corrupt_fit_folder(tmp: Path) -> dict[str, Any]:
+    files = _run(tmp)
+    folder = tmp / "fitdir"
+    folder.mkdir()
+    labels = np.zeros((12, 12, 10), np.int32)
+    labels[2:10, 2:10, 2:8] = 1
+    _save(nib.Nifti1Image(labels, AFFINE), folder / "labels.nii.gz")
+    _save(nib.Nifti1Image((labels > 0).astype(np.int8), AFFINE), folder / "mask.nii.gz")
+    (folder / "fit.json").write_text('{"parameters": {"smoothing_fwhm": 2')  # cut short
+    files["labels"] = folder
+    return files
+
+
+def _transform_cli(files: dict[str, Any], out: Path) -> list[str]:
+    return ["transform", str(files["run"]), "--labels", str(files["labels"]), "--out", str(out)]
+
+
+def _job_case(id: str, body: str, message: str) -> Case:
+    """A job file that is wrong in one key: refused by load_job and by `daskparcel run`, nothing written."""
+    return Case(
+        id,
+        lambda t: _job(t, body),
+        lambda f, o: __import__("daskparcel.jobs").jobs.load_job(f["job"]),
+        lambda f, o: ["run", str(f["job"])],
+        message,
+    )
+
+
+_LABELS_3D = np.zeros((12, 12, 10), np.float32)
+_LABELS_3D[2:10, 2:10, 2:8] = 1
 
 
 CASES = [
@@ -247,14 +300,14 @@ CASES = [
         _run,
         _fit_api(n_parcels=0),
         _fit_cli("--n-parcels", "0"),
-        r"n_parcels=0: must be an integer >= 1",
+        r"(n_parcels=|--n-parcels )0: must be an integer >= 1",
     ),
     Case(
         "n-parcels-negative",
         _run,
         _fit_api(n_parcels=-4),
         _fit_cli("--n-parcels", "-4"),
-        r"n_parcels=-4: must be an integer >= 1",
+        r"(n_parcels=|--n-parcels )-4: must be an integer >= 1",
     ),
     Case(
         "n-parcels-not-integer",
@@ -288,6 +341,14 @@ CASES = [
         )(f, o),
         r"confounds_timeseries\.tsv: no column matches \['global_signal'\]; available columns",
     ),
+    Case(  # issue 20, item 9: the advice names both spellings, the estimator's and the CLI's
+        "confounds-tsv-text-column",
+        _confounds_text,
+        lambda f, o: _fit_api()({**f, "fit_kwargs": {"confounds": f["tsv"]}}, o),
+        lambda f, o: _fit_cli("--confounds", str(f["tsv"]))(f, o),
+        r"confounds_timeseries\.tsv: columns \['note'\] are not numeric; .*confounds_columns=\[\.\.\.\] "
+        r"\(on the command line: --confounds-columns\)",
+    ),
     Case(
         "t-r-missing-when-filtering",
         lambda t: {"run": _save(_no_tr(), t / "notr.nii.gz")},
@@ -307,7 +368,7 @@ CASES = [
         _run,
         _fit_api(smoothing_fwhm=-3.0),
         _fit_cli("--smoothing-fwhm", "-3"),
-        r"smoothing_fwhm=-3(\.0)?: must be >= 0",
+        r"(smoothing_fwhm=|--smoothing-fwhm )-3(\.0)?: must be >= 0",
     ),
     Case(
         "mask-with-no-voxel",
@@ -345,6 +406,125 @@ CASES = [
         lambda f, o: __import__("daskparcel.jobs").jobs.load_job(f["job"]),
         lambda f, o: ["run", str(f["job"])],
         r"job\.yaml: inputs\.files: 'missing_run\.nii\.gz' does not exist",
+    ),
+    # issue 20, item 2: every key of a job file type-checked, every path checked, before anything is written
+    _job_case(
+        "job-detrend-as-text",
+        "inputs: {files: [RUN]}\nparcellation: {method: ward, detrend: 'false'}\noutput: out\n",
+        r"job\.yaml: parcellation\.detrend: 'false' must be a boolean",
+    ),
+    _job_case(
+        "job-n-parcels-as-text",
+        "inputs: {files: [RUN]}\nparcellation: {method: ward, n_parcels: '10'}\noutput: out\n",
+        r"job\.yaml: parcellation\.n_parcels: '10' must be an integer",
+    ),
+    _job_case(
+        "job-smoothing-with-units",
+        "inputs: {files: [RUN]}\nparcellation: {method: ward, smoothing_fwhm: 4mm}\noutput: out\n",
+        r"job\.yaml: parcellation\.smoothing_fwhm: '4mm' must be >= 0 \(a FWHM in mm\)",
+    ),
+    _job_case(
+        "job-output-a-list",
+        "inputs: {files: [RUN]}\nparcellation: {method: ward}\noutput: [out, other]\n",
+        r"job\.yaml: output: \['out', 'other'\] is not a folder path",
+    ),
+    _job_case(
+        "job-convert-as-text",
+        "inputs: {files: [RUN]}\nconvert: 'no'\nparcellation: {method: ward}\noutput: out\n",
+        r"job\.yaml: convert: 'no' is not a boolean",
+    ),
+    _job_case(
+        "job-where-nowhere",
+        "inputs: {files: [RUN]}\nparcellation: {method: ward}\noutput: out\nwhere: nowhere\n",
+        r"job\.yaml: where: 'nowhere' is neither a scheduler address .* nor an existing cluster YAML",
+    ),
+    _job_case(
+        "job-where-missing-cluster-file",
+        "inputs: {files: [RUN]}\nparcellation: {method: ward}\noutput: out\nwhere: slurm.yaml\n",
+        r"job\.yaml: where: 'slurm\.yaml' is neither .*slurm\.yaml",
+    ),
+    _job_case(
+        "job-mask-missing",
+        "inputs: {files: [RUN]}\nparcellation: {method: ward, mask: nomask.nii.gz}\noutput: out\n",
+        r"job\.yaml: parcellation\.mask: 'nomask\.nii\.gz' must be an existing file \(.*nomask\.nii\.gz does not exist",
+    ),
+    _job_case(
+        "job-output-read-only",
+        "inputs: {files: [RUN]}\nparcellation: {method: ward}\noutput: /proc/daskparcel-job\n",
+        r"job\.yaml: output: /proc/daskparcel-job: cannot write in /proc",
+    ),
+    # issue 20, item 7: output locations and fit folders checked before any data is read
+    Case(
+        "out-read-only",
+        _run,
+        None,
+        lambda f, o: [*_fit_cli()(f, o), "--out", "/proc/daskparcel-out"],  # the last --out wins
+        r"--out /proc/daskparcel-out: cannot write in /proc",
+    ),
+    Case(
+        "store-read-only",
+        _run,
+        None,
+        lambda f, o: [*_fit_cli()(f, o), "--store", "/proc/daskparcel-cache"],
+        r"--store /proc/daskparcel-cache: cannot write in /proc",
+    ),
+    Case(
+        "convert-out-read-only",
+        _run,
+        None,
+        lambda f, o: ["convert", str(f["run"]), "--out", "/proc/daskparcel-store.zarr", "--quiet"],
+        r"--out /proc/daskparcel-store\.zarr: cannot write in /proc",
+    ),
+    Case(  # issue 20, item 9: the labels file is what differs, not the run
+        "transform-labels-on-another-grid",
+        lambda t: _labels(t, np.zeros((10, 12, 10), np.int16) + 1, "small_atlas.nii.gz"),
+        None,
+        _transform_cli,
+        r"small_atlas\.nii\.gz: its grid \(10, 12, 10\) differs from .*run\.nii\.gz's \(12, 12, 10\).*resample",
+    ),
+    Case(
+        "transform-empty-labels-file",
+        _empty_labels,
+        lambda f, o: Parcellations.from_labels(f["labels"]),
+        _transform_cli,
+        r"labels\.nii\.gz: not a readable NIfTI labels image",
+    ),
+    Case(
+        "transform-corrupt-fit-json",
+        _corrupt_fit_folder,
+        None,
+        _transform_cli,
+        r"fitdir/fit\.json: not a readable fit\.json .*re-run `daskparcel fit`",
+    ),
+    # issue 20, item 9: labels refused naming the file
+    Case(
+        "labels-float",
+        lambda t: _labels(t, _LABELS_3D * 0.5, "float_atlas.nii.gz"),
+        lambda f, o: Parcellations.from_labels(f["labels"]),
+        _transform_cli,
+        r"float_atlas\.nii\.gz: a 3D float32 image; give a 3D image of integer labels",
+    ),
+    Case(
+        "labels-negative",
+        lambda t: _labels(t, (_LABELS_3D - 2).astype(np.int16), "negative_atlas.nii.gz"),
+        lambda f, o: Parcellations.from_labels(f["labels"]),
+        _transform_cli,
+        r"negative_atlas\.nii\.gz: negative labels",
+    ),
+    Case(
+        "labels-4d",
+        lambda t: _labels(t, np.stack([_LABELS_3D] * 2, -1).astype(np.int16), "atlas4d.nii.gz"),
+        lambda f, o: Parcellations.from_labels(f["labels"]),
+        _transform_cli,
+        r"atlas4d\.nii\.gz: a 4D int16 image; give a 3D image",
+    ),
+    # issue 20, item 10: the same file twice, refused by fit as by convert
+    Case(
+        "same-file-twice",
+        lambda t: {"imgs": [_save(_bold(), t / "twice.nii.gz")] * 2},
+        _fit_api(),
+        _fit_cli(),
+        r"twice\.nii\.gz: given twice .*give each run once",
     ),
     Case(
         "output-path-is-a-file",

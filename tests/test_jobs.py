@@ -115,3 +115,81 @@ def test_job_file_validation(runs, tmp_path):
     job = load_job(_write_job(tmp_path, runs, where=None))
     assert job.parcellation["method"] == "kmeans" and len(job.files) == 2
     assert job.key == load_job(_write_job(tmp_path, runs, where="tcp://elsewhere:8786")).key
+
+
+# --------------------------------------------------------------------------- issue 20, item 2
+def test_job_mask_is_relative_to_the_job_file(runs, tmp_path, monkeypatch):
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    img = nib.load(runs[0][0])
+    mask = np.zeros(img.shape[:3], np.int8)
+    mask[10:30, 10:40, 10:30] = 1
+    nib.save(nib.Nifti1Image(mask, img.affine), folder / "mask.nii.gz")
+    job = folder / "job.yaml"
+    job.write_text(
+        json.dumps(
+            {
+                "inputs": {"files": [str(p) for p in runs[0]]},
+                "parcellation": {"method": "kmeans", "mask": "mask.nii.gz"},
+                "output": "out",
+            }
+        )
+    )
+    monkeypatch.chdir(tmp_path)  # not the job's folder
+    loaded = load_job(job)
+    assert loaded.parcellation["mask"] == str(folder / "mask.nii.gz")
+    assert loaded.output == folder / "out"
+
+
+def test_job_log_records_a_failure(runs, tmp_path, capsys):
+    """A job that fails while running (here: more parcels than voxels) leaves the failure in job.log."""
+    paths, _ = runs
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        json.dumps(
+            {
+                "inputs": {"files": [str(paths[0])]},
+                "parcellation": {"method": "kmeans", "n_parcels": 10_000_000, "n_components": 5},
+                "output": "out",
+            }
+        )
+    )
+    assert main(["run", str(job)]) == 2
+    log = (tmp_path / "out" / "job.log").read_text()
+    assert "job failed" in log and "n_parcels=10000000" in log
+
+
+def test_job_log_records_an_interruption(runs, tmp_path):
+    """SIGINT while the job runs: exit 130 and job.log says it was interrupted (and how to resume)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    paths, _ = runs
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        json.dumps(
+            {
+                "inputs": {"files": [str(p) for p in paths]},
+                "parcellation": {"method": "ward", "n_parcels": 20, "n_components": 10},
+                "output": "out",
+            }
+        )
+    )
+    log = tmp_path / "out" / "job.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daskparcel.cli", "run", str(job)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "runs" in log.read_text()) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "job interrupted" in log.read_text()

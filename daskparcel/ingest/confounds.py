@@ -138,7 +138,7 @@ def load_confounds(
         if non_numeric:
             raise InputError(
                 f"confounds {source}: columns {non_numeric} are not numeric; select numeric "
-                "columns with columns=[...]"
+                "columns with confounds_columns=[...] (on the command line: --confounds-columns)"
             )
         names = [str(c) for c in table.columns]
         values = np.array(table.to_numpy(dtype=np.float64, na_value=np.nan), copy=True)

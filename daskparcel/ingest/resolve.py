@@ -207,6 +207,15 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
                 f"imgs: cannot use a {type(item).__name__} as a run; give NIfTI paths, globs, nibabel images, "
                 "xarray Datasets, stores or a BIDS folder"
             )
+    # the same data twice would count a run twice: refused, as convert does
+    seen: dict[str, RunInput] = {}
+    for run in runs:
+        if run.identity in seen:
+            raise InputError(
+                f"{run.nifti or run.name}: given twice (same file or same data as "
+                f"{seen[run.identity].nifti or seen[run.identity].name}); give each run once"
+            )
+        seen[run.identity] = run
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         for index, run in enumerate(runs):
