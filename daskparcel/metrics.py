@@ -26,7 +26,7 @@ import xarray as xr
 from flox.xarray import xarray_reduce
 
 from daskparcel.errors import InputError
-from daskparcel.parcels import check_labels, check_signals, parcel_means
+from daskparcel.parcels import as_int_labels, check_labels, check_signals, parcel_means
 
 logger = logging.getLogger(__name__)
 
@@ -282,28 +282,6 @@ def r2_map(
 # --------------------------------------------------------------------------------------------------
 # parcel sizes
 # --------------------------------------------------------------------------------------------------
-
-
-def as_int_labels(labels: Any, name: str) -> np.ndarray:
-    """Labels (any dims) as an int64 array; nibabel images are read."""
-    if hasattr(labels, "get_fdata") and hasattr(labels, "affine"):
-        labels = np.asarray(labels.dataobj)
-    elif isinstance(labels, xr.DataArray):
-        labels = labels.values
-    values = np.asarray(labels)
-    if values.size and not np.issubdtype(values.dtype, np.integer):
-        if not np.issubdtype(values.dtype, np.number) or not np.all(values == np.round(values)):
-            raise InputError(
-                f"{name}: dtype {values.dtype} with non-integer values; labels must be integers "
-                "0..K (0 = no parcel)"
-            )
-    values = values.astype(np.int64)
-    if values.size and values.min() < 0:
-        raise InputError(
-            f"{name}: has negative values (min {values.min()}); labels must be 0 (no parcel) or "
-            "1..K; if your labels are 0..K-1 cluster indices, pass labels + 1"
-        )
-    return values
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,28 @@ def check_signals(signals: object, name: str = "signals") -> xr.DataArray:
     return signals.transpose("voxel", "time")
 
 
+def as_int_labels(labels: Any, name: str) -> np.ndarray:
+    """Labels (any dims) as an int64 array; nibabel images are read."""
+    if hasattr(labels, "get_fdata") and hasattr(labels, "affine"):
+        labels = np.asarray(labels.dataobj)
+    elif isinstance(labels, xr.DataArray):
+        labels = labels.values
+    values = np.asarray(labels)
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        if not np.issubdtype(values.dtype, np.number) or not np.all(values == np.round(values)):
+            raise InputError(
+                f"{name}: dtype {values.dtype} with non-integer values; labels must be integers "
+                "0..K (0 = no parcel)"
+            )
+    values = values.astype(np.int64)
+    if values.size and values.min() < 0:
+        raise InputError(
+            f"{name}: has negative values (min {values.min()}); labels must be 0 (no parcel) or "
+            "1..K; if your labels are 0..K-1 cluster indices, pass labels + 1"
+        )
+    return values
+
+
 def check_labels(
     labels: np.ndarray | xr.DataArray,
     n_voxels: int,
@@ -94,18 +116,7 @@ def check_labels(
             f"{name}: shape {values.shape}, expected ({n_voxels},), one label per voxel of the "
             "signals in voxel order; for a labels image use labels_img[mask]"
         )
-    if values.size and not np.issubdtype(values.dtype, np.integer):
-        if not np.issubdtype(values.dtype, np.floating) or not np.all(values == np.round(values)):
-            raise InputError(
-                f"{name}: dtype {values.dtype} with non-integer values; labels must be integers "
-                "0..K (0 = no parcel); pass labels.astype(int)"
-            )
-    values = values.astype(np.int64)
-    if values.size and values.min() < 0:
-        raise InputError(
-            f"{name}: has negative values (min {values.min()}); labels must be 0 (no parcel) or "
-            "1..K; if your labels are 0..K-1 cluster indices, pass labels + 1"
-        )
+    values = as_int_labels(values, name)
     max_label = int(values.max()) if values.size else 0
     if n_parcels is None:
         n_parcels = max_label

@@ -113,7 +113,7 @@ def per_run(name: str, value: Any, n_runs: int) -> list[Any]:
 def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInput]:
     """Turn what a user passes as ``imgs`` into runs (lazy Datasets with an identity for the cache)."""
     from daskparcel.ingest.bids import BidsRun, find_bids_runs
-    from daskparcel.store.runs import file_sha256, open_runs, prefetch_sha256, store_info
+    from daskparcel.store.runs import open_runs, prefetch_sha256, store_info
 
     items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
     if not items:
@@ -128,15 +128,9 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
     runs: list[RunInput] = []
     for item in items:
         if isinstance(item, BidsRun):
-            ds = open_nifti(item.path, chunk_volumes=chunk_volumes)
             runs.append(
-                RunInput(
-                    item.name,
-                    ds,
-                    "sha256:" + file_sha256(item.path),
-                    item.subject,
-                    t_r=item.t_r or ds.attrs.get("t_r"),
-                    nifti=str(item.path),
+                nifti_run(
+                    item.path, chunk_volumes, name=item.name, subject=item.subject, t_r=item.t_r
                 )
             )
         elif isinstance(item, str | os.PathLike):
@@ -168,17 +162,7 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
                     raise InputError(
                         f"{path}: not a .nii or .nii.gz file name; give NIfTI BOLD runs"
                     )
-                ds = open_nifti(path, chunk_volumes=chunk_volumes)
-                runs.append(
-                    RunInput(
-                        run_name(path),
-                        ds,
-                        "sha256:" + file_sha256(path),
-                        run_name(path),
-                        t_r=ds.attrs.get("t_r"),
-                        nifti=str(path),
-                    )
-                )
+                runs.append(nifti_run(path, chunk_volumes))
         elif isinstance(item, nib.spatialimages.SpatialImage):
             runs.append(_run_from_image(item, len(runs), chunk_volumes))
         elif isinstance(item, xr.Dataset):
@@ -223,6 +207,30 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
     return runs
 
 
+def nifti_run(
+    path: str | os.PathLike[str],
+    chunk_volumes: int | None = None,
+    *,
+    name: str | None = None,
+    subject: str | None = None,
+    t_r: float | None = None,
+) -> RunInput:
+    """A NIfTI file as a run: opened lazily, identified by its sha256, named by its file name (or ``name``),
+    its TR from ``t_r`` (e.g. a BIDS sidecar's) or its header."""
+    from daskparcel.store.runs import file_sha256
+
+    ds = open_nifti(path, chunk_volumes=chunk_volumes)
+    name = name or run_name(path)
+    return RunInput(
+        name,
+        ds,
+        "sha256:" + file_sha256(path),
+        subject or name,
+        t_r=t_r or ds.attrs.get("t_r"),
+        nifti=str(path),
+    )
+
+
 def _run_from_image(img: Any, index: int, chunk_volumes: int | None) -> RunInput:
     filename = img.get_filename()
     proxy = getattr(img, "dataobj", None)
@@ -232,17 +240,7 @@ def _run_from_image(img: Any, index: int, chunk_volumes: int | None) -> RunInput
         and hasattr(proxy, "offset")
         and os.path.exists(filename)
     ):
-        ds = open_nifti(filename, chunk_volumes=chunk_volumes)
-        from daskparcel.store.runs import file_sha256
-
-        return RunInput(
-            run_name(filename),
-            ds,
-            "sha256:" + file_sha256(filename),
-            run_name(filename),
-            t_r=ds.attrs.get("t_r"),
-            nifti=str(filename),
-        )
+        return nifti_run(filename, chunk_volumes)
     if len(img.shape) != 4:
         raise InputError(
             f"imgs[{index}]: a {len(img.shape)}D image; give 4D BOLD runs (a single volume cannot be parcellated)"

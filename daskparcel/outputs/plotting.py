@@ -20,7 +20,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from daskparcel.errors import InputError
-from daskparcel.metrics import as_int_labels
+from daskparcel.parcels import as_int_labels
 
 logger = logging.getLogger(__name__)
 

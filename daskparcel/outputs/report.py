@@ -34,14 +34,7 @@ __all__ = ["render_report", "write_report"]
 
 REPORT_NAME = "report.html"
 FIT_JSON = FILES["fit"]
-DEFAULT_FILES = {
-    "labels": "labels.nii.gz",
-    "mask": "mask.nii.gz",
-    "mean": "mean.nii.gz",
-    "compressed_mean": "compressed_mean.nii.gz",
-    "r2": "r2.nii.gz",
-    "parcel_signals": "parcel_signals.zarr",
-}
+DEFAULT_FILES = {k: v for k, v in FILES.items() if k not in ("fit", "report")}
 FILE_DESCRIPTIONS = {
     "labels": "parcel labels (int32, 0 = background, 1..K)",
     "mask": "the mask the parcellation was learnt in",
