@@ -106,6 +106,16 @@ def one_of(*choices: Any) -> Check:
     return check
 
 
+def member_of(collection: Any) -> Check:
+    """A parameter that must be a key of ``collection`` (a registry: checked against its current keys)."""
+
+    def check(name: str, value: Any) -> None:
+        if not isinstance(value, str) or value not in collection:
+            raise InputError(f"{name}={value!r}: unknown; pass one of {', '.join(collection)}")
+
+    return check
+
+
 def integer(minimum: int) -> Check:
     """An integer parameter >= ``minimum``."""
 

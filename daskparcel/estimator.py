@@ -35,6 +35,7 @@ from daskparcel._checks import (
     fwhm,
     integer,
     mapping_or_none,
+    member_of,
     one_of,
     positive_or_none,
 )
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 #: The check of each parameter that has one (the others are checked where they are used: imgs, mask, store).
 PARAMETER_CHECKS: dict[str, Check] = {
-    "method": one_of(*METHODS),
+    "method": member_of(METHODS),
     "n_parcels": integer(1),
     "n_components": integer(1),
     "n_iter": integer(1),
