@@ -6,6 +6,8 @@ by how well parcel means approximate the voxels. This module gives:
 
 * :func:`compression_r2`, :func:`r2_per_parcel`, :func:`r2_map`: variance of the voxel signals
   explained by their parcel means, lazily over the signals;
+* :func:`homogeneity`: resting-state homogeneity (Schaefer et al. 2018, Gordon et al. 2016), the
+  size-weighted mean correlation of the voxels within each parcel, in one streaming read;
 * :func:`parcel_sizes`: size balance (sizes, coefficient of variation, largest, singletons);
 * :func:`contiguity`: fraction of parcels that are one connected region (6-connectivity);
 * :func:`adjusted_rand`: agreement of two parcellations (split-half reproducibility, or accuracy
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import xarray as xr
 from flox.xarray import xarray_reduce
 
@@ -36,6 +39,7 @@ __all__ = [
     "adjusted_rand",
     "compression_r2",
     "contiguity",
+    "homogeneity",
     "parcel_sizes",
     "r2_map",
     "r2_per_parcel",
@@ -277,6 +281,145 @@ def r2_map(
     r2 = 1.0 - residual.clip(min=0.0) / total.where(total > 0)
     r2 = r2.where(xr.DataArray(codes > 0, dims="voxel")).rename("r2")
     return _maybe_compute(r2, compute)
+
+
+# --------------------------------------------------------------------------------------------------
+# homogeneity
+# --------------------------------------------------------------------------------------------------
+
+
+def _unit_sums_block(y: np.ndarray, codes: np.ndarray, n_parcels: int) -> np.ndarray:
+    """(1, parcel, time + 1): per parcel, the sum of its voxels' centred unit-norm series over one
+    voxel block of a whole run, and (last column) how many voxels entered the sum.
+
+    A voxel without variance in the run (relative to its magnitude) has no correlation and is left
+    out, as are voxels labelled 0.
+    """
+    x = np.asarray(y, dtype=np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    norm = np.sqrt((x * x).sum(axis=1))
+    scale = np.abs(np.asarray(y, dtype=np.float64)).max(axis=1, initial=0.0)
+    valid = (codes > 0) & (norm > 1e-10 * scale * np.sqrt(x.shape[1])) & (norm > 0)
+    rows = codes[valid] - 1
+    out = np.zeros((n_parcels, x.shape[1] + 1), dtype=np.float64)
+    if rows.size:
+        z = x[valid] / norm[valid, None]
+        inc = sp.csr_matrix(
+            (np.ones(rows.size), (rows, np.arange(rows.size))), shape=(n_parcels, rows.size)
+        )
+        out[:, :-1] = inc @ z
+        out[:, -1] = np.bincount(rows, minlength=n_parcels)
+    return out[None]
+
+
+def _run_terms(data: Any, codes: np.ndarray, n_parcels: int) -> Any:
+    """(2, parcel) for one run: ``||sum of the parcel's unit series||^2`` and the voxel counts.
+
+    The run's time axis is joined into one chunk per voxel block (each task holds a voxel block over
+    one run, as the signals store is chunked), the parcel sums of the blocks are tree-summed, and
+    only the (2, parcel) result leaves the graph.
+    """
+    import dask.array as da
+
+    if not isinstance(data, da.Array):
+        sums = _unit_sums_block(np.asarray(data), codes, n_parcels)[0]
+        return np.stack([(sums[:, :-1] ** 2).sum(axis=1), sums[:, -1]])
+    data = data.rechunk({1: -1})
+    per_block = da.blockwise(
+        _unit_sums_block, "vpt",
+        data, "vt", da.from_array(codes, chunks=(data.chunks[0],)), "v",
+        n_parcels=n_parcels,
+        new_axes={"p": n_parcels}, adjust_chunks={"v": 1, "t": lambda c: c + 1},
+        dtype=np.float64, concatenate=True,
+    )  # fmt: skip
+    sums = per_block.sum(axis=0)
+    return da.stack([(sums[:, :-1] ** 2).sum(axis=1), sums[:, -1]])
+
+
+def homogeneity(
+    signals: xr.DataArray,
+    labels: np.ndarray | xr.DataArray,
+    *,
+    n_parcels: int | None = None,
+    run: str | None = "run",
+    compute: bool = True,
+) -> float | xr.DataArray:
+    """Resting-state homogeneity: the size-weighted mean within-parcel correlation, averaged over runs.
+
+    As CBIG's ``CBIG_ComputeParcellationHomogeneity`` (Schaefer et al. 2018; Gordon et al. 2016): in
+    each run, the homogeneity of parcel ``p`` (``n_p`` voxels) is the mean Pearson correlation of
+    its ``n_p (n_p - 1) / 2`` voxel pairs (1 for a single voxel); the run's homogeneity is their mean
+    weighted by ``n_p``; the result is the mean over runs. No voxel x voxel matrix is formed: with
+    ``z_v`` the centred unit-norm series of voxel ``v`` in the run and ``S_p`` the sum of the ``z_v``
+    of the parcel, the sum of its pairwise correlations is ``(||S_p||^2 - n_p) / 2``. The signals are
+    read once, a voxel block over one run per task; the memory is that block and a (parcel, time)
+    table of the run.
+
+    Voxels labelled 0 are left out, and so are voxels without variance in a run (they have no
+    correlation): ``n_p`` counts the voxels of ``p`` with variance in that run.
+
+    Parameters
+    ----------
+    signals : xarray.DataArray, dims ("voxel", "time")
+        Voxel signals (dask-backed or numpy), as :func:`compression_r2` takes them, e.g. a fitted
+        store's ``signals("cleaned")``; runs are told apart by the coordinate ``run`` along time.
+    labels : numpy array or xarray.DataArray, shape (n_voxels,)
+        Parcel of each voxel, ``1..K``; ``0`` = no parcel.
+    n_parcels : int, optional
+        ``K``, default ``max(labels)``.
+    run : str or None, default "run"
+        The coordinate along time whose values name the runs (each run is a set of time points);
+        when ``"run"`` is absent, or with None, the whole time axis is one run.
+    compute : bool, default True
+        If False, return a lazy 0-d DataArray (to compute with other metrics in one pass).
+
+    Returns
+    -------
+    float or xarray.DataArray
+        Homogeneity in [-1, 1]; NaN if no labelled voxel has variance in any run.
+
+    Raises
+    ------
+    InputError
+        If the signals or labels are malformed, or ``run`` names no coordinate along time.
+    """
+    import dask.array as da
+
+    signals = _check_signals(signals)
+    codes, n_parcels = check_labels(labels, signals.sizes["voxel"], n_parcels)
+    n_time = signals.sizes["time"]
+    if run is None or (run == "run" and run not in signals.coords):
+        groups = [np.arange(n_time)]
+    else:
+        if run not in signals.coords or signals[run].dims != ("time",):
+            along = [str(c) for c in signals.coords if signals[c].dims == ("time",)]
+            raise InputError(
+                f"run={run!r}: not a coordinate of signals along time; pass run=None (one run) "
+                f"or one of {along}"
+            )
+        values = np.asarray(signals[run].values)
+        _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+        groups = [np.flatnonzero(inverse == g) for g in np.argsort(first)]
+    data = signals.data
+    terms = []
+    for idx in groups:
+        contiguous = idx.size and idx[-1] - idx[0] == idx.size - 1
+        piece = data[:, idx[0] : idx[-1] + 1] if contiguous else data[:, idx]
+        terms.append(_run_terms(piece, codes, n_parcels))
+    stacked = da.stack(terms) if any(isinstance(t, da.Array) for t in terms) else np.stack(terms)
+    square, count = stacked[:, 0], stacked[:, 1]  # (run, parcel)
+    pairs = count * (count - 1)
+    per_parcel = np.where(count > 1, (square - count) / np.where(pairs > 0, pairs, 1), 1.0)
+    weight = count.sum(axis=1)
+    per_run = (per_parcel * count).sum(axis=1) / np.where(weight > 0, weight, 1)
+    used = weight > 0
+    result = xr.DataArray(
+        (per_run * used).sum() / used.sum(), name="homogeneity"
+    )  # NaN (0 / 0) when no run has a voxel with variance
+    if compute:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(result.compute())
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
