@@ -146,3 +146,33 @@ def test_real_scan_matches_nilearn_and_balances_sizes(tmp_path_factory):
         _size_cv(ours),
         _size_cv(nilearn_labels),
     )
+
+
+def test_starts_in_parallel_and_the_best_compression_r2_kept():
+    from test_kmeans import _Graphs, _within_ss, planted_signals, reference_r2
+
+    from daskparcel.clustering.kmeans import start_seeds
+
+    x, features = planted_signals(0)
+    seeds = start_seeds(0, 4)
+    singles = [hierarchical_kmeans(features, 20, random_state=s) for s in seeds]
+    r2 = [reference_r2(x, labels) for labels in singles]
+    inertia = [_within_ss(features, labels) for labels in singles]
+    assert np.argmax(r2) != np.argmin(inertia)  # inertia would keep another start here
+    signals = xr.DataArray(da.from_array(x, chunks=(400, -1)), dims=("voxel", "time"))
+    with _Graphs() as graphs:
+        judged = hierarchical_kmeans(features, 20, n_init=4, signals=signals)
+    assert adjusted_rand_score(judged, singles[int(np.argmax(r2))]) == 1.0
+    # both levels of the four starts run as the tasks of one graph each
+    assert max(g.count("minibatch_in_memory") for g in graphs.graphs) == 4
+    assert max(g.count("fine_cluster") for g in graphs.graphs) >= 4 * 3
+    by_inertia = hierarchical_kmeans(features, 20, n_init=4)
+    assert adjusted_rand_score(by_inertia, singles[int(np.argmin(inertia))]) == 1.0
+
+
+def test_bad_judge_signals():
+    features = np.random.default_rng(0).normal(size=(100, 5))
+    with pytest.raises(InputError, match="signals: 99 voxels but the features have 100 rows"):
+        hierarchical_kmeans(
+            features, 9, n_init=2, signals=xr.DataArray(np.zeros((99, 8)), dims=("voxel", "time"))
+        )

@@ -38,7 +38,7 @@ from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KMeansResult", "kmeans"]
+__all__ = ["KMeansResult", "kmeans", "select_start", "start_seeds"]
 
 _IN_MEMORY_BYTES_DEFAULT = 2**30
 _SPLIT_EVERY = 8
@@ -496,6 +496,84 @@ def _minibatch_streaming(
 
 
 # ---------------------------------------------------------------------------------------------
+# several starts, judged by what users judge
+
+
+def start_seeds(random_state: int, n_init: int) -> list[int]:
+    """Seeds of ``n_init`` starts: ``random_state`` itself first (nilearn's single start), then seeds
+    derived from it (the same on every machine)."""
+    derived = np.random.SeedSequence(int(random_state)).generate_state(max(n_init, 1))
+    return [int(random_state)] + [int(s) for s in derived[1:n_init]]
+
+
+def _check_judge_signals(signals: Any, n_voxels: int) -> None:
+    """``signals`` is None or a (voxel, time) DataArray of ``n_voxels`` voxels, else InputError."""
+    if signals is None:
+        return
+    if not isinstance(signals, xr.DataArray) or set(signals.dims) != {"voxel", "time"}:
+        raise InputError(
+            f"signals: expected an xarray.DataArray with dims ('voxel', 'time'), got "
+            f"{type(signals).__name__} {getattr(signals, 'dims', '')}; pass the voxel signals the "
+            "features were reduced from, or signals=None to judge the starts by inertia"
+        )
+    if signals.sizes["voxel"] != n_voxels:
+        raise InputError(
+            f"signals: {signals.sizes['voxel']} voxels but the features have {n_voxels} rows; pass "
+            "the signals of the same voxels, in the same order"
+        )
+
+
+def select_start(
+    labelings: Sequence[np.ndarray],
+    signals: xr.DataArray | None,
+    *,
+    inertias: Sequence[float] | None = None,
+) -> int:
+    """Index of the best of several labelings of the same voxels.
+
+    Parameters
+    ----------
+    labelings : sequence of numpy.ndarray
+        Cluster indices ``0..K-1`` of every voxel, one array per start.
+    signals : xarray.DataArray, dims ("voxel", "time"), or None
+        With signals, the best start has the highest compression R^2
+        (:func:`daskparcel.metrics.compression_r2`), all computed in one streaming read of the signals;
+        ties go to the earlier start.
+    inertias : sequence of float, optional
+        Without signals, the best start has the lowest inertia.
+
+    Returns
+    -------
+    int
+        Index of the kept start (0 with a single labeling).
+    """
+    if len(labelings) <= 1:
+        return 0
+    if signals is None:
+        if inertias is None:
+            return 0
+        best = int(np.argmin(inertias))
+        logger.info("%d starts judged by inertia: kept start %d", len(labelings), best)
+        return best
+    from daskparcel.metrics import compression_r2
+
+    k = max(int(np.max(labels)) + 1 for labels in labelings)
+    lazy = [
+        compression_r2(signals, np.asarray(labels) + 1, n_parcels=k, compute=False)
+        for labels in labelings
+    ]
+    scores = [float(score) for score in dask.compute(*lazy)]
+    best = int(np.argmax(scores))
+    logger.info(
+        "%d starts judged by compression R^2 (%s): kept start %d",
+        len(labelings),
+        ", ".join(f"{score:.4f}" for score in scores),
+        best,
+    )
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
 # public
 
 
@@ -505,7 +583,9 @@ def kmeans(
     *,
     method: Literal["minibatch", "lloyd"] = "minibatch",
     random_state: int = 0,
-    n_init: int = 3,
+    n_init: int = 1,
+    signals: xr.DataArray | None = None,
+    mbk_n_init: int = 3,
     max_iter: int | None = None,
     tol: float | None = None,
     batch_size: int = 1024,
@@ -528,8 +608,19 @@ def kmeans(
         "lloyd" is full-batch Lloyd iterations on dask with a tree reduction per iteration.
     random_state : int, default=0
         Seed; the same seed gives the same labels on any scheduler (and, for "lloyd", any chunking).
-    n_init : int, default=3
-        Number of starts; the one with the lowest inertia is kept (nilearn uses 3).
+    n_init : int, default=1
+        Number of starts, each a whole KMeans from its own seed (the first from ``random_state``, so
+        ``n_init=1`` gives nilearn's single start and its labels). In memory the starts run as parallel
+        dask tasks sharing one copy of the features; "lloyd" and streamed starts run one after the
+        other. The kept start is the one with the highest compression R^2 of ``signals`` (see
+        :func:`select_start`), or without ``signals`` the lowest inertia in feature space (which does
+        not track the R^2 users judge on real data).
+    signals : xarray.DataArray, dims ("voxel", "time"), optional
+        The voxel signals the features were reduced from (same voxels, same order), to judge the starts
+        by their compression R^2: one streaming read of the signals for all starts.
+    mbk_n_init : int, default=3
+        "minibatch": scikit-learn's ``n_init`` inside each start (k-means++ draws kept by inertia on a
+        batch; nilearn uses 3); "lloyd": unused.
     max_iter : int or None
         "minibatch": epochs over the data (default 100 in memory as scikit-learn, 10 streamed);
         "lloyd": iterations (default 300).
@@ -574,15 +665,17 @@ def kmeans(
         raise InputError(
             f"random_state={random_state!r}: must be an integer; pass random_state=0 or another seed"
         )
-    n_init = _check_int("n_init", n_init, 1, "pass n_init=3")
+    n_init = _check_int("n_init", n_init, 1, "pass n_init=1 (nilearn's single start) or more")
+    mbk_n_init = _check_int("mbk_n_init", mbk_n_init, 1, "pass mbk_n_init=3 (nilearn's)")
     batch_size = _check_int("batch_size", batch_size, 1, "pass batch_size=1024")
     if max_iter is not None:
         max_iter = _check_int("max_iter", max_iter, 1, "pass max_iter=None for the default")
     if tol is not None and (not isinstance(tol, numbers.Real) or not tol >= 0):
         raise InputError(f"tol={tol!r}: must be a number >= 0; pass tol=None for the default")
-    seeds = [int(s) for s in np.random.SeedSequence(int(random_state)).generate_state(n_init)]
+    _check_judge_signals(signals, n_voxels)
+    seeds = start_seeds(int(random_state), n_init)
 
-    n_reseeded = 0
+    starts: list[dict[str, Any]] = []
     if method == "minibatch":
         limit = int(dask.config.get("daskparcel.kmeans.in-memory-bytes", _IN_MEMORY_BYTES_DEFAULT))
         if x.nbytes <= limit:
@@ -590,17 +683,23 @@ def kmeans(
             arr = np.asarray(x.compute())
             if not np.isfinite(arr).all():
                 _raise_non_finite("")
-            labels, d2, n_iter = _minibatch_in_memory(
-                arr,
-                k,
-                random_state=int(random_state),
-                n_init=n_init,
-                max_iter=100 if max_iter is None else max_iter,
-                tol=0.0 if tol is None else float(tol),
-                batch_size=batch_size,
-                max_no_improvement=max_no_improvement,
-                init=init,
-                refine=refine,
+            shared = dask.delayed(arr, pure=True)  # one copy of the features for every start
+            runs = dask.compute(
+                *[
+                    dask.delayed(_minibatch_in_memory, pure=True)(
+                        shared,
+                        k,
+                        random_state=seed,
+                        n_init=mbk_n_init,
+                        max_iter=100 if max_iter is None else max_iter,
+                        tol=0.0 if tol is None else float(tol),
+                        batch_size=batch_size,
+                        max_no_improvement=max_no_improvement,
+                        init=init,
+                        refine=refine,
+                    )
+                    for seed in seeds
+                ]
             )
             x = da.from_array(arr, chunks=(_default_rows(arr.shape), -1))
         else:
@@ -610,23 +709,27 @@ def kmeans(
                 x.nbytes,
                 limit,
             )
-            labels, d2, n_iter = _minibatch_streaming(
-                x,
-                k,
-                random_state=int(random_state),
-                n_init=n_init,
-                n_epochs=10 if max_iter is None else max_iter,
-                batch_size=batch_size,
-                check=True,
+            runs = tuple(
+                _minibatch_streaming(
+                    x,
+                    k,
+                    random_state=seed,
+                    n_init=mbk_n_init,
+                    n_epochs=10 if max_iter is None else max_iter,
+                    batch_size=batch_size,
+                    check=True,
+                )
+                for seed in seeds
             )
-        labels, moved = _reseed_empty(labels, d2, k)
-        n_reseeded = moved.size
-        final = _finalize(x, labels, k)
+        for labels, d2, n_iter in runs:
+            labels, moved = _reseed_empty(labels, d2, k)
+            final = _finalize(x, labels, k)
+            starts.append({"final": final, "labels": labels, "n_iter": n_iter, "moved": moved.size})
     else:
         first = _finalize(x, np.zeros(n_voxels, dtype=np.int64), 1, check=True)
         variance = first["inertia"] / (n_voxels * x.shape[1])
-        best: dict[str, Any] | None = None
-        for seed in seeds:
+        # lloyd's seeds are all derived from random_state (as before starts were judged)
+        for seed in np.random.SeedSequence(int(random_state)).generate_state(n_init).tolist():
             labels, d2, n_iter = _lloyd(
                 x,
                 k,
@@ -642,15 +745,20 @@ def kmeans(
             logger.debug(
                 "lloyd start seed %d: inertia %.6g in %d iterations", seed, final["inertia"], n_iter
             )
-            if best is None or final["inertia"] < best["final"]["inertia"]:
-                best = {"final": final, "labels": labels, "n_iter": n_iter, "moved": moved.size}
-        assert best is not None
-        final, labels, n_iter, n_reseeded = (
-            best["final"],
-            best["labels"],
-            best["n_iter"],
-            best["moved"],
+            starts.append({"final": final, "labels": labels, "n_iter": n_iter, "moved": moved.size})
+    chosen = starts[
+        select_start(
+            [start["labels"] for start in starts],
+            signals,
+            inertias=[start["final"]["inertia"] for start in starts],
         )
+    ]
+    final, labels, n_iter, n_reseeded = (
+        chosen["final"],
+        chosen["labels"],
+        chosen["n_iter"],
+        chosen["moved"],
+    )
     if not math.isfinite(final["inertia"]):
         _raise_non_finite("")
     return KMeansResult(
