@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "compression_r2": "daskparcel.metrics",
     "parcel_sizes": "daskparcel.metrics",
     "contiguity": "daskparcel.metrics",
+    "homogeneity": "daskparcel.metrics",
     "adjusted_rand": "daskparcel.metrics",
 }
 

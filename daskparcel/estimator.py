@@ -67,6 +67,8 @@ PARAMETER_CHECKS: dict[str, Check] = {
     "mask_strategy": one_of(*MASK_STRATEGIES),
     "mask_args": mapping_or_none,
     "kmeans_method": one_of("minibatch", "lloyd"),
+    "n_init": integer(1),
+    "weighting": boolean,
 }
 
 
@@ -123,6 +125,13 @@ class Parcellations(TransformerMixin, BaseEstimator):
         kmeans: nilearn's mini-batch KMeans, or full Lloyd iterations with k-means|| (for distributed runs).
     confounds_columns : list of str, optional
         Columns to take from confounds files (names or globs, e.g. ``["trans_*", "rot_*", "csf"]``).
+    n_init : int, default=1
+        kmeans / hierarchical_kmeans: starts run as parallel tasks, the one with the best compression R^2
+        of the signals kept (1: nilearn's single start).
+    weighting : bool, default=True
+        kmeans / hierarchical_kmeans: cluster the reduction's components weighted by the signal variance
+        they carry, so that kmeans minimises what compression R^2 judges (False: nilearn's features, and
+        with ``n_init=1`` nilearn's labels).
 
     Attributes
     ----------
@@ -174,6 +183,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         connectivity: Any = None,
         kmeans_method: str = "minibatch",
         confounds_columns: Sequence[str] | None = None,
+        n_init: int = 1,
+        weighting: bool = True,
     ) -> None:
         self.method = method
         self.n_parcels = n_parcels
@@ -199,6 +210,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         self.connectivity = connectivity
         self.kmeans_method = kmeans_method
         self.confounds_columns = confounds_columns
+        self.n_init = n_init
+        self.weighting = weighting
 
     # ------------------------------------------------------------------------------------ validation
     def _validate_params(self) -> None:
@@ -283,37 +296,20 @@ class Parcellations(TransformerMixin, BaseEstimator):
     def _cluster(self, features: np.ndarray, mask: np.ndarray, store: SignalsStore) -> np.ndarray:
         """Labels 0..K-1 over the mask's voxels, by the registered method (trees kept in the store)."""
         method = METHODS[str(self.method)]
-        options = {name: getattr(self, name) for name in method.options}
+        options = {name: getattr(self, name) for name in (*method.options, "weighting")}
         job = ClusterJob(
-            features, int(self.n_parcels), mask, int(self.random_state), options, self.connectivity
-        )
-        tree_key = store.features_group(self.n_components, self.random_state).replace(
-            "reduced/", "trees/"
-        )
-        labels, self.tree_ = run_method(method, job, cache=store, key=tree_key)
+            features, int(self.n_parcels), mask, int(self.random_state), options, self.connectivity,
+            store.signals("cleaned"),
+        )  # fmt: skip
+        key = store.features_group(self.n_components, self.random_state)
+        labels, self.tree_ = run_method(method, job, cache=store, key=key)
         return labels
 
-    def _set_fitted(
-        self,
-        labels: np.ndarray,
-        mask: np.ndarray,
-        affine: np.ndarray,
-        features: np.ndarray,
-        store: SignalsStore | None,
-        runs: Sequence[RunInput],
-        timings: dict[str, float],
-    ) -> None:
-        labels = np.asarray(labels, dtype=np.int64)
-        n = int(self.n_parcels)
-        found = np.unique(labels)
-        if len(found) != n or found[0] != 0 or found[-1] != n - 1:
-            raise RuntimeError(
-                f"{self.method} gave {len(found)} clusters instead of {n}: please report this"
-            )
-        self._set_labels(labels + 1, mask, affine)
+    def _set_fitted(self, labels: np.ndarray, mask: np.ndarray, affine: np.ndarray, features: np.ndarray, store: SignalsStore | None, runs: Sequence[RunInput], timings: dict[str, float]) -> None:  # fmt: skip
+        self._set_labels(np.asarray(labels, dtype=np.int64) + 1, mask, affine)
         self.components_ = features.T
         self.store_ = store
-        self.signals_store_ = None if store is None else store.path
+        self.signals_store_: Path | None = None if store is None else store.path
         self.timings_ = timings
         self.runs_ = [r.name for r in runs]
         self._fitted_identities = {r.identity: r.name for r in runs}

@@ -239,6 +239,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param(
         "kmeans_method", "choice", "kmeans: minibatch (nilearn) or lloyd", ("minibatch", "lloyd")
     ),
+    Param("n_init", "int", "kmeans family: starts, the best by R^2 kept (default 1)", minimum=1),
+    Param("weighting", "bool", "kmeans family: weigh components by their signal (default: yes)"),
     Param(
         "confounds_columns",
         "strings",

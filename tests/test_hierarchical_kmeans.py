@@ -146,3 +146,117 @@ def test_real_scan_matches_nilearn_and_balances_sizes(tmp_path_factory):
         _size_cv(ours),
         _size_cv(nilearn_labels),
     )
+    # issue 21 item 1: on features weighted by the signals' variance along each component, every
+    # seed beats nilearn's labels (whose seed 0 is its best of seeds 0-4 here) with balanced sizes
+    from test_kmeans import reference_r2
+
+    from daskparcel.clustering.weights import weigh_components
+
+    weighted = weigh_components(features, signals)
+    nilearn_r2 = reference_r2(x.T, nilearn_labels)
+    for seed in range(5):
+        labels = hierarchical_kmeans(weighted, 50, random_state=seed)
+        r2 = reference_r2(x.T, labels)
+        assert r2 >= nilearn_r2 and _size_cv(labels) <= 1.2, (
+            seed,
+            r2,
+            nilearn_r2,
+            _size_cv(labels),
+        )
+
+
+def test_starts_in_parallel_and_the_best_compression_r2_kept():
+    from test_kmeans import _Graphs, _within_ss, planted_signals, reference_r2
+
+    from daskparcel.clustering.starts import start_seeds
+
+    x, features = planted_signals(0)
+    seeds = start_seeds(0, 4)
+    singles = [hierarchical_kmeans(features, 20, random_state=s) for s in seeds]
+    r2 = [reference_r2(x, labels) for labels in singles]
+    inertia = [_within_ss(features, labels) for labels in singles]
+    assert np.argmax(r2) != np.argmin(inertia)  # inertia would keep another start here
+    signals = xr.DataArray(da.from_array(x, chunks=(400, -1)), dims=("voxel", "time"))
+    with _Graphs() as graphs:
+        judged = hierarchical_kmeans(features, 20, n_init=4, signals=signals)
+    assert adjusted_rand_score(judged, singles[int(np.argmax(r2))]) == 1.0
+    # both levels of the four starts run as the tasks of one graph each
+    assert max(g.count("minibatch_in_memory") for g in graphs.graphs) == 4
+    assert max(g.count("fine_cluster") for g in graphs.graphs) >= 4 * 3
+    by_inertia = hierarchical_kmeans(features, 20, n_init=4)
+    assert adjusted_rand_score(by_inertia, singles[int(np.argmin(inertia))]) == 1.0
+
+
+def test_bad_judge_signals():
+    features = np.random.default_rng(0).normal(size=(100, 5))
+    with pytest.raises(InputError, match="signals: 99 voxels but the features have 100 rows"):
+        hierarchical_kmeans(
+            features, 9, n_init=2, signals=xr.DataArray(np.zeros((99, 8)), dims=("voxel", "time"))
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# features weighted by the signals' variance along each component (issue 21 item 1)
+
+
+def _projected_residual(x: np.ndarray, u: np.ndarray, labels: np.ndarray) -> float:
+    """Compression residual of the centred signals projected on span(u), by brute force."""
+    xc = x.astype(np.float64) - x.mean(1, keepdims=True)
+    q, _ = np.linalg.qr(u.astype(np.float64))
+    xp = q @ (q.T @ xc)
+    return float(sum(((xp[labels == p] - xp[labels == p].mean(0)) ** 2).sum() for p in set(labels)))
+
+
+@pytest.mark.parametrize("chunks", [None, (500, -1), (300, 35)])
+def test_weighted_features_inertia_is_the_projected_compression_residual(chunks):
+    from test_kmeans import _within_ss, planted_signals
+
+    from daskparcel.clustering.weights import weigh_components
+
+    x, u = planted_signals(2)
+    data = x if chunks is None else da.from_array(x, chunks=chunks)
+    weighted = weigh_components(u, xr.DataArray(data, dims=("voxel", "time")))
+    assert isinstance(weighted, np.ndarray) and weighted.shape == u.shape
+    rng = np.random.default_rng(0)
+    for labels in (rng.integers(0, 12, 1200), hierarchical_kmeans(u, 12)):
+        assert _within_ss(weighted, labels) == pytest.approx(
+            _projected_residual(x, u, labels), rel=1e-4
+        )
+    # one run with its own top singular vectors: distances are those of U S
+    xc = x - x.mean(1, keepdims=True)
+    left, s, _ = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
+    w = weigh_components(left[:, :40], xr.DataArray(x, dims=("voxel", "time")))
+    ref = left[:, :40] * s[:40]
+    d_ours = ((w[:50, None] - w[None, :50]) ** 2).sum(-1)
+    d_ref = ((ref[:50, None] - ref[None, :50]) ** 2).sum(-1)
+    np.testing.assert_allclose(d_ours, d_ref, rtol=1e-3, atol=1e-3 * d_ref.max())
+
+
+def test_weighted_features_keep_the_kind_and_coordinates():
+    from test_kmeans import planted_signals
+
+    from daskparcel.clustering.weights import weigh_components
+
+    x, u = planted_signals(2)
+    signals = xr.DataArray(da.from_array(x, chunks=(400, -1)), dims=("voxel", "time"))
+    lazy = weigh_components(da.from_array(u, chunks=(400, -1)), signals)
+    assert isinstance(lazy, da.Array)
+    labelled = xr.DataArray(u, dims=("voxel", "component"), coords={"component": np.arange(40)})
+    out = weigh_components(labelled, signals)
+    assert out.dims == ("voxel", "component") and list(out["component"].values) == list(range(40))
+    np.testing.assert_allclose(out.values, lazy.compute(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match=r"features: shape \(1199, 40\) for signals of 1200"):
+        weigh_components(u[1:], signals)
+
+
+def test_weighted_features_raise_the_compression_r2_on_planted_data():
+    from test_kmeans import planted_signals, reference_r2
+
+    from daskparcel.clustering.weights import weigh_components
+
+    x, u = planted_signals(0)
+    weighted = weigh_components(u, xr.DataArray(x, dims=("voxel", "time")))
+    for seed in range(3):
+        plain = reference_r2(x, hierarchical_kmeans(u, 20, random_state=seed))
+        ours = reference_r2(x, hierarchical_kmeans(weighted, 20, random_state=seed))
+        assert ours > plain + 0.02, (seed, ours, plain)

@@ -218,7 +218,7 @@ def test_real_scan_quality(rapidtide):
             50,
             method=method,
             random_state=0,
-            n_init=3 if method == "minibatch" else 1,
+            n_init=1,  # minibatch: one start with scikit-learn's n_init=3 inside, as nilearn
         )
         assert np.unique(result.labels).size == 50
         assert result.inertia <= reference_ss * 1.02, (method, result.inertia, reference_ss)
@@ -235,3 +235,80 @@ def test_refine_lowers_the_inertia_of_minibatch():
     refined = kmeans(x.astype(np.float32), 40, random_state=0, refine=True)
     assert refined.inertia < plain.inertia
     assert len(np.unique(refined.labels)) == 40
+
+
+# ----------------------------------------------------------------------------------------------
+# several starts, judged by the compression R^2 of the signals
+
+
+def planted_signals(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(voxel, time) signals of 16 planted parcels with voxel-varying amplitude and white noise, and
+    their features as the reduction gives them: unit-norm loadings of 40 components (noisy tail)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 16, 1200)
+    shared = rng.normal(size=(16, 80))
+    x = rng.uniform(0.3, 1.5, size=(1200, 1)) * shared[truth] + rng.normal(size=(1200, 80))
+    u, _, _ = np.linalg.svd(x - x.mean(1, keepdims=True), full_matrices=False)
+    return x.astype(np.float32), u[:, :40].astype(np.float32)
+
+
+def reference_r2(x: np.ndarray, labels: np.ndarray) -> float:
+    """Compression R^2 by brute force: residual to each parcel's mean of the centred signals."""
+    x = x.astype(np.float64) - x.mean(1, keepdims=True)
+    residual = sum(((x[labels == p] - x[labels == p].mean(0)) ** 2).sum() for p in set(labels))
+    return 1.0 - residual / (x**2).sum()
+
+
+class _Graphs(dask.callbacks.Callback):
+    """Records the task keys of every graph computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.graphs: list[list[str]] = []
+
+    def _start_state(self, dsk, state) -> None:  # type: ignore[no-untyped-def]
+        self.graphs.append([dask.utils.key_split(k) for k in dsk])
+
+
+def test_starts_in_parallel_and_the_best_compression_r2_kept():
+    from daskparcel.clustering.starts import start_seeds
+
+    x, features = planted_signals(1)
+    seeds = start_seeds(0, 4)
+    assert seeds[0] == 0  # the first start is nilearn's single start
+    singles = [kmeans(features, 12, random_state=s).labels for s in seeds]
+    r2 = [reference_r2(x, labels) for labels in singles]
+    inertia = [_within_ss(features, labels) for labels in singles]
+    # in this case feature-space inertia and the R^2 disagree on the best start
+    assert np.argmax(r2) != np.argmin(inertia)
+    signals = xr.DataArray(da.from_array(x, chunks=(500, 40)), dims=("voxel", "time"))
+    with _Graphs() as graphs:
+        judged = kmeans(da.from_array(features, chunks=(500, -1)), 12, n_init=4, signals=signals)
+    assert adjusted_rand_score(judged.labels, singles[int(np.argmax(r2))]) == 1.0
+    # the four starts are tasks of one graph
+    assert max(g.count("minibatch_in_memory") for g in graphs.graphs) == 4
+    by_inertia = kmeans(features, 12, n_init=4)
+    assert adjusted_rand_score(by_inertia.labels, singles[int(np.argmin(inertia))]) == 1.0
+    # one start: today's labels, whatever the signals
+    alone = kmeans(features, 12, n_init=1, signals=signals).labels
+    assert adjusted_rand_score(alone, singles[0]) == 1.0
+
+
+def test_lloyd_starts_judged_by_the_signals():
+    x, features = planted_signals(1)
+    signals = xr.DataArray(x, dims=("voxel", "time"))
+    single = kmeans(features, 12, method="lloyd", n_init=1).labels
+    judged = kmeans(features, 12, method="lloyd", n_init=3, signals=signals).labels
+    # the first of the three starts is the single one: the kept start is no worse
+    assert np.unique(judged).size == 12
+    assert reference_r2(x, judged) >= reference_r2(x, single) - 1e-12
+
+
+def test_bad_judge_signals():
+    x, features = planted_signals(1)
+    with pytest.raises(InputError, match="signals: 1199 voxels but the features have 1200 rows"):
+        kmeans(features, 12, n_init=2, signals=xr.DataArray(x[1:], dims=("voxel", "time")))
+    with pytest.raises(InputError, match=r"signals: expected an xarray\.DataArray"):
+        kmeans(features, 12, n_init=2, signals=x)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="n_init=0: must be an integer >= 1"):
+        kmeans(features, 12, n_init=0)

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import raise_if_dask_computes
+from conftest import raise_if_dask_computes, real_scan
 from dask.callbacks import Callback
 from scipy import ndimage
 from sklearn.metrics import adjusted_rand_score
@@ -18,6 +18,7 @@ from daskparcel.metrics import (
     adjusted_rand,
     compression_r2,
     contiguity,
+    homogeneity,
     parcel_sizes,
     r2_map,
     r2_per_parcel,
@@ -317,3 +318,108 @@ def test_split_half_reproducibility() -> None:
         split_half_reproducibility(fit_fn, signals, split="subject")
     with pytest.raises(InputError, match="single run"):
         split_half_reproducibility(fit_fn, signals.isel(time=slice(0, 5)), split="run")
+
+
+# ----------------------------------------------------------------------------- homogeneity
+
+
+def reference_homogeneity(x: np.ndarray, labels: np.ndarray, runs: np.ndarray) -> float:
+    """CBIG_ComputeParcellationHomogeneity by brute force: full correlation matrices per parcel."""
+    per_run = []
+    for r in dict.fromkeys(runs):
+        xr_ = x[:, runs == r].astype(np.float64)
+        varying = xr_.std(axis=1) > 0
+        num = den = 0.0
+        for p in np.unique(labels[labels > 0]):
+            members = np.flatnonzero((labels == p) & varying)
+            if members.size == 0:
+                continue
+            if members.size == 1:
+                h = 1.0
+            else:
+                c = np.corrcoef(xr_[members])
+                h = (c.sum() - members.size) / (members.size * (members.size - 1))
+            num += members.size * h
+            den += members.size
+        if den:
+            per_run.append(num / den)
+    return float(np.mean(per_run))
+
+
+def homogeneity_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """60 voxels in 7 parcels (one a singleton, some voxels unlabelled), two runs of 40 and 25 time
+    points; a voxel constant in the second run only."""
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(8), [5, 12, 9, 1, 10, 8, 6, 9])
+    rng.shuffle(labels)
+    runs = np.repeat(["sub-01_run-1", "sub-01_run-2"], [40, 25])
+    shared = rng.normal(size=(8, 65))
+    x = 100 + 3 * shared[labels] + rng.normal(size=(60, 65)) * rng.uniform(0.5, 4, size=(60, 1))
+    x[np.flatnonzero(labels == 2)[0], 40:] = 7.0
+    return x.astype(np.float32), labels, runs
+
+
+@pytest.mark.parametrize("chunks", [None, (60, -1), (7, 13), (16, 40)])
+def test_homogeneity_equals_brute_force(chunks) -> None:
+    x, labels, runs = homogeneity_case()
+    ref = reference_homogeneity(x, labels, runs)
+    data = x if chunks is None else da.from_array(x, chunks=chunks)
+    signals = xr.DataArray(data, dims=("voxel", "time"), coords={"run": ("time", runs)})
+    assert homogeneity(signals, labels) == pytest.approx(ref, abs=1e-10)
+    # without the run coordinate the whole series is one run; run=None says so
+    single = reference_homogeneity(x, labels, np.zeros(65))
+    assert homogeneity(signals.drop_vars("run"), labels) == pytest.approx(single, abs=1e-10)
+    assert homogeneity(signals, labels, run=None) == pytest.approx(single, abs=1e-10)
+    assert abs(ref - single) > 1e-3  # the runs matter in this case
+
+
+def test_homogeneity_hand_computed() -> None:
+    # parcel 1: v0 and v1 anti-correlated (-1); parcel 2: v2 and v3 identical up to scale (1),
+    # v4 a singleton (1): (2 * -1 + 2 * 1 + 1 * 1) / 5 = 0.2
+    x = np.array([[0, 1, 2], [2, 1, 0], [1, 2, 4], [2, 4, 8], [5, 3, 4]], dtype=np.float64)
+    assert homogeneity(xr.DataArray(x, dims=("voxel", "time")), [1, 1, 2, 2, 3]) == (
+        pytest.approx(0.2, abs=1e-12)
+    )
+
+
+def test_homogeneity_lazy_and_bounded() -> None:
+    # 20 runs: each task holds a voxel block over one run, whatever the number of runs
+    x = da.random.default_rng(0).normal(size=(1000, 2000), chunks=(250, 50)).astype(np.float32)
+    runs = np.repeat(np.arange(20), 100)
+    signals = xr.DataArray(x, dims=("voxel", "time"), coords={"run": ("time", runs)})
+    labels = np.random.default_rng(1).integers(0, 30, size=1000)
+    with raise_if_dask_computes():
+        lazy = homogeneity(signals, labels, compute=False)
+    with _HeldBytes() as held:
+        (value,) = dask.compute(lazy, scheduler="sync")
+    run_block = 250 * 100 * 8
+    assert held.peak <= 4 * run_block + 2 * 30 * 101 * 8, held.peak / run_block
+    ref = reference_homogeneity(x.compute(), labels, runs)
+    assert float(value) == pytest.approx(ref, abs=1e-10)
+
+
+def test_homogeneity_errors() -> None:
+    x, labels, runs = homogeneity_case()
+    signals = xr.DataArray(x, dims=("voxel", "time"), coords={"run": ("time", runs)})
+    with pytest.raises(InputError, match=r"run='subject'.*run=None"):
+        homogeneity(signals, labels, run="subject")
+    with pytest.raises(InputError, match="labels: shape"):
+        homogeneity(signals, labels[:-1])
+    with pytest.raises(InputError, match="signals: dims"):
+        homogeneity(signals.rename(voxel="v"), labels)
+
+
+@pytest.mark.real_data
+def test_homogeneity_equals_brute_force_on_the_real_scan() -> None:
+    mask = np.asarray(nib.load(real_scan("rapidtide_mask")).dataobj) > 0
+    x = nib.load(real_scan("rapidtide")).get_fdata(dtype=np.float32)[mask]
+    # parcels: 6 x 6 x 3 voxel boxes of the mask (~500 parcels of up to 108 voxels); two halves as runs
+    coords = np.argwhere(mask) // np.array([6, 6, 3])
+    _, labels = np.unique(coords, axis=0, return_inverse=True)
+    labels = labels.ravel() + 1
+    runs = np.repeat([0, 1], [130, x.shape[1] - 130])
+    signals = xr.DataArray(
+        da.from_array(x, chunks=(5000, 65)), dims=("voxel", "time"), coords={"run": ("time", runs)}
+    )
+    ref = reference_homogeneity(x, labels, runs)
+    assert homogeneity(signals, labels) == pytest.approx(ref, abs=1e-6)

@@ -109,6 +109,39 @@ def test_two_components_exactly_k_connected(caplog) -> None:  # type: ignore[no-
     assert [len(np.unique(labels[comp == c])) for c in (1, 2)] == [7, 3]
 
 
+@pytest.mark.parametrize("block_shape", [None, (8, 8, 1)])
+@pytest.mark.parametrize("k", [1, 5, 20, 60])
+def test_exactly_k_on_a_slice_with_identical_voxels(k: int, block_shape) -> None:  # type: ignore[no-untyped-def]
+    # one slice whose 6x6 square of all-zero features (air in a background mask) has 16 voxels
+    # surrounded only by identical ones: their zero-weight edges leave the graph (as in nilearn), so
+    # ReNA's rounds stall above K and the final merge must still see the whole lattice
+    mask = np.ones((16, 16, 1), bool)
+    rng = np.random.default_rng(3)
+    vol = ndimage.gaussian_filter(rng.standard_normal((*mask.shape, 6)), (1, 1, 0, 0))
+    vol[4:10, 4:10] = 0.0
+    x = vol[mask].astype(np.float32)
+    labels = rena(x, k, mask=mask, block_shape=block_shape)
+    assert sorted(np.unique(labels)) == list(range(k))
+    _assert_connected(labels, mask)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("k", [20, 50])
+def test_exactly_k_on_the_single_slice_scan(tmp_path, k: int) -> None:  # type: ignore[no-untyped-def]
+    # issue 20 item 6: the pymvpa slice with the background mask gave 94 clusters instead of 20 or 50
+    from daskparcel import Parcellations
+
+    est = Parcellations(
+        method="rena", n_parcels=k, mask_strategy="background", store=tmp_path / "store"
+    )
+    est.fit(str(real_scan("pymvpa")))
+    labels = np.asarray(est.labels_img_.dataobj)
+    mask = np.asarray(est.mask_img_.dataobj).astype(bool)
+    assert mask.shape[2] == 1
+    assert sorted(np.unique(labels[mask])) == list(range(1, k + 1))
+    _assert_connected(labels[mask], mask)
+
+
 def test_computes_only_at_named_points() -> None:
     mask = np.ones((8, 8, 4), bool)
     x = da.from_array(np.random.default_rng(0).random((256, 4)).astype(np.float32), chunks=(64, -1))

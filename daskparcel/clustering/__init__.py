@@ -8,6 +8,7 @@ docs and the tests all read this mapping: a new method is its module plus one en
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class ClusterJob:
     random_state: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
     connectivity: Any = None  # a voxel x voxel graph replacing the mask's lattice, or None
+    signals: Any = None  # the cleaned voxel signals (voxel, time), lazy: to judge starts by R^2
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Method:
     tree: Callable[[ClusterJob], MergeTree] | None = None
     #: The estimator options this method reads from ``ClusterJob.options``.
     options: tuple[str, ...] = ()
+    #: Whether the method clusters the features weighted by the signal they carry (``weighting``).
+    weighted: bool = False
 
     @property
     def is_tree(self) -> bool:
@@ -56,17 +60,26 @@ def _kmeans(job: ClusterJob) -> np.ndarray:
     method: Literal["minibatch", "lloyd"] = (
         "lloyd" if job.options.get("kmeans_method") == "lloyd" else "minibatch"
     )
+    n_init = int(job.options.get("n_init", 1))
     return kmeans(
-        job.features, job.n_clusters, method=method, random_state=job.random_state, n_init=3,
-        refine=True,
+        job.features, job.n_clusters, method=method, random_state=job.random_state, n_init=n_init,
+        signals=job.signals if n_init > 1 else None, refine=True,
     ).labels  # fmt: skip
 
 
 def _hierarchical_kmeans(job: ClusterJob) -> np.ndarray:
     from daskparcel.clustering.hierarchical_kmeans import hierarchical_kmeans
 
+    n_init = int(job.options.get("n_init", 1))
+    signals = job.signals if n_init > 1 else None
     return np.asarray(
-        hierarchical_kmeans(job.features, job.n_clusters, random_state=job.random_state)
+        hierarchical_kmeans(
+            job.features,
+            job.n_clusters,
+            random_state=job.random_state,
+            n_init=n_init,
+            signals=signals,
+        )
     )
 
 
@@ -100,12 +113,15 @@ METHODS: dict[str, Method] = {
         "kmeans",
         "mini-batch KMeans of the voxels' reduced time courses (nilearn's), finished by Lloyd iterations",
         labels=_kmeans,
-        options=("kmeans_method",),
+        options=("kmeans_method", "n_init"),
+        weighted=True,
     ),
     "hierarchical_kmeans": Method(
         "hierarchical_kmeans",
         "two-level KMeans: sqrt(K) coarse clusters, each split in proportion to its size",
         labels=_hierarchical_kmeans,
+        options=("n_init",),
+        weighted=True,
     ),
     "ward": Method(
         "ward",
@@ -131,8 +147,10 @@ METHODS: dict[str, Method] = {
 }
 
 
-class TreeCache(Protocol):
-    """Where trees are kept between fits (the signals store): named groups of arrays."""
+class Cache(Protocol):
+    """Where derived features and trees are kept between fits (the signals store)."""
+
+    def derived(self, name: str, compute: Callable[[], np.ndarray]) -> np.ndarray: ...
 
     def cached_arrays(self, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None: ...
 
@@ -140,19 +158,30 @@ class TreeCache(Protocol):
 
 
 def run_method(
-    method: Method, job: ClusterJob, *, cache: TreeCache | None = None, key: str = "trees/tree"
+    method: Method, job: ClusterJob, *, cache: Cache | None = None, key: str = "reduced/features"
 ) -> tuple[np.ndarray, MergeTree | None]:
     """Labels 0..K-1 of the mask's voxels by ``method``, and its merge tree (None for partitions).
 
-    A tree method's tree is read from ``cache`` (group ``<key>-<method>[-<graph token>]``) when it is there,
-    else built and kept there; either way it is cut at ``job.n_clusters``.
+    ``key`` names the features in ``cache`` (``reduced/c<k>-r<seed>``). A weighted method clusters the
+    features weighted by their signal (``<key>-weighted``, kept in the cache) unless
+    ``job.options["weighting"]`` is False. A tree method's tree is read from ``cache`` (group
+    ``trees/...-<method>[-<graph token>]``) when it is there, else built and kept there; either way it is cut
+    at ``job.n_clusters``.
     """
+    if method.weighted and job.options.get("weighting", True) and job.signals is not None:
+        from daskparcel.clustering.weights import weigh_components
+
+        def weigh() -> np.ndarray:
+            return np.asarray(weigh_components(job.features, job.signals))
+
+        weighted = cache.derived(f"{key}-weighted", weigh) if cache is not None else weigh()
+        job = dataclasses.replace(job, features=weighted)
     if method.tree is None:
         assert method.labels is not None
-        return np.asarray(method.labels(job)), None
+        return _exactly_k(np.asarray(method.labels(job)), job.n_clusters, method.name), None
     from daskparcel.clustering.agglomerative import MergeTree
 
-    name = f"{key}-{method.name}"
+    name = f"{key.replace('reduced/', 'trees/')}-{method.name}"
     if job.connectivity is not None:
         conn = job.connectivity
         name += "-" + dask.base.tokenize(
@@ -167,7 +196,16 @@ def run_method(
         if cache is not None:
             arrays, attrs = tree.to_arrays()
             cache.write_arrays(name, arrays, **attrs)
-    return np.asarray(tree.cut(job.n_clusters)), tree
+    return _exactly_k(np.asarray(tree.cut(job.n_clusters)), job.n_clusters, method.name), tree
 
 
-__all__ = ["METHODS", "ClusterJob", "Method", "TreeCache", "run_method"]
+def _exactly_k(labels: np.ndarray, k: int, name: str) -> np.ndarray:
+    """The registry's contract: labels 0..K-1, every one used (a RuntimeError otherwise: a bug)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    found = np.unique(labels)
+    if len(found) != k or found[0] != 0 or found[-1] != k - 1:
+        raise RuntimeError(f"{name} gave {len(found)} clusters instead of {k}: please report this")
+    return labels
+
+
+__all__ = ["METHODS", "Cache", "ClusterJob", "Method", "run_method"]

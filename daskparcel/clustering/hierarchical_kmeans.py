@@ -15,12 +15,20 @@ import logging
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
+import xarray as xr
 from sklearn.cluster import MiniBatchKMeans
 
+from daskparcel import config
 from daskparcel._checks import check_int, check_n_clusters
+from daskparcel.clustering._blocks import finalize, raise_non_finite, reseed_empty
 from daskparcel.clustering._common import features_dask
-from daskparcel.clustering.kmeans import kmeans, reseed_empty
+from daskparcel.clustering.kmeans import (
+    kmeans,
+    minibatch_in_memory,
+)
+from daskparcel.clustering.starts import check_judge_signals, select_start, start_seeds
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -115,13 +123,61 @@ def _fine_cluster(
     return labels
 
 
+def _coarse_starts(
+    x: Any,
+    n_big: int,
+    seeds: list[int],
+    *,
+    batch_size: int,
+    mbk_n_init: int,
+    max_no_improvement: int | None,
+) -> list[np.ndarray]:
+    """The first level of every start: parallel dask tasks on one in-memory copy of the features, or
+    (features above ``daskparcel.kmeans.in-memory-bytes``) streamed kmeans one start after the other."""
+    limit = int(config.get("kmeans.in-memory-bytes"))
+    if isinstance(x, np.ndarray) and x.nbytes <= limit:
+        shared = dask.delayed(x, pure=True)
+        runs = dask.compute(
+            *[
+                dask.delayed(minibatch_in_memory, pure=True)(
+                    shared,
+                    n_big,
+                    random_state=seed,
+                    n_init=mbk_n_init,
+                    max_iter=100,
+                    tol=0.0,
+                    batch_size=batch_size,
+                    max_no_improvement=max_no_improvement,
+                    init="k-means++",
+                )
+                for seed in seeds
+            ]
+        )
+        return [reseed_empty(labels, d2, n_big)[0] for labels, d2, _ in runs]
+    return [
+        kmeans(
+            x,
+            n_big,
+            method="minibatch",
+            random_state=seed,
+            n_init=1,
+            mbk_n_init=mbk_n_init,
+            batch_size=batch_size,
+            max_no_improvement=max_no_improvement,
+        ).labels
+        for seed in seeds
+    ]
+
+
 def hierarchical_kmeans(
     features: Any,
     n_clusters: int,
     *,
     random_state: int = 0,
+    n_init: int = 1,
+    signals: xr.DataArray | None = None,
     batch_size: int = 1000,
-    n_init: int = 10,
+    mbk_n_init: int = 10,
     max_no_improvement: int | None = 10,
 ) -> np.ndarray:
     """Two-level KMeans (nilearn's ``hierarchical_kmeans`` method), exactly ``n_clusters`` labels.
@@ -133,9 +189,17 @@ def hierarchical_kmeans(
     n_clusters : int
         Number of clusters K (1 <= K <= number of voxels).
     random_state : int, default=0
-        Seed of every mini-batch KMeans (as nilearn, the same seed at both levels).
-    batch_size, n_init, max_no_improvement
-        scikit-learn ``MiniBatchKMeans`` parameters; the defaults are nilearn ``Parcellations``'.
+        Seed of every mini-batch KMeans of the first start (as nilearn, the same seed at both levels).
+    n_init : int, default=1
+        Number of starts, each a whole two-level clustering from its own seed (the first from
+        ``random_state``: ``n_init=1`` gives nilearn's labels). Both levels of every start run as
+        parallel dask tasks; the start kept is the one with the highest compression R^2 of ``signals``
+        (:func:`daskparcel.clustering.kmeans.select_start`), or without ``signals`` the lowest inertia.
+    signals : xarray.DataArray, dims ("voxel", "time"), optional
+        The voxel signals the features were reduced from, to judge the starts (one streaming read).
+    batch_size, mbk_n_init, max_no_improvement
+        scikit-learn ``MiniBatchKMeans`` parameters (``mbk_n_init`` is its ``n_init``, inside each
+        start); the defaults are nilearn ``Parcellations``'.
 
     Returns
     -------
@@ -145,51 +209,77 @@ def hierarchical_kmeans(
     Raises
     ------
     InputError
-        For a bad ``n_clusters`` or option, or non-finite features.
+        For a bad ``n_clusters``, option or ``signals``, or non-finite features.
     """
     x = features_dask(features)
     n_voxels = x.shape[0]
     k = check_n_clusters(n_clusters, n_voxels)
     batch_size = check_int("batch_size", batch_size, 1, "pass batch_size=1000")
-    n_init = check_int("n_init", n_init, 1, "pass n_init=10")
+    n_init = check_int("n_init", n_init, 1, "pass n_init=1 (nilearn's single start) or more")
+    mbk_n_init = check_int("mbk_n_init", mbk_n_init, 1, "pass mbk_n_init=10 (nilearn's)")
+    check_judge_signals(signals, n_voxels)
+    seeds = start_seeds(int(random_state), n_init)
     n_big = int(np.sqrt(k))
-    coarse = kmeans(
-        x,
+    limit = int(config.get("kmeans.in-memory-bytes"))
+    data: Any = x
+    if x.nbytes <= limit:  # read the features once, for every start and both levels
+        data = np.asarray(x.compute())
+        if not np.isfinite(data).all():
+            raise_non_finite("")
+    coarse_starts = _coarse_starts(
+        data,
         n_big,
-        method="minibatch",
-        random_state=random_state,
-        n_init=n_init,
+        seeds,
         batch_size=batch_size,
+        mbk_n_init=mbk_n_init,
         max_no_improvement=max_no_improvement,
-    ).labels
-    shares = split_sizes(np.bincount(coarse, minlength=n_big), k)
-    logger.debug("hierarchical kmeans: %d coarse clusters, shares %s", n_big, shares.tolist())
-    members = [np.flatnonzero(coarse == i) for i in range(n_big)]
+    )
+    shared = dask.delayed(data, pure=True) if isinstance(data, np.ndarray) else None
+    plans = []
     tasks: list[Any] = []
-    for index, n_small in zip(members, shares):
-        if n_small == 0:
-            tasks.append(None)
-            continue
-        rows = x[index] if index.size < n_voxels else x
-        tasks.append(
-            dask.delayed(_fine_cluster, pure=True)(
-                rows,
-                int(n_small),
-                random_state=random_state,
-                batch_size=batch_size,
-                n_init=n_init,
-                max_no_improvement=max_no_improvement,
+    for seed, coarse in zip(seeds, coarse_starts, strict=True):
+        shares = split_sizes(np.bincount(coarse, minlength=n_big), k)
+        logger.debug("hierarchical kmeans: %d coarse clusters, shares %s", n_big, shares.tolist())
+        members = [np.flatnonzero(coarse == i) for i in range(n_big)]
+        plan = []
+        for index, n_small in zip(members, shares, strict=True):
+            if n_small == 0:
+                continue
+            if shared is not None:
+                rows: Any = dask.delayed(_take, pure=True)(shared, index)
+            else:
+                rows = x[index] if index.size < n_voxels else x
+            plan.append((index, int(n_small), len(tasks)))
+            tasks.append(
+                dask.delayed(_fine_cluster, pure=True)(
+                    rows,
+                    int(n_small),
+                    random_state=seed,
+                    batch_size=batch_size,
+                    n_init=mbk_n_init,
+                    max_no_improvement=max_no_improvement,
+                )
             )
-        )
-    results = dask.compute(*[t for t in tasks if t is not None])
-    labels = np.empty(n_voxels, dtype=np.int64)
-    offset = 0
-    it = iter(results)
-    for index, n_small, task in zip(members, shares, tasks):
-        if task is None:
-            continue
-        labels[index] = offset + next(it)
-        offset += int(n_small)
-    if offset != k or np.unique(labels).size != k:  # pragma: no cover - guarded above
-        raise RuntimeError(f"hierarchical kmeans produced {np.unique(labels).size} labels, not {k}")
-    return labels
+        plans.append(plan)
+    results = dask.compute(*tasks)  # the second level of every start, in parallel
+    labelings = []
+    for plan in plans:
+        labels = np.empty(n_voxels, dtype=np.int64)
+        offset = 0
+        for index, n_small, task in plan:
+            labels[index] = offset + results[task]
+            offset += n_small
+        if offset != k or np.unique(labels).size != k:  # pragma: no cover - guarded above
+            raise RuntimeError(
+                f"hierarchical kmeans produced {np.unique(labels).size} labels, not {k}"
+            )
+        labelings.append(labels)
+    inertias = None
+    if signals is None and len(labelings) > 1:
+        features_d = da.from_array(data) if isinstance(data, np.ndarray) else x
+        inertias = [finalize(features_d, labels, k)["inertia"] for labels in labelings]
+    return labelings[select_start(labelings, signals, inertias=inertias)]
+
+
+def _take(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return x if index.size == x.shape[0] else x[index]

@@ -29,20 +29,26 @@ from typing import Any, Literal
 import dask
 import dask.array as da
 import numpy as np
-import scipy.sparse
+import xarray as xr
 from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
 
 from daskparcel import config
 from daskparcel._checks import check_int, check_n_clusters
-from daskparcel._dask import tree_reduce
+from daskparcel.clustering._blocks import (
+    assign,
+    delayed_blocks,
+    finalize,
+    nearest,
+    raise_non_finite,
+    reseed_empty,
+)
 from daskparcel.clustering._common import default_rows, features_dask
+from daskparcel.clustering.starts import check_judge_signals, select_start, start_seeds
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["KMeansResult", "kmeans"]
-
-_CANDIDATE_BLOCK = 2048
 
 
 @dataclass(frozen=True)
@@ -72,148 +78,6 @@ class KMeansResult:
 
 # ---------------------------------------------------------------------------------------------
 # input checks
-
-
-def _raise_non_finite(where: str) -> None:
-    raise InputError(
-        f"features: non-finite values (NaN or inf){where}; check the reduction's input signals "
-        "(they must be finite) or replace NaN before clustering"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# chunk kernels and the tree reduction
-
-
-def _sq_distances(x: np.ndarray, centers: np.ndarray, center_sq: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances (n, K), clipped at 0."""
-    d2 = (x * x).sum(axis=1)[:, None] - 2.0 * (x @ centers.T) + center_sq[None, :]
-    np.maximum(d2, 0.0, out=d2)
-    return d2
-
-
-def _nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the nearest centre and squared distance to it, centres taken in blocks."""
-    x = np.asarray(x, dtype=np.float64)
-    best = np.full(x.shape[0], np.inf)
-    arg = np.zeros(x.shape[0], dtype=np.int64)
-    for start in range(0, centers.shape[0], _CANDIDATE_BLOCK):
-        block = centers[start : start + _CANDIDATE_BLOCK]
-        d2 = _sq_distances(x, block, (block * block).sum(axis=1))
-        local = d2.argmin(axis=1)
-        value = d2[np.arange(x.shape[0]), local]
-        better = value < best
-        best[better] = value[better]
-        arg[better] = local[better] + start
-    return arg, best
-
-
-def _label_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster sums (K, d) and counts (K,) of the rows of ``x``."""
-    x = np.asarray(x, dtype=np.float64)
-    onehot = scipy.sparse.csr_matrix(
-        (np.ones(labels.size), (labels, np.arange(labels.size))), shape=(k, labels.size)
-    )
-    return np.asarray(onehot @ x), np.bincount(labels, minlength=k).astype(np.int64)
-
-
-def _assign_chunk(
-    x: np.ndarray, centers: np.ndarray, check: bool
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Lloyd E-step on one chunk: (summed statistics, labels, squared distances)."""
-    x = np.asarray(x, dtype=np.float64)
-    if check and not np.isfinite(x).all():
-        _raise_non_finite("")
-    labels, d2 = _nearest(x, centers)
-    sums, counts = _label_sums(x, labels, centers.shape[0])
-    return {"sums": sums, "counts": counts, "inertia": float(d2.sum())}, labels, d2
-
-
-def _add(*parts: dict[str, Any]) -> dict[str, Any]:
-    out = dict(parts[0])
-    for part in parts[1:]:
-        for key, value in part.items():
-            out[key] = out[key] + value
-    return out
-
-
-def _blocks(x: da.Array) -> list[Any]:
-    return list(x.to_delayed().ravel())
-
-
-def _offsets(x: da.Array) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(x.chunks[0])])
-
-
-def _assign(
-    x: da.Array, centers: np.ndarray, *, check: bool = False
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """One pass: statistics (tree-reduced), labels and squared distances of every voxel."""
-    centers_d = dask.delayed(np.asarray(centers, dtype=np.float64), pure=True)
-    parts = [
-        dask.delayed(_assign_chunk, nout=3, pure=True)(block, centers_d, check)
-        for block in _blocks(x)
-    ]
-    stats, labels, d2 = dask.compute(
-        tree_reduce([p[0] for p in parts], _add), [p[1] for p in parts], [p[2] for p in parts]
-    )
-    return stats, np.concatenate(labels), np.concatenate(d2)
-
-
-def _stats_chunk(x: np.ndarray, labels: np.ndarray, k: int, check: bool) -> dict[str, Any]:
-    x = np.asarray(x, dtype=np.float64)
-    if check and not np.isfinite(x).all():
-        _raise_non_finite("")
-    sums, counts = _label_sums(x, labels, k)
-    return {"sums": sums, "counts": counts, "sumsq": float((x * x).sum())}
-
-
-def _finalize(x: da.Array, labels: np.ndarray, k: int, *, check: bool = False) -> dict[str, Any]:
-    """Centres (cluster means) and inertia of given labels, in one pass."""
-    offsets = _offsets(x)
-    parts = [
-        dask.delayed(_stats_chunk, pure=True)(block, labels[offsets[i] : offsets[i + 1]], k, check)
-        for i, block in enumerate(_blocks(x))
-    ]
-    (stats,) = dask.compute(tree_reduce(parts, _add))
-    counts = stats["counts"]
-    centers = stats["sums"] / np.maximum(counts, 1)[:, None]
-    inertia = stats["sumsq"] - float((counts * (centers * centers).sum(axis=1)).sum())
-    return {"centers": centers, "inertia": max(inertia, 0.0), "counts": counts}
-
-
-# ---------------------------------------------------------------------------------------------
-# exactly K clusters
-
-
-def reseed_empty(labels: np.ndarray, d2: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Give each empty cluster the voxel farthest from its centre (in a cluster of 2 or more).
-
-    Returns the new labels and the indices of the moved voxels. Deterministic: ties broken by index.
-    """
-    counts = np.bincount(labels, minlength=k)
-    empty = np.flatnonzero(counts == 0)
-    if empty.size == 0:
-        return labels, np.empty(0, dtype=np.int64)
-    labels = labels.copy()
-    order = np.lexsort((np.arange(labels.size), -d2))
-    moved = []
-    position = 0
-    for cluster in empty:
-        while counts[labels[order[position]]] < 2:
-            position += 1
-        voxel = order[position]
-        counts[labels[voxel]] -= 1
-        labels[voxel] = cluster
-        counts[cluster] = 1
-        moved.append(voxel)
-        position += 1
-    logger.info("re-seeded %d empty cluster(s) with the farthest voxels", empty.size)
-    return labels, np.asarray(moved, dtype=np.int64)
-
-
-# ---------------------------------------------------------------------------------------------
-# chunk-independent random numbers
 
 
 def _uniform(seed: int, stream: int, index: np.ndarray) -> np.ndarray:
@@ -251,7 +115,7 @@ def _kmeans_parallel_init(
     chosen = [np.array([first])]
     ell = oversampling_factor * k
     for r in range(n_rounds):
-        _, _, d2 = _assign(x, candidates, check=check and r == 0)
+        _, _, d2 = assign(x, candidates, check=check and r == 0)
         phi = float(d2.sum())
         if phi <= 0.0:
             break
@@ -266,7 +130,7 @@ def _kmeans_parallel_init(
     # weight of a candidate = number of voxels nearest to it
     order = np.argsort(np.concatenate(chosen), kind="stable")
     candidates = candidates[order]
-    stats, _, _ = _assign(x, candidates)
+    stats, _, _ = assign(x, candidates)
     weights = stats["counts"].astype(np.float64)
     logger.debug("k-means||: %d candidates for %d centres", candidates.shape[0], k)
     keep = weights > 0
@@ -311,12 +175,12 @@ def _lloyd_iterate(
     d2 = np.empty(0)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        stats, new_labels, d2 = _assign(x, centers)
+        stats, new_labels, d2 = assign(x, centers)
         counts = stats["counts"]
         sums = stats["sums"]
         if (counts == 0).any():
             new_labels, _ = reseed_empty(new_labels, d2, k)
-            full = _finalize(x, new_labels, k)
+            full = finalize(x, new_labels, k)
             sums, counts = full["centers"] * full["counts"][:, None], full["counts"]
         new_centers = sums / np.maximum(counts, 1)[:, None]
         shift = float(((new_centers - centers) ** 2).sum())
@@ -338,11 +202,11 @@ def _sample_kmeans_plusplus(x: da.Array, k: int, seed: int, *, n_trials: int) ->
     index = np.sort(rng.choice(n, size=size, replace=False))
     sample = np.asarray(x[index].compute(), dtype=np.float64)
     if not np.isfinite(sample).all():
-        _raise_non_finite("")
+        raise_non_finite("")
     best, best_inertia = None, np.inf
     for trial in range(n_trials):
         centers, _ = kmeans_plusplus(sample, k, random_state=int(rng.integers(2**31)) + trial)
-        inertia = float(_nearest(sample, centers)[1].sum())
+        inertia = float(nearest(sample, centers)[1].sum())
         if inertia < best_inertia:
             best, best_inertia = centers, inertia
     assert best is not None
@@ -353,7 +217,7 @@ def _sample_kmeans_plusplus(x: da.Array, k: int, seed: int, *, n_trials: int) ->
 # mini-batch
 
 
-def _minibatch_in_memory(
+def minibatch_in_memory(
     x: np.ndarray,
     k: int,
     *,
@@ -408,7 +272,7 @@ def _minibatch_streaming(
     mbk = MiniBatchKMeans(
         n_clusters=k, init=centers, n_init=1, batch_size=batch_size, random_state=random_state
     )
-    blocks = _blocks(x)
+    blocks = delayed_blocks(x)
     epoch = 0
     for epoch in range(1, n_epochs + 1):
         before = mbk.cluster_centers_.copy() if hasattr(mbk, "cluster_centers_") else centers
@@ -416,7 +280,7 @@ def _minibatch_streaming(
             (chunk,) = dask.compute(blocks[i])
             chunk = np.asarray(chunk, dtype=np.float64)
             if check and epoch == 1 and not np.isfinite(chunk).all():
-                _raise_non_finite(f" in chunk {i}")
+                raise_non_finite(f" in chunk {i}")
             chunk = chunk[rng.permutation(chunk.shape[0])]
             for start in range(0, chunk.shape[0], batch_size):
                 mbk.partial_fit(chunk[start : start + batch_size])
@@ -430,7 +294,7 @@ def _minibatch_streaming(
 
 
 # ---------------------------------------------------------------------------------------------
-# public
+# several starts, judged by what users judge
 
 
 def kmeans(
@@ -439,7 +303,9 @@ def kmeans(
     *,
     method: Literal["minibatch", "lloyd"] = "minibatch",
     random_state: int = 0,
-    n_init: int = 3,
+    n_init: int = 1,
+    signals: xr.DataArray | None = None,
+    mbk_n_init: int = 3,
     max_iter: int | None = None,
     tol: float | None = None,
     batch_size: int = 1024,
@@ -462,8 +328,19 @@ def kmeans(
         "lloyd" is full-batch Lloyd iterations on dask with a tree reduction per iteration.
     random_state : int, default=0
         Seed; the same seed gives the same labels on any scheduler (and, for "lloyd", any chunking).
-    n_init : int, default=3
-        Number of starts; the one with the lowest inertia is kept (nilearn uses 3).
+    n_init : int, default=1
+        Number of starts, each a whole KMeans from its own seed (the first from ``random_state``, so
+        ``n_init=1`` gives nilearn's single start and its labels). In memory the starts run as parallel
+        dask tasks sharing one copy of the features; "lloyd" and streamed starts run one after the
+        other. The kept start is the one with the highest compression R^2 of ``signals`` (see
+        :func:`select_start`), or without ``signals`` the lowest inertia in feature space (which does
+        not track the R^2 users judge on real data).
+    signals : xarray.DataArray, dims ("voxel", "time"), optional
+        The voxel signals the features were reduced from (same voxels, same order), to judge the starts
+        by their compression R^2: one streaming read of the signals for all starts.
+    mbk_n_init : int, default=3
+        "minibatch": scikit-learn's ``n_init`` inside each start (k-means++ draws kept by inertia on a
+        batch; nilearn uses 3); "lloyd": unused.
     max_iter : int or None
         "minibatch": epochs over the data (default 100 in memory as scikit-learn, 10 streamed);
         "lloyd": iterations (default 300).
@@ -508,33 +385,41 @@ def kmeans(
         raise InputError(
             f"random_state={random_state!r}: must be an integer; pass random_state=0 or another seed"
         )
-    n_init = check_int("n_init", n_init, 1, "pass n_init=3")
+    n_init = check_int("n_init", n_init, 1, "pass n_init=1 (nilearn's single start) or more")
+    mbk_n_init = check_int("mbk_n_init", mbk_n_init, 1, "pass mbk_n_init=3 (nilearn's)")
     batch_size = check_int("batch_size", batch_size, 1, "pass batch_size=1024")
     if max_iter is not None:
         max_iter = check_int("max_iter", max_iter, 1, "pass max_iter=None for the default")
     if tol is not None and (not isinstance(tol, numbers.Real) or not tol >= 0):
         raise InputError(f"tol={tol!r}: must be a number >= 0; pass tol=None for the default")
-    seeds = [int(s) for s in np.random.SeedSequence(int(random_state)).generate_state(n_init)]
+    check_judge_signals(signals, n_voxels)
+    seeds = start_seeds(int(random_state), n_init)
 
-    n_reseeded = 0
+    starts: list[dict[str, Any]] = []
     if method == "minibatch":
         limit = int(config.get("kmeans.in-memory-bytes"))
         if x.nbytes <= limit:
             logger.debug("minibatch kmeans in memory (%d bytes <= %d)", x.nbytes, limit)
             arr = np.asarray(x.compute())
             if not np.isfinite(arr).all():
-                _raise_non_finite("")
-            labels, d2, n_iter = _minibatch_in_memory(
-                arr,
-                k,
-                random_state=int(random_state),
-                n_init=n_init,
-                max_iter=100 if max_iter is None else max_iter,
-                tol=0.0 if tol is None else float(tol),
-                batch_size=batch_size,
-                max_no_improvement=max_no_improvement,
-                init=init,
-                refine=refine,
+                raise_non_finite("")
+            shared = dask.delayed(arr, pure=True)  # one copy of the features for every start
+            runs = dask.compute(
+                *[
+                    dask.delayed(minibatch_in_memory, pure=True)(
+                        shared,
+                        k,
+                        random_state=seed,
+                        n_init=mbk_n_init,
+                        max_iter=100 if max_iter is None else max_iter,
+                        tol=0.0 if tol is None else float(tol),
+                        batch_size=batch_size,
+                        max_no_improvement=max_no_improvement,
+                        init=init,
+                        refine=refine,
+                    )
+                    for seed in seeds
+                ]
             )
             x = da.from_array(arr, chunks=(default_rows(arr.shape), -1))
         else:
@@ -544,23 +429,27 @@ def kmeans(
                 x.nbytes,
                 limit,
             )
-            labels, d2, n_iter = _minibatch_streaming(
-                x,
-                k,
-                random_state=int(random_state),
-                n_init=n_init,
-                n_epochs=10 if max_iter is None else max_iter,
-                batch_size=batch_size,
-                check=True,
+            runs = tuple(
+                _minibatch_streaming(
+                    x,
+                    k,
+                    random_state=seed,
+                    n_init=mbk_n_init,
+                    n_epochs=10 if max_iter is None else max_iter,
+                    batch_size=batch_size,
+                    check=True,
+                )
+                for seed in seeds
             )
-        labels, moved = reseed_empty(labels, d2, k)
-        n_reseeded = moved.size
-        final = _finalize(x, labels, k)
+        for labels, d2, n_iter in runs:
+            labels, moved = reseed_empty(labels, d2, k)
+            final = finalize(x, labels, k)
+            starts.append({"final": final, "labels": labels, "n_iter": n_iter, "moved": moved.size})
     else:
-        first = _finalize(x, np.zeros(n_voxels, dtype=np.int64), 1, check=True)
+        first = finalize(x, np.zeros(n_voxels, dtype=np.int64), 1, check=True)
         variance = first["inertia"] / (n_voxels * x.shape[1])
-        best: dict[str, Any] | None = None
-        for seed in seeds:
+        # lloyd's seeds are all derived from random_state (as before starts were judged)
+        for seed in np.random.SeedSequence(int(random_state)).generate_state(n_init).tolist():
             labels, d2, n_iter = _lloyd(
                 x,
                 k,
@@ -572,21 +461,26 @@ def kmeans(
                 check=False,
             )
             labels, moved = reseed_empty(labels, d2, k)
-            final = _finalize(x, labels, k)
+            final = finalize(x, labels, k)
             logger.debug(
                 "lloyd start seed %d: inertia %.6g in %d iterations", seed, final["inertia"], n_iter
             )
-            if best is None or final["inertia"] < best["final"]["inertia"]:
-                best = {"final": final, "labels": labels, "n_iter": n_iter, "moved": moved.size}
-        assert best is not None
-        final, labels, n_iter, n_reseeded = (
-            best["final"],
-            best["labels"],
-            best["n_iter"],
-            best["moved"],
+            starts.append({"final": final, "labels": labels, "n_iter": n_iter, "moved": moved.size})
+    chosen = starts[
+        select_start(
+            [start["labels"] for start in starts],
+            signals,
+            inertias=[start["final"]["inertia"] for start in starts],
         )
+    ]
+    final, labels, n_iter, n_reseeded = (
+        chosen["final"],
+        chosen["labels"],
+        chosen["n_iter"],
+        chosen["moved"],
+    )
     if not math.isfinite(final["inertia"]):
-        _raise_non_finite("")
+        raise_non_finite("")
     return KMeansResult(
         labels=labels,
         centers=final["centers"],

@@ -26,7 +26,9 @@ labels do not depend on the block shape and equal nilearn's ``ReNA`` (up to labe
 
 Exactly K: nilearn can stop with more than ``n_clusters`` (``n_iter`` runs out). We then merge the
 closest neighbouring clusters (smallest squared distance of their means, ties by index) until exactly
-``n_clusters`` remain. When the mask has several connected components, ReNA runs on each with a share
+``n_clusters`` remain, over every edge of the lattice: nilearn drops the zero-weight edges (voxels
+with identical features, such as air in a background mask) from its rounds, which can leave nodes
+with no edge at all, so they come back for this last merge. When the mask has several connected components, ReNA runs on each with a share
 of ``n_clusters`` proportional to its voxels, so every parcel is one connected region.
 """
 
@@ -251,6 +253,13 @@ def _union_find_merge(
     return labels.astype(np.int64)
 
 
+def _relabel_pairs(pairs: np.ndarray, n_nodes: int, new: np.ndarray, n_new: int) -> np.ndarray:
+    """Edges ``lo * n_nodes + hi`` between nodes, as edges between their new clusters (self-loops dropped)."""
+    a, b = new[pairs // n_nodes], new[pairs % n_nodes]
+    cross = a != b
+    return np.unique(np.minimum(a[cross], b[cross]) * n_new + np.maximum(a[cross], b[cross]))
+
+
 def _rena_connected(
     x: Any,
     mask: np.ndarray,
@@ -280,6 +289,10 @@ def _rena_connected(
     ei, ej = grid_edges(mask)
     labels = np.arange(n_vox, dtype=np.int64)
     n_nodes = n_vox
+    # lattice edges of zero weight (identical features, e.g. air, constant or zeroed voxels) leave the
+    # rounds' graph as they leave nilearn's; kept here (in current node ids) for the final merge, whose
+    # graph must be the whole lattice, or a mask cut by such edges could not be merged down to K
+    gone = np.empty(0, dtype=np.int64)
     for it in range(n_iter):
         tasks = []
         for b in range(int(level.home.max()) + 1):
@@ -298,9 +311,11 @@ def _rena_connected(
             key = ei * n_nodes + ej
             keep = ~np.isin(key, pairs)
             ei, ej = ei[keep], ej[keep]
+            gone = np.union1d(gone, pairs)
         new = _nn_grouping(n_nodes, nn[0], nn[1], n_clusters)
         n_new = int(new.max()) + 1
         labels = new[labels]
+        gone = _relabel_pairs(gone, n_nodes, new, n_new)
         # reduced graph
         a, b_ = new[ei], new[ej]
         cross = a != b_
@@ -340,6 +355,8 @@ def _rena_connected(
             n_nodes,
             n_clusters,
         )
+        key = np.union1d(ei * n_nodes + ej, gone)
+        ei, ej = key // n_nodes, key % n_nodes
         tasks = []
         for b in range(int(level.home.max()) + 1):
             own_order, local_ids, li, lj, pieces, n_own = _block_local_edges(level, b, ei, ej)

@@ -138,7 +138,7 @@ def write_fit_outputs(
     dict
         The content of ``fit.json``.
     """
-    from daskparcel.metrics import compression_r2, contiguity, parcel_sizes, r2_map
+    from daskparcel.metrics import compression_r2, contiguity, homogeneity, parcel_sizes, r2_map
     from daskparcel.outputs.connectomes import check_kinds
     from daskparcel.parcels import parcel_means
 
@@ -182,9 +182,10 @@ def write_fit_outputs(
         # the R^2 figures need the parcel means of the signals first: given them (a small time x
         # parcel table), they are a second streaming read; in the same compute as the means, dask
         # would hold every block of the signals until the means exist
-        r2_value, r2_v = dask.compute(
+        r2_value, r2_v, homogeneity_value = dask.compute(
             compression_r2(signals, labels, parcel_signals=means_v, compute=False),
             r2_map(signals, labels, parcel_signals=means_v, compute=False),
+            homogeneity(signals, labels, n_parcels=est.n_parcels, compute=False),
         )
         r2_v = r2_v.values
         timings = dict(est.timings_)
@@ -227,6 +228,7 @@ def write_fit_outputs(
             timings={k: round(float(v), 3) for k, v in timings.items()},
             metrics={
                 "compression_r2": float(r2_value),
+                "homogeneity": float(homogeneity_value),
                 "n_parcels": int(est.n_parcels),
                 "sizes": {
                     "cv": float(sizes.cv),

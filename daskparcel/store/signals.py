@@ -219,6 +219,22 @@ class SignalsStore:
             array.attrs["complete"] = True
         return features
 
+    def derived(self, name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """An array derived from the store's content (e.g. weighted features), read from ``name`` when a
+        complete copy is there, else ``compute()``-d and kept there."""
+        with quiet_zarr():
+            group = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+            if name in group and group[name].attrs.get("complete"):
+                return np.asarray(group[name][...])  # type: ignore[index]
+        values = np.asarray(compute(), dtype=np.float32)
+        with quiet_zarr():
+            array = group.create_array(
+                name, shape=values.shape, dtype=np.float32, chunks=values.shape, overwrite=True
+            )
+            array[...] = values
+            array.attrs["complete"] = True
+        return values
+
     # ------------------------------------------------------------------- other cached results
     def cached_arrays(self, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         """The arrays and attributes of the complete group ``name`` (e.g. a merge tree), or None."""

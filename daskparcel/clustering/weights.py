@@ -1,0 +1,91 @@
+"""The features the kmeans family clusters: the reduction's loadings weighted by how much signal each
+direction carries (see :func:`weigh_components`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from daskparcel.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["weigh_components"]
+
+
+def weigh_components(features: Any, signals: xr.DataArray) -> Any:
+    """Features whose Euclidean distances weigh each direction by the signals' variance along it.
+
+    The reduction's loadings ``U`` (voxel, component) are orthonormal: every component weighs the same
+    in a distance, the noisy trailing ones as much as the leading ones. Here ``U`` is rotated and scaled
+    to ``U P L^(1/2)``, with ``P L P^T`` the eigendecomposition of ``U^T Xc Xc^T U`` (``Xc`` the signals
+    centred over time), so that the within-cluster sum of squares of the result is, for any labels, the
+    compression residual of the signals projected on the span of ``U``: what kmeans minimises is then
+    what :func:`daskparcel.metrics.compression_r2` judges. For one run whose ``U`` are its top left
+    singular vectors this is ``U S`` (nilearn's per-run ``U S`` before its unit normalisation). Distances
+    between voxels change, so kmeans' labels are no longer nilearn's; the span is the same.
+
+    One streaming read of the signals: per time block, ``U^T X`` (component, time block) summed over the
+    voxel blocks, then its (component, component) Gram matrix and row sums, tree-summed over time.
+
+    Parameters
+    ----------
+    features : numpy.ndarray, dask.array.Array or xarray.DataArray
+        (voxel, component) loadings, e.g. :func:`reduce`'s or :func:`reduce_runs`' output.
+    signals : xarray.DataArray, dims ("voxel", "time")
+        The signals they were reduced from (the same voxels in the same order; all runs).
+
+    Returns
+    -------
+    numpy.ndarray, dask.array.Array or xarray.DataArray
+        Weighted features of the same kind, shape and (for xarray) coordinates as ``features``, float32.
+
+    Raises
+    ------
+    InputError
+        If the signals are not (voxel, time) or their voxels do not match the features' rows.
+    """
+    if not isinstance(signals, xr.DataArray) or set(signals.dims) != {"voxel", "time"}:
+        raise InputError(
+            f"signals: expected an xarray.DataArray with dims ('voxel', 'time'), got "
+            f"{type(signals).__name__} {getattr(signals, 'dims', '')}; pass the signals the "
+            "features were reduced from"
+        )
+    u_any = (
+        features.transpose("voxel", "component").data
+        if isinstance(features, xr.DataArray)
+        else features
+    )
+    u = u_any if isinstance(u_any, da.Array) else da.from_array(np.asarray(u_any))
+    if u.ndim != 2 or u.shape[0] != signals.sizes["voxel"]:
+        raise InputError(
+            f"features: shape {u.shape} for signals of {signals.sizes['voxel']} voxels; pass the "
+            "(voxel, component) loadings of these signals"
+        )
+    x = signals.transpose("voxel", "time").data
+    if not isinstance(x, da.Array):
+        x = da.from_array(np.asarray(x), chunks=(u.chunks[0], -1))
+    u64 = u.astype(np.float64).rechunk({0: x.chunks[0], 1: -1})
+    projected = u64.T @ x.astype(np.float64)  # (component, time), one task row per time block
+    gram, sums = dask.compute(projected @ projected.T, projected.sum(axis=1))
+    n_time = x.shape[1]
+    centred = gram - np.outer(sums, sums) / n_time  # U^T Xc Xc^T U
+    values, vectors = np.linalg.eigh((centred + centred.T) / 2)
+    order = np.argsort(values)[::-1]
+    scale = vectors[:, order] * np.sqrt(np.clip(values[order], 0.0, None))
+    logger.debug(
+        "weigh_components: signal standard deviation along the components %.3g .. %.3g",
+        np.sqrt(max(values.max(), 0.0)),
+        np.sqrt(max(values.min(), 0.0)),
+    )
+    if isinstance(features, xr.DataArray):
+        weighted = features.transpose("voxel", "component").data.astype(np.float64) @ scale
+        return features.transpose("voxel", "component").copy(data=weighted.astype(np.float32))
+    if isinstance(features, da.Array):
+        return (features.astype(np.float64) @ scale).astype(np.float32)
+    return (np.asarray(features, dtype=np.float64) @ scale).astype(np.float32)
