@@ -309,6 +309,11 @@ class Parcellations(TransformerMixin, BaseEstimator):
                     f"{run.name}: its grid {shape} differs from {ref.name}'s {ref.data['bold'].shape[:3]} "
                     "(or its affine does); resample the runs to one grid (nilearn.image.resample_to_img)"
                 )
+            if run.n_time < 2:
+                raise InputError(
+                    f"{run.nifti or run.data.attrs.get('source') or run.name}: has {run.n_time} volume; "
+                    "a run needs at least 2 volumes to be cleaned and parcellated over time; drop it"
+                )
             if conf is not None:
                 run.confounds = self._confounds(conf, run)
             if smask is not None:
@@ -323,7 +328,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         return load_confounds(confounds, run.n_time, columns=self.confounds_columns, source=source)
 
     def _mask(self, runs: Sequence[RunInput], affine: np.ndarray) -> np.ndarray:
-        from daskparcel.preprocessing.masking import compute_mask, resample_mask
+        from daskparcel.preprocessing.masking import compute_mask, resample_mask, warn_whole_grid
 
         shape = runs[0].data["bold"].shape[:3]
         if self.mask is not None:
@@ -335,14 +340,17 @@ class Parcellations(TransformerMixin, BaseEstimator):
                 mask = cached
             else:
                 mask = compute_mask(
-                    [r.data["bold"] for r in runs], affine, self.mask_strategy, self.mask_args
-                )
+                    [r.data["bold"] for r in runs], affine, self.mask_strategy, self.mask_args,
+                    niftis=[r.nifti for r in runs], names=[r.nifti or r.name for r in runs],
+                )  # fmt: skip
                 _MASKS.clear()  # keep the last one: refits of the same runs reuse it
                 _MASKS[key] = mask
         if not mask.any():
             raise InputError(
                 "the mask has no voxel; give another mask or mask_strategy / mask_args"
             )
+        source = self.mask if isinstance(self.mask, str | os.PathLike) else "mask_img"
+        warn_whole_grid(mask, str(source) if self.mask is not None else repr(self.mask_strategy))
         return np.asarray(mask, dtype=bool)
 
     def _features(self, store: SignalsStore) -> np.ndarray:
