@@ -406,3 +406,23 @@ def test_estimator_background_mask_equals_nilearn_masker(tmp_path):
     np.testing.assert_array_equal(
         est.mask_img_.get_fdata().astype(bool), _masker_mask(str(path), "background")
     )
+
+
+def test_default_mask_fit_never_reads_a_gzipped_run_block_by_block(tmp_path):
+    """The fit's mask pass streams the .nii.gz (as the signals pass does): no indexed_gzip block read."""
+    from daskparcel import Parcellations
+    from daskparcel.ingest import nifti
+
+    rng = np.random.default_rng(1)
+    data = rng.normal(20, 3, size=(14, 15, 13, 24))
+    data[3:11, 4:12, 3:10] += 300
+    path = tmp_path / "run.nii.gz"
+    nib.save(nib.Nifti1Image(np.round(data).astype(np.int16), np.diag([3.0, 3.0, 3.0, 1.0])), path)
+    nifti._raw_proxy.cache_clear()
+    est = Parcellations(
+        "kmeans", n_parcels=3, n_components=3, chunk_volumes=5, store=tmp_path / "store"
+    ).fit(str(path))
+    assert nifti._raw_proxy.cache_info().misses == 0  # no block was read through indexed_gzip
+    np.testing.assert_array_equal(
+        est.mask_img_.get_fdata().astype(bool), _masker_mask(str(path), "epi")
+    )
