@@ -199,7 +199,7 @@ def fit_nilearn(imgs: str | list[str], mask: str, config: dict[str, Any], labels
 
         def make(n_parcels: int) -> Any:
             return Parcellations(
-                method=cfg.method, n_parcels=n_parcels, mask=mask, random_state=0,
+                method=cfg.method, n_parcels=n_parcels, mask=mask or None, random_state=0,
                 smoothing_fwhm=cfg.smoothing_fwhm, standardize=cfg.standardize, scaling=cfg.scaling,
                 memory=cache if cfg.after else None, memory_level=1 if cfg.after else 0,
             )  # fmt: skip
@@ -242,7 +242,7 @@ def fit_daskparcel(
 
         def make(n_parcels: int) -> Any:
             return Parcellations(
-                method=cfg.method, n_parcels=n_parcels, mask=mask, random_state=0,
+                method=cfg.method, n_parcels=n_parcels, mask=mask or None, random_state=0,
                 smoothing_fwhm=cfg.smoothing_fwhm, standardize=cfg.standardize, scaling=cfg.scaling,
                 store=store, client=client,
             )  # fmt: skip
@@ -699,7 +699,64 @@ def scale_suite(opts: Options, names: list[str], subjects: list[int] | None) -> 
     if skip:
         extra += f" nilearn skipped here for {sorted(skip)} (--force-nilearn to run it)."
     rows = pair_suite("scale", inputs, names, opts, skip)
-    report("scale", rows, extra + "\n\n" + floor_table(rows, inputs, opts))
+    floor = floor_table(rows, inputs, opts)
+    # the default path, what users run: no mask file, each library's default mask strategy ("epi")
+    for inp in inputs:
+        default = dataclasses.replace(inp, name=f"{inp.name} default mask", mask="")
+        for name in names:
+            for impl in ("nilearn", "daskparcel"):
+                if impl == "nilearn" and inp.name in skip:
+                    continue
+                rows.append(run_config("scale", default, CONFIGS[name], impl, opts))
+    extra += (
+        " Rows '... default mask': no mask file, each library computes its default (EPI) mask; not judged "
+        "(R^2 is scored on the mask file's voxels)."
+    )
+    report("scale", rows, "\n\n".join([extra, default_mask_table(rows), floor]))
+
+
+def default_mask_table(rows: list[dict[str, Any]]) -> str:
+    """daskparcel's mask step against its signals step on the default path, and the default-mask fit as a
+    multiple of the same configuration's fit given the mask file (issue 18: at most 0.35 and 1.15)."""
+    table = []
+    for row in rows:
+        if row["impl"] != "daskparcel" or not row["input"].endswith(" default mask"):
+            continue
+        given = next(
+            (
+                r
+                for r in rows
+                if r["impl"] == "daskparcel"
+                and r["config"] == row["config"]
+                and r["input"] == row["input"].removesuffix(" default mask")
+            ),
+            None,
+        )
+        t = row.get("timings") or {}
+        ok = row["status"] == "ok" and given is not None and given["status"] == "ok"
+        table.append(
+            {
+                "input": row["input"],
+                "config": row["config"],
+                "mask_s": t.get("mask"),
+                "signals_s": t.get("signals"),
+                "mask_over_signals": t["mask"] / t["signals"] if t.get("signals") else None,
+                "fit_over_given": row["fit_s"] / given["fit_s"] if ok and given["fit_s"] else None,
+            }
+        )
+    if not table:
+        return ""
+    return "daskparcel on the default path (no mask file):\n\n" + markdown_table(
+        table,
+        [
+            ("input", "input", fmt("")),
+            ("config", "config", fmt("")),
+            ("mask_s", "mask (s)", fmt(".1f")),
+            ("signals_s", "signals (s)", fmt(".1f")),
+            ("mask_over_signals", "mask / signals", fmt(".2f")),
+            ("fit_over_given", "fit / fit given the mask", fmt(".2f")),
+        ],
+    )
 
 
 def measure_read(inp: Input, fwhm: float, standardize: bool | str, opts: Options) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import dask
 import dask.array as da
 import nibabel as nib
 import numpy as np
@@ -26,6 +27,16 @@ def _nilearn(func, *args, **kwargs) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return np.asarray(func(*args, **kwargs).get_fdata()).astype(bool)
+
+
+def _masker_mask(imgs, strategy: str, mask_args: dict | None = None) -> np.ndarray:
+    """The mask nilearn's Parcellations computes: a MultiNiftiMasker's, with ``mask_strategy``."""
+    from nilearn.maskers import MultiNiftiMasker
+
+    masker = MultiNiftiMasker(mask_strategy=strategy, mask_args=mask_args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.asarray(masker.fit(imgs).mask_img_.get_fdata()).astype(bool)
 
 
 @pytest.fixture(scope="module")
@@ -259,9 +270,10 @@ def test_compute_mask_dispatch(synthetic):
     np.testing.assert_array_equal(
         dm.compute_mask([bold], affine, "epi"), _nilearn(nm.compute_epi_mask, img)
     )
+    # one run: nilearn's Parcellations (a MultiNiftiMasker) calls compute_multi_background_mask
     np.testing.assert_array_equal(
         dm.compute_mask([bold], affine, "background", {"border_size": 1}),
-        _nilearn(nm.compute_background_mask, img, border_size=1),
+        _masker_mask(img, "background", {"border_size": 1}),
     )
     np.testing.assert_array_equal(
         dm.compute_mask([bold, bold], affine, "epi", {"threshold": 1.0}),
@@ -293,3 +305,124 @@ def test_mask_functions_compute_once(synthetic):
         dm.compute_epi_mask(bold, affine)
     with raise_if_dask_computes(max_computes=1):
         dm.compute_background_mask(bold, affine)
+
+
+# ------------------------------------------------------------------------------------------------
+# streamed mean images (one sequential inflate per .nii.gz run) and the masks nilearn's
+# Parcellations computes (a MultiNiftiMasker's)
+
+
+def _nifti_run(path):
+    from daskparcel.ingest.nifti import open_nifti
+
+    ds = open_nifti(path, chunk_volumes=7)
+    return ds["bold"], np.asarray(ds.attrs["affine"])
+
+
+def _reads_blocks(array: da.Array) -> bool:
+    """Whether the graph reads the file block by block (open_nifti's from_array layer)."""
+    return any(str(name).startswith("nifti-") for name in array.__dask_graph__().layers)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_mean_images_streams_a_gzipped_run_and_equals_nilearn(tmp_path, scaled):
+    from nilearn.image.image import compute_mean
+
+    rng = np.random.default_rng(3)
+    raw = rng.integers(-500, 3000, size=(9, 8, 7, 23)).astype(np.int16)
+    img = nib.Nifti1Image(raw, np.diag([2.0, 2.0, 2.0, 1.0]))
+    if scaled:
+        img.header.set_slope_inter(0.5, 10.0)
+    gz, plain = tmp_path / "run.nii.gz", tmp_path / "run.nii"
+    nib.save(img, gz)
+    nib.save(img, plain)
+    bold, _ = _nifti_run(gz)
+    with raise_if_dask_computes():
+        (streamed,) = dm.mean_images([bold], [gz])
+    assert not _reads_blocks(streamed)  # one task inflating the whole file
+    assert len(streamed.__dask_graph__()) <= 2
+    (plain_mean,) = dm.mean_images([_nifti_run(plain)[0]], [plain])
+    assert _reads_blocks(plain_mean)  # not gzip: the blockwise reduction
+    (blockwise,) = dm.mean_images([bold])  # no file given: blockwise too
+    assert _reads_blocks(blockwise)
+    out, ref_plain, ref_blockwise = dask.compute(streamed, plain_mean, blockwise)
+    assert out.dtype == np.float64
+    reference = compute_mean(nib.load(gz))[0]
+    np.testing.assert_array_equal(out, reference)  # exact: integer-valued data, float64 sums
+    np.testing.assert_array_equal(ref_plain, reference)
+    np.testing.assert_array_equal(ref_blockwise, reference)
+
+
+def test_mean_images_bad_niftis_length(synthetic):
+    bold, _, _ = synthetic
+    with pytest.raises(InputError, match="niftis: 2 paths for 1 runs"):
+        dm.mean_images([bold], [None, None])
+
+
+@pytest.mark.real_data
+def test_streamed_masks_equal_nilearn_on_real_gzipped_scans(rapidtide):
+    path, _, affine = rapidtide
+    bold, _ = _nifti_run(path)
+    out = dm.compute_mask([bold], affine, "epi", niftis=[path])
+    np.testing.assert_array_equal(out, _masker_mask(str(path), "epi"))
+    assert out.sum() > 20000
+    paths = [real_scan("nitime1"), real_scan("nitime2")]
+    runs = [_nifti_run(p)[0] for p in paths]
+    # nilearn's default EPI mask of these crops is empty: compare EPI with opening=0
+    for strategy, args in (("epi", {"opening": 0}), ("background", None)):
+        out = dm.compute_mask(runs, _nifti_run(paths[0])[1], strategy, args, niftis=paths)
+        ref = _masker_mask([str(p) for p in paths], strategy, args)
+        assert ref.any()
+        np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize(
+    ("scan", "expected"), [("rapidtide", 36626), ("nitime1", 504), ("pymvpa", 0)]
+)
+def test_background_mask_of_one_run_is_nilearn_parcellations(scan, expected):
+    """nilearn's Parcellations (a MultiNiftiMasker) uses compute_multi_background_mask on one run:
+    opening 2 and the largest component, where compute_background_mask does neither."""
+    path = real_scan(scan)
+    ref = _masker_mask(str(path), "background")
+    assert ref.sum() == expected
+    bold, affine = _nifti_run(path)
+    if expected == 0:  # the single slice does not survive the opening: refused, naming the file
+        with pytest.raises(InputError, match=rf"{path.name}: the background mask is empty.*'epi'"):
+            dm.compute_mask([bold], affine, "background", niftis=[path], names=[str(path)])
+        return
+    out = dm.compute_mask([bold], affine, "background", niftis=[path], names=[str(path)])
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.real_data
+def test_estimator_background_mask_equals_nilearn_masker(tmp_path):
+    from daskparcel import Parcellations
+
+    path = real_scan("nitime1")
+    est = Parcellations(
+        "kmeans", n_parcels=4, n_components=4, mask_strategy="background", store=tmp_path
+    ).fit(str(path))
+    np.testing.assert_array_equal(
+        est.mask_img_.get_fdata().astype(bool), _masker_mask(str(path), "background")
+    )
+
+
+def test_default_mask_fit_never_reads_a_gzipped_run_block_by_block(tmp_path):
+    """The fit's mask pass streams the .nii.gz (as the signals pass does): no indexed_gzip block read."""
+    from daskparcel import Parcellations
+    from daskparcel.ingest import nifti
+
+    rng = np.random.default_rng(1)
+    data = rng.normal(20, 3, size=(14, 15, 13, 24))
+    data[3:11, 4:12, 3:10] += 300
+    path = tmp_path / "run.nii.gz"
+    nib.save(nib.Nifti1Image(np.round(data).astype(np.int16), np.diag([3.0, 3.0, 3.0, 1.0])), path)
+    nifti._raw_proxy.cache_clear()
+    est = Parcellations(
+        "kmeans", n_parcels=3, n_components=3, chunk_volumes=5, store=tmp_path / "store"
+    ).fit(str(path))
+    assert nifti._raw_proxy.cache_info().misses == 0  # no block was read through indexed_gzip
+    np.testing.assert_array_equal(
+        est.mask_img_.get_fdata().astype(bool), _masker_mask(str(path), "epi")
+    )

@@ -57,6 +57,11 @@ def prepare_runs(
                 f"{run.name}: its grid {shape} differs from {ref.name}'s {ref_shape} (or its affine "
                 "does); resample the runs to one grid (nilearn.image.resample_to_img)"
             )
+        if run.n_time < 2:
+            raise InputError(
+                f"{run.nifti or run.data.attrs.get('source') or run.name}: has {run.n_time} volume; "
+                "a run needs at least 2 volumes to be cleaned and parcellated over time; drop it"
+            )
         if conf is not None:
             run.confounds = run_confounds(conf, run, confounds_columns)
         if smask is not None:

@@ -3,7 +3,9 @@
 References (nilearn 0.14.1): :func:`nilearn.masking.compute_epi_mask`, ``compute_multi_epi_mask``,
 ``compute_background_mask``, ``compute_multi_background_mask``, ``compute_brain_mask``, and
 ``nilearn.image.image.compute_mean`` for the mean image. The only pass over the data is the temporal
-mean of each run, a streaming dask reduction; every run's mean is computed in one ``dask.compute`` call.
+mean of each run; every run's mean is computed in one ``dask.compute`` call (:func:`mean_images`). A
+gzipped NIfTI run is one task that inflates the file once, in order (as the signals pass reads it); other
+runs (run stores, ``.nii``, Datasets) are a streaming tree reduction over their volume blocks.
 The rest (histogram threshold, morphology, connected components) works on small 3D arrays in memory,
 with the same scipy calls and in the same order as nilearn, so the masks are equal voxel for voxel.
 
@@ -30,6 +32,7 @@ import xarray as xr
 from scipy import ndimage
 
 from daskparcel.errors import InputError
+from daskparcel.ingest.nifti import NiftiVolumes, volumes_per_chunk
 from daskparcel.preprocessing.smoothing import smooth_array
 
 logger = logging.getLogger(__name__)
@@ -42,8 +45,10 @@ __all__ = [
     "compute_multi_background_mask",
     "compute_multi_epi_mask",
     "compute_template_mask",
+    "mean_images",
     "resample_mask",
     "temporal_mean",
+    "warn_whole_grid",
 ]
 
 MASK_STRATEGIES = ("epi", "background", "whole-brain-template", "gm-template", "wm-template")
@@ -60,12 +65,16 @@ BoldOrMean = xr.DataArray | da.Array | np.ndarray
 def _describe(img: Any, index: int | None = None) -> str:
     """A name for a run in messages: its source file if the attrs tell it, else its name or index."""
     attrs = getattr(img, "attrs", None) or {}
+    if attrs.get("daskparcel_label"):
+        return str(attrs["daskparcel_label"])  # set by compute_mask: the run's file
     for key in ("source", "source_path", "path", "filename"):
         if attrs.get(key):
             return f"run {attrs[key]!s}"
     name = img.name if isinstance(img, xr.DataArray) else None
-    if isinstance(img, xr.DataArray) and name == getattr(img.data, "name", None):
-        name = None  # xarray names a DataArray after its dask graph key: not a user's name
+    if isinstance(img, xr.DataArray) and name in (getattr(img.data, "name", None), "bold"):
+        # xarray names a DataArray after its dask graph key, or after the variable of its Dataset
+        # ('bold'): neither is a user's name
+        name = None
     if isinstance(name, str) and name:
         if index is not None:
             return f"run {index} ({name})"
@@ -117,6 +126,67 @@ def temporal_mean(bold: BoldOrMean) -> da.Array:
     if data.shape[3] == 0:
         raise InputError("run with 0 time points: cannot compute its mean; check the input file")
     return da.mean(data, axis=3, dtype=np.float64)
+
+
+def _streamed_mean(volumes: NiftiVolumes, volumes_per_block: int) -> np.ndarray:
+    """Temporal mean of a gzipped NIfTI run in one sequential read: a float64 running sum of its volumes.
+
+    Values are read as :meth:`NiftiVolumes.__getitem__` reads them (nibabel's float32 scaling); for
+    integer-valued data the sum is exact, so the mean is the one nilearn's ``compute_mean`` gives.
+    """
+    total = np.zeros(volumes.shape[:3], dtype=np.float64)
+    for _, block in volumes.stream(volumes_per_block):
+        total += block.sum(axis=3, dtype=np.float64)
+    total /= volumes.shape[3]
+    return total
+
+
+def _gzipped_nifti(bold: BoldOrMean, nifti: str | Path | None) -> NiftiVolumes | None:
+    """The NIfTI file ``bold`` reads untouched, when it is gzipped (read in one stream), else None."""
+    if nifti is None:
+        return None
+    volumes = NiftiVolumes(nifti)
+    if not volumes.gzipped or volumes.shape != tuple(_spatial_data(bold).shape):
+        return None
+    return volumes
+
+
+def mean_images(
+    bolds: Sequence[BoldOrMean], niftis: Sequence[str | Path | None] | None = None
+) -> list[da.Array]:
+    """The temporal mean of each run, as lazy float64 dask arrays (x, y, z); compute them together.
+
+    Parameters
+    ----------
+    bolds : list of xarray.DataArray (x, y, z, t) or 3D mean images
+        The runs.
+    niftis : list of path or None, optional
+        For each run, the NIfTI file its ``bold`` reads untouched (``RunInput.nifti``), or None. A
+        gzipped file is then read by one task that inflates it once, in order, summing its volumes
+        in float64 (runs are read in parallel, one task each): a blockwise read of a ``.nii.gz``
+        inflates the file again from a seek point for every block. Other runs are reduced blockwise
+        (:func:`temporal_mean`).
+
+    Returns
+    -------
+    list of dask.array.Array (x, y, z) of float64
+        One lazy mean per run; nothing is read until they are computed.
+    """
+    runs = list(bolds)
+    paths = list(niftis) if niftis is not None else [None] * len(runs)
+    if len(paths) != len(runs):
+        raise InputError(
+            f"niftis: {len(paths)} paths for {len(runs)} runs; pass one path (or None) per run"
+        )
+    means = []
+    for bold, nifti in zip(runs, paths, strict=True):
+        volumes = _gzipped_nifti(bold, nifti)
+        if volumes is None:
+            means.append(temporal_mean(bold))
+            continue
+        task = dask.delayed(_streamed_mean, pure=True)(volumes, volumes_per_chunk(volumes.shape))
+        means.append(da.from_delayed(task, shape=volumes.shape[:3], dtype=np.float64))
+    return means
 
 
 def _spatial_shape(img: BoldOrMean) -> tuple[int, int, int]:
@@ -211,9 +281,12 @@ def _intersect(masks: list[np.ndarray], threshold: float, connected: bool) -> np
 
 def _check_not_empty(mask: np.ndarray, source: str, strategy: str, advice: str) -> np.ndarray:
     if not mask.any():
+        others = [
+            s for s in ("epi", "background", "whole-brain-template") if s not in strategy.lower()
+        ]
         raise InputError(
             f"{source}: the {strategy} mask is empty (no voxel kept). {advice} "
-            "Or pass another mask strategy (e.g. 'background' or 'whole-brain-template') or "
+            f"Or pass another mask strategy (e.g. {' or '.join(map(repr, others))}) or "
             "your own mask_img."
         )
     return mask
@@ -439,7 +512,7 @@ def _multi_mask(
     masks = []
     for i, (mean, aff) in enumerate(zip(means, affines, strict=True)):
         m = mask_from_mean(np.asarray(mean), aff)
-        if not m.any():
+        if not m.any() and len(runs) > 1:
             warnings.warn(
                 f"{_describe(runs[i], i)}: its {kind} mask is empty. {advice}",
                 UserWarning,
@@ -447,6 +520,8 @@ def _multi_mask(
             )
         masks.append(m)
     mask = _intersect(masks, threshold=threshold, connected=connected)
+    if len(runs) == 1:
+        return _check_not_empty(mask, _describe(runs[0]), kind, advice)
     names = ", ".join(_describe(b, i) for i, b in enumerate(runs))
     extra = " Or lower threshold." if kind == "EPI" else ""
     return _check_not_empty(mask, names, f"multi-run {kind}", advice + extra)
@@ -714,26 +789,89 @@ def resample_mask(
 # dispatch
 
 
+def warn_whole_grid(mask: np.ndarray, source: str) -> bool:
+    """Warn (``UserWarning``, with the counts) when ``mask`` keeps every voxel of its grid.
+
+    Such a mask keeps the air around the head too: its parcels are mostly background.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of bool (x, y, z)
+    source : str
+        What the mask came from (a mask file, or the mask strategy), named in the warning.
+
+    Returns
+    -------
+    bool
+        Whether it warned.
+    """
+    n = int(np.asarray(mask).size)
+    if n == 0 or not np.asarray(mask).all():
+        return False
+    warnings.warn(
+        f"mask {source}: keeps all {n:,} of the {n:,} voxels of the grid {tuple(np.shape(mask))}, "
+        "air included, so parcels will cover the background; give a brain mask (or mask strategy "
+        "'epi' / 'background')",
+        UserWarning,
+        stacklevel=3,
+    )
+    return True
+
+
+def _check_mean_image(mean: np.ndarray, source: str) -> None:
+    """Refuse a run whose mean image holds nothing to mask: no finite voxel, or one value everywhere."""
+    finite = np.isfinite(mean)
+    if not finite.any():
+        raise InputError(
+            f"{source}: every voxel is NaN or infinite (its mean over time has no finite value); "
+            "there is nothing to mask or parcellate: check the file, or export it again"
+        )
+    if finite.all() and mean.size and np.all(mean == mean.flat[0]):
+        what = "an all-zero image" if mean.flat[0] == 0 else "a constant image"
+        raise InputError(
+            f"{source}: {what} (its mean over time is {float(mean.flat[0]):g} at all "
+            f"{mean.size:,} voxels): no mask strategy can find a brain in it; check the file"
+        )
+
+
 def compute_mask(
     bolds: Sequence[xr.DataArray],
     affine: np.ndarray | Sequence[np.ndarray],
     strategy: str = "epi",
     mask_args: dict[str, Any] | None = None,
+    *,
+    niftis: Sequence[str | Path | None] | None = None,
+    names: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Mask of one or several runs by a named strategy (nilearn's maskers' ``mask_strategy``).
+    """Mask of one or several runs by a named strategy, as nilearn's ``MultiNiftiMasker`` computes it.
+
+    nilearn's ``Parcellations`` masks its runs with a ``MultiNiftiMasker``, which calls the multi-run
+    function of the strategy also for a single run: ``compute_multi_background_mask`` opens (2) and
+    keeps the largest component by default, where ``compute_background_mask`` does neither. The
+    multi-run function is used here too, so one run gets the mask nilearn's ``Parcellations`` uses.
 
     Parameters
     ----------
     bolds : list of xarray.DataArray (x, y, z, t)
     affine : numpy.ndarray (4, 4), or one per run
     strategy : {"epi", "background", "whole-brain-template", "gm-template", "wm-template"}
-        One run uses the single-run function, several the multi-run one.
     mask_args : dict, optional
         Keyword arguments of the function the strategy calls.
+    niftis : list of path or None, optional
+        The NIfTI file each run reads untouched (or None): a gzipped one is inflated once, in one
+        task, for its mean image (:func:`mean_images`).
+    names : list of str, optional
+        How messages name each run (its file); by default its attributes' ``source``, or its index.
 
     Returns
     -------
     numpy.ndarray of bool (x, y, z)
+
+    Raises
+    ------
+    InputError
+        Unknown strategy or arguments, a run with no finite value or a constant (e.g. all-zero) mean
+        image, or an empty mask; each names the run's file.
     """
     runs = _check_runs(bolds, "compute_mask")
     args = dict(mask_args or {})
@@ -741,6 +879,8 @@ def compute_mask(
         raise InputError(
             f"mask strategy {strategy!r}: unknown; pass one of {list(MASK_STRATEGIES)}"
         )
+    if names is not None and len(names) != len(runs):
+        raise InputError(f"names: {len(names)} names for {len(runs)} runs; pass one per run")
     affines = _run_affines(runs, affine)
     func: Any
     if strategy.endswith("-template"):
@@ -748,12 +888,21 @@ def compute_mask(
         func = compute_template_mask
         call_args: tuple[Any, ...] = (affines[0], _spatial_shape(runs[0]))
         args.setdefault("template", strategy[: -len("-template")])
-    elif len(runs) == 1:
-        func = compute_epi_mask if strategy == "epi" else compute_background_mask
-        call_args = (runs[0], affines[0])
     else:
+        labels = (
+            [str(n) for n in names]
+            if names is not None
+            else [_describe(b, i if len(runs) > 1 else None) for i, b in enumerate(runs)]
+        )
+        means = dask.compute(*mean_images(runs, niftis))
+        for mean, label in zip(means, labels, strict=True):
+            _check_mean_image(np.asarray(mean), label)
+        mean_runs = [
+            xr.DataArray(np.asarray(m), dims=("x", "y", "z"), attrs={"daskparcel_label": label})
+            for m, label in zip(means, labels, strict=True)
+        ]
         func = compute_multi_epi_mask if strategy == "epi" else compute_multi_background_mask
-        call_args = (runs, affines)
+        call_args = (mean_runs, affines)
     logger.debug("compute_mask: strategy=%s -> %s(%s)", strategy, func.__name__, args)
     try:
         return func(*call_args, **args)

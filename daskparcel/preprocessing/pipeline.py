@@ -75,7 +75,7 @@ from daskparcel.store.signals import (
 logger = logging.getLogger(__name__)
 
 #: Part of the key of the masks kept in the cache: bump it when a strategy changes what it computes.
-MASK_CACHE_VERSION = 1
+MASK_CACHE_VERSION = 2  # 2: one-run background masks are nilearn MultiNiftiMasker's
 
 
 _DEFAULT_CACHE: Path | None = None
@@ -104,7 +104,7 @@ def run_mask(
     A computed mask is kept in ``cache_dir/masks/`` under a hash of the runs' identities, the strategy and its
     arguments, so refits of the same runs (another method, another K, another session) do not read them again.
     """
-    from daskparcel.preprocessing.masking import compute_mask, resample_mask
+    from daskparcel.preprocessing.masking import compute_mask, resample_mask, warn_whole_grid
 
     shape = runs[0].data["bold"].shape[:3]
     if mask is not None:
@@ -120,13 +120,18 @@ def run_mask(
             logger.info("mask reused from %s", cached)
             result = np.load(cached)
         else:
-            result = compute_mask([r.data["bold"] for r in runs], affine, strategy, mask_args)
+            result = compute_mask(
+                [r.data["bold"] for r in runs], affine, strategy, mask_args,
+                niftis=[r.nifti for r in runs], names=[r.nifti or r.name for r in runs],
+            )  # fmt: skip
             cached.parent.mkdir(parents=True, exist_ok=True)
             partial = cached.with_name(cached.name + ".partial.npy")
             np.save(partial, np.asarray(result, dtype=bool))
             os.replace(partial, cached)
     if not result.any():
         raise InputError("the mask has no voxel; give another mask or mask_strategy / mask_args")
+    source = str(mask) if isinstance(mask, str | os.PathLike) else "mask_img"
+    warn_whole_grid(result, source if mask is not None else repr(strategy))
     return np.asarray(result, dtype=bool)
 
 
