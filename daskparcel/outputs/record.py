@@ -155,11 +155,14 @@ class FitRecord:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(
-                f"{path}: unreadable fit record ({type(exc).__name__}: {exc}); re-run daskparcel fit to "
-                "write it again"
+                f"{path}: cannot be read as JSON ({exc}); re-run daskparcel fit ... --out {folder} "
+                "--overwrite"
             ) from None
         if not isinstance(doc, dict):
-            raise InputError(f"{path}: not a fit record (a JSON object); re-run daskparcel fit")
+            raise InputError(
+                f"{path}: expected a JSON object, got {type(doc).__name__}; re-run daskparcel fit ... "
+                f"--out {folder} --overwrite"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in doc.items() if k in names}
         defaults: dict[str, Any] = {
