@@ -63,7 +63,7 @@ METRICS: tuple[Metric, ...] = (
         "compression_r2",
         "compression R\u00b2",
         _float(3),
-        "R2",
+        "compression R2",
         "the fraction of the variance of the cleaned voxel signals explained by their parcel's mean",
     ),
     Metric(
