@@ -51,7 +51,11 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'daskparcel' has no attribute {name!r}")
     imported = importlib.import_module(module)
     # a module exported under its own name (metrics, plotting, datasets) or a name defined in it
-    value = getattr(imported, name, imported) if module.endswith(f".{name}") else getattr(imported, name)
+    value = (
+        getattr(imported, name, imported)
+        if module.endswith(f".{name}")
+        else getattr(imported, name)
+    )
     globals()[name] = value
     return value
 

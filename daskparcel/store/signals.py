@@ -204,20 +204,15 @@ class SignalsStore:
         differ only in method or n_parcels reuse them). ``reduce`` may keep per-run results in the scratch
         group (``reduced/c<k>-r<seed>-work``), which is removed once the features are written."""
         name = self.features_group(n_components, random_state)
-        with quiet_zarr():
-            group = zarr.open_group(str(self.path), mode="a", zarr_format=3)
-            if name in group and group[name].attrs.get("complete"):
-                logger.info("reduction reused from %s/%s", self.path, name)
-                return np.asarray(group[name][...])  # type: ignore[index]
-        features = reduce(self.run_signals("cleaned"), group.require_group(name + "-work"))
-        del group[name + "-work"]
-        with quiet_zarr():
-            array = group.create_array(
-                name, shape=features.shape, dtype=np.float32, chunks=features.shape, overwrite=True
-            )
-            array[...] = features
-            array.attrs["complete"] = True
-        return features
+
+        def compute() -> np.ndarray:
+            with quiet_zarr():
+                root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+                features = reduce(self.run_signals("cleaned"), root.require_group(name + "-work"))
+                del root[name + "-work"]
+            return features
+
+        return self.derived(name, compute)
 
     def derived(self, name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """An array derived from the store's content (e.g. weighted features), read from ``name`` when a
@@ -225,6 +220,7 @@ class SignalsStore:
         with quiet_zarr():
             group = zarr.open_group(str(self.path), mode="a", zarr_format=3)
             if name in group and group[name].attrs.get("complete"):
+                logger.info("%s reused from %s", name, self.path)
                 return np.asarray(group[name][...])  # type: ignore[index]
         values = np.asarray(compute(), dtype=np.float32)
         with quiet_zarr():
