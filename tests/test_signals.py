@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import dask
 import nibabel as nib
 import numpy as np
 import pytest
@@ -121,6 +122,38 @@ def test_streamed_gzip_runs_equal_blockwise_reads(tmp_path, caplog, time_chunk, 
     ref = NiftiMasker(mask_img, smoothing_fwhm=5.0, standardize=None).fit_transform(paths[0])
     ours = stores[1].signals("smoothed").sel(time=stores[1].signals()["run"] == "a").values.T
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-3)
+
+
+def test_one_streamed_run_smooths_on_several_threads_with_the_same_values(tmp_path, monkeypatch):
+    """A single long .nii.gz run: one thread inflates, several smooth its blocks; the store (and the
+    z-scoring moments, accumulated in order) are byte for byte those of one thread."""
+    from daskparcel.preprocessing import pipeline
+
+    rng = np.random.default_rng(2)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    path = tmp_path / "long.nii.gz"
+    nib.save(nib.Nifti1Image(rng.normal(100, 5, (10, 9, 8, 70)).astype(np.float32), affine), path)
+    mask = np.zeros((10, 9, 8), bool)
+    mask[1:9, 1:8, 1:7] = True
+    params = CleanParams(smoothing_fwhm=6.0, standardize="zscore_sample")
+    used: list[int] = []
+    original = pipeline._stream_smoothed
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        used.append(args[-1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_stream_smoothed", spy)
+    stores = []
+    for workers in (1, 4):
+        with dask.config.set(num_workers=workers):
+            run = _run(path, 4, "long", True)
+            stores.append(write_signals([run], mask, affine, params, tmp_path / str(workers)))
+    assert used == [1, 4]
+    for kind in ("smoothed", "cleaned"):
+        np.testing.assert_array_equal(
+            stores[1].signals(kind).values, stores[0].signals(kind).values
+        )
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -236,6 +238,8 @@ def write_signals(
         fresh_store(path, key, names, subjects, mask, affine, params)
         smoothed_targets, sources, streams = [], [], []
         sigma, fast = smoothing_kernel(params.smoothing_fwhm, affine)
+        gzipped = {run.name: _gzipped_volumes(run) for run in runs}
+        threads = _threads_per_stream(sum(v is not None for v in gzipped.values()))
         for run in runs:
             shape = (n_voxels, run.n_time)
             store_time = store_time_chunk(time_chunk, run.n_time)
@@ -249,7 +253,7 @@ def write_signals(
                         str(path), name=f"zscore/{run.name}", shape=(n_voxels, 2), dtype=np.float64,
                         chunks=(voxel_chunk, 2), dimension_names=("voxel", "moment"), overwrite=True,
                     )  # fmt: skip
-            volumes = _gzipped_volumes(run)
+            volumes = gzipped[run.name]
             if volumes is not None:
                 streams.append(
                     dask.delayed(_stream_smoothed, pure=False)(
@@ -262,6 +266,7 @@ def write_signals(
                         time_chunk,
                         store_time,
                         ddof,
+                        threads,
                     )
                 )
                 continue
@@ -396,6 +401,37 @@ def _gzipped_volumes(run: RunInput) -> NiftiVolumes | None:
     return volumes
 
 
+def _threads_per_stream(n_streams: int) -> int:
+    """Smoothing threads for each streamed run: the local threaded scheduler's cores shared among the runs
+    streamed at once (1 on a distributed cluster, whose workers run one task per thread)."""
+    try:
+        from distributed import default_client
+
+        default_client()
+        return 1
+    except (ImportError, ValueError):
+        pass
+    if dask.config.get("scheduler", "threads") not in ("threads", "threading"):
+        return 1
+    cores = int(dask.config.get("num_workers", None) or len(os.sched_getaffinity(0)))
+    return max(1, cores // max(1, n_streams))
+
+
+def _ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], threads: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, with ``threads`` threads and at most ``threads + 1`` items in flight."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque[Future[Any]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _stream_smoothed(
     volumes: NiftiVolumes,
     store: str,
@@ -406,22 +442,29 @@ def _stream_smoothed(
     time_chunk: int,
     store_time: int,
     ddof: int | None = None,
+    threads: int = 1,
 ) -> int:
     """Pass 1 for a gzipped run, as one task: stream its volumes once, smooth and mask each block of
     ``time_chunk`` volumes, and write them to ``smoothed/<run>`` by whole zarr chunks of ``store_time`` volumes
-    (with ``ddof``, also each voxel's mean and standard deviation to ``zscore/<run>``)."""
+    (with ``ddof``, also each voxel's mean and standard deviation to ``zscore/<run>``).
+
+    One thread inflates (inside ``volumes.stream``) while ``threads`` threads smooth blocks, at most
+    ``threads + 1`` blocks in flight; results are taken in order, so the values do not depend on ``threads``."""
     with quiet_zarr():
         target = zarr.open_array(store, path=f"smoothed/{run}", mode="r+", zarr_format=3)
     moments = _Moments() if ddof is not None else None
     pending: list[np.ndarray] = []
     written = 0
     n = 0
-    for _, block in volumes.stream(time_chunk):
-        signals = smooth_block(block, sigma, fast)[mask]
+
+    def smooth(item: tuple[int, np.ndarray]) -> np.ndarray:
+        return smooth_block(item[1], sigma, fast)[mask]
+
+    for signals in _ordered_map(smooth, volumes.stream(time_chunk), threads):
         if moments is not None:
             moments.add(signals)
         pending.append(signals)
-        n += block.shape[3]
+        n += signals.shape[1]
         if n - written >= store_time or n == target.shape[1]:
             target[:, written:n] = np.concatenate(pending, axis=1)
             pending, written = [], n
