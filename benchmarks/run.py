@@ -7,6 +7,8 @@ Usage::
     python benchmarks/run.py --suite outofcore       # 40 subjects under a 4 GiB cap (2 workers x 1.5 GiB + 1 GiB client)
     python benchmarks/run.py --suite io              # one streaming read of the signals store
     python benchmarks/run.py --suite workers         # 10 subjects, kmeans 50: local default, 1 and 2 workers
+    python benchmarks/run.py --suite scaling         # 1, 2, 4, 8, 16 pinned cores: threads and processes,
+                                                     # per step speed-up and efficiency, weak scaling
     python benchmarks/run.py --suite outofcore --lazy --share-store
                                                      # the same, lazy (no NIfTI: 40 x 1 GB .nii.gz need disk)
     python benchmarks/run.py --suite all --quick     # every suite, small, to check the plumbing
@@ -1025,7 +1027,9 @@ def main(argv: list[str] | None = None) -> None:
     """Parse the arguments and run the suites."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--suite", choices=["seed", "scale", "outofcore", "io", "workers", "all"], required=True
+        "--suite",
+        choices=["seed", "scale", "outofcore", "io", "workers", "scaling", "all"],
+        required=True,
     )
     parser.add_argument("--quick", action="store_true", help="small inputs, to check the plumbing")
     parser.add_argument(
@@ -1085,6 +1089,13 @@ def main(argv: list[str] | None = None) -> None:
             seed_suite(opts, args.configs or SEED)
         elif suite == "scale":
             scale_suite(opts, args.configs or SCALE, args.subjects)
+        elif suite == "scaling":
+            import scaling
+
+            scaling.scaling_suite(
+                sys.modules[__name__], opts, args.configs or ["kmeans50"],
+                args.subjects[0] if args.subjects else None,
+            )  # fmt: skip
         elif suite == "workers":
             workers_suite(
                 opts, args.configs or ["kmeans50"], args.subjects[0] if args.subjects else None

@@ -48,7 +48,7 @@ from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-TOP_KEYS = {"inputs", "convert", "parcellation", "output", "where"}
+TOP_KEYS = {"inputs", "convert", "parcellation", "output", "where", "connectomes"}
 INPUT_KEYS = {"files", "bids", "confounds_columns"}
 BIDS_KEYS = {"root", "subject", "session", "task", "run", "space", "desc"}
 
@@ -300,6 +300,7 @@ class Job:
     output: Path
     where: Any
     raw: dict[str, Any] = field(repr=False)
+    connectomes: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -408,6 +409,12 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         raise InputError(f"{path}: output: {output} is a file; give a folder")
     check_writable(output, f"{path}: output:")
     where = _check_where(raw.get("where"), base, path)
+    from daskparcel.outputs.connectomes import check_kinds
+
+    try:
+        connectomes = check_kinds(raw.get("connectomes"), name="connectomes")
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from exc
     return Job(
         path,
         files,
@@ -418,6 +425,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         output,
         where,
         raw,
+        connectomes,
     )
 
 
@@ -525,6 +533,7 @@ def run_job(path: str | os.PathLike[str]) -> int:
             confounds=confounds,
             inputs=[str(getattr(r, "path", r)) for r in runs],
             overwrite=True,
+            connectomes=job.connectomes,
         )
         done.write_text(
             json.dumps(

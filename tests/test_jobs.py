@@ -11,6 +11,7 @@ import xarray as xr
 
 from daskparcel import datasets
 from daskparcel.cli import main
+from daskparcel.errors import InputError
 from daskparcel.jobs import load_job
 
 
@@ -115,6 +116,30 @@ def test_job_file_validation(runs, tmp_path):
     job = load_job(_write_job(tmp_path, runs, where=None))
     assert job.parcellation["method"] == "kmeans" and len(job.files) == 2
     assert job.key == load_job(_write_job(tmp_path, runs, where="tcp://elsewhere:8786")).key
+
+
+def test_job_writes_the_connectomes_it_asks_for(runs, tmp_path):
+    """``connectomes:`` in a job file: each run's relmat and the group mean, equal to nilearn's."""
+    import pandas as pd
+    from nilearn.connectome import ConnectivityMeasure
+
+    job = _write_job(tmp_path, runs, connectomes=["correlation"])
+    assert main(["run", str(job)]) == 0
+    fit = tmp_path / "job-out" / "fit"
+    series = sorted(fit.rglob("*_stat-mean_timeseries.tsv"))
+    relmats = sorted(fit.rglob("sub-*_stat-correlation_relmat.tsv"))
+    assert len(series) == 2 and len(relmats) == 2
+    for ts, rel in zip(series, relmats, strict=True):
+        x = pd.read_csv(ts, sep="\t").to_numpy()
+        expected = ConnectivityMeasure(kind="correlation").fit_transform([x])[0]
+        np.testing.assert_allclose(pd.read_csv(rel, sep="\t").to_numpy(), expected, atol=1e-6)
+
+
+def test_job_refuses_an_unknown_connectome_before_writing(runs, tmp_path):
+    job = _write_job(tmp_path, runs, connectomes=["coherence"])
+    with pytest.raises(InputError, match=r"connectomes='coherence': not a connectome kind"):
+        load_job(job)
+    assert not (tmp_path / "job-out").exists()
 
 
 # --------------------------------------------------------------------------- issue 20, item 2

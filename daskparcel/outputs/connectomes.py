@@ -54,6 +54,8 @@ def check_kinds(kinds: str | Iterable[str] | None, *, name: str = "kind") -> lis
     """The connectome kinds asked for, checked (an :class:`InputError` names the wrong one and the choices)."""
     if kinds is None:
         return []
+    if not isinstance(kinds, str | list | tuple):
+        raise InputError(f"{name}={kinds!r}: give a connectome kind or a list of them")
     items = [kinds] if isinstance(kinds, str) else list(kinds)
     out: list[str] = []
     for item in items:

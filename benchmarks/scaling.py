@@ -1,0 +1,144 @@
+"""The scaling suite (``run.py --suite scaling``): one cohort, one fit per configuration, each in its own
+process pinned with ``os.sched_setaffinity`` to 1, 2, 4, 8, 16 cores (capped at the machine's), on threads
+(the local default) and on a LocalCluster of processes; per step (mask, signals, reduction, clustering,
+transform) the time, the speed-up over 1 core and the parallel efficiency; and weak scaling (one subject per
+core). Every fit is the default path: no mask file, default parameters, .nii.gz inputs, an empty store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from typing import Any
+
+from _measure import markdown_table, measure
+
+STEPS = ("mask", "signals", "reduction", "clustering", "transform")
+
+
+def core_counts(available: int) -> list[int]:
+    """1, 2, 4, 8, 16 up to the cores this process may use (and that number itself)."""
+    counts = [c for c in (1, 2, 4, 8, 16) if c <= available]
+    return counts if available in counts else [*counts, available]
+
+
+def fit_pinned(imgs: list[str], config: dict[str, Any], store: str, cores: int, kind: str) -> dict:
+    """Child process: pin to ``cores`` cores, fit with the default mask, transform; the step timings."""
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+    import dask
+    import numpy as np
+
+    from daskparcel import Parcellations
+
+    cfg = config
+    client: Any = None
+    cluster: Any = None
+    if kind == "processes":  # workers inherit the affinity; 2 threads each where there are 2 cores
+        from distributed import Client, LocalCluster
+
+        threads = 2 if cores >= 2 else 1
+        cluster = LocalCluster(
+            n_workers=max(1, cores // threads), threads_per_worker=threads, host="127.0.0.1",
+            dashboard_address=":0",
+        )  # fmt: skip
+        client = Client(cluster)
+    try:
+        with dask.config.set(num_workers=cores):
+            est = Parcellations(
+                method=cfg["method"], n_parcels=cfg["n_parcels"], smoothing_fwhm=cfg["smoothing_fwhm"],
+                standardize=cfg["standardize"], store=store, client=client,
+            )  # fmt: skip
+            est.fit(imgs)
+            start = time.perf_counter()
+            for signals in est.transform(list(imgs)):
+                np.asarray(signals)
+            transform = time.perf_counter() - start
+    finally:
+        if client is not None:
+            client.close()
+            cluster.close()
+    timings = {k: float(v) for k, v in est.timings_.items()}
+    timings["transform"] = transform
+    return {"timings": timings, "cores": cores, "kind": kind}
+
+
+def _efficiency(rows: list[dict[str, Any]]) -> None:
+    """Speed-up over the same kind's 1-core fit, and parallel efficiency (speed-up / cores), per step."""
+    for row in rows:
+        base = next(
+            (
+                r
+                for r in rows
+                if r["kind"] == row["kind"] and r["cores"] == 1 and r["mode"] == row["mode"]
+            ),
+            None,
+        )
+        if base is None or row.get("status") != "ok":
+            continue
+        for step in ("total", *STEPS):
+            t, t1 = row.get(step), base.get(step)
+            if t and t1:
+                if row["mode"] == "strong":
+                    row[f"{step}_speedup"] = t1 / t
+                    row[f"{step}_eff"] = t1 / t / row["cores"]
+                else:  # weak: the work grows with the cores, the ideal time stays t1
+                    row[f"{step}_eff"] = t1 / t
+
+
+def scaling_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -> None:
+    """Strong scaling of one cohort and weak scaling (one subject per core), threads and processes."""
+    available = len(os.sched_getaffinity(0))
+    counts = core_counts(available)
+    n_volumes = 60 if opts.quick else 150
+    n_subjects = subjects or (2 if opts.quick else 4)
+    strong = run.synthetic_input(2, n_subjects, n_volumes)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        cfg = dataclasses.asdict(run.CONFIGS[name])
+        plans = [("strong", strong, c, k) for c in counts for k in ("threads", "processes")]
+        plans += [("weak", run.synthetic_input(2, c, n_volumes), c, "threads") for c in counts]
+        for mode, inp, cores, kind in plans:
+            store = run.WORK / run._slug(f"scaling-{name}-{mode}-{cores}-{kind}")
+            shutil.rmtree(store, ignore_errors=True)
+            print(f"  {name:<10} {mode:<6} {inp.name} {cores} core(s) {kind}", end=" ", flush=True)
+            m = measure(
+                run.SCRIPT.with_name("scaling.py"), "fit_pinned",
+                {"imgs": list(inp.imgs), "config": cfg, "store": str(store), "cores": cores, "kind": kind},
+                timeout_s=opts.timeout, kill_above=opts.kill_above,
+            )  # fmt: skip
+            shutil.rmtree(store, ignore_errors=True)
+            timings = m.result.get("timings", {})
+            rows.append(
+                {"config": name, "mode": mode, "input": inp.name, "cores": cores, "kind": kind,
+                 "status": m.status, "peak_gib": m.peak_rss / run.GIB, "error": m.error,
+                 **{k: timings.get(k) for k in ("total", *STEPS)}}
+            )  # fmt: skip
+            print(f"{m.status}: fit {timings.get('total', float('nan')):.1f} s", flush=True)
+            if m.error:
+                print("    " + m.error.replace("\n", "\n    "), flush=True)
+    _efficiency(rows)
+    f1, f2 = run.fmt(".1f"), run.fmt(".2f")
+    columns = [("config", "config", run.fmt("")), ("mode", "scaling", run.fmt("")),
+               ("input", "input", run.fmt("")), ("kind", "where", run.fmt("")),
+               ("cores", "cores", run.fmt("d")), ("total", "fit (s)", f1),
+               ("total_speedup", "speed-up", f2), ("total_eff", "efficiency", f2)]  # fmt: skip
+    for step in STEPS:
+        columns += [(step, f"{step} (s)", f1), (f"{step}_eff", f"{step} eff.", f2)]
+    run.publish(
+        "scaling",
+        {"rows": rows, "cores_available": available},
+        [
+            "## scaling",
+            "",
+            markdown_table(rows, columns),
+            "",
+            f"{available} core(s) available. Each fit in its own process pinned to its cores, from an empty "
+            "store, default mask, .nii.gz inputs. Strong: the same cohort; speed-up = time on 1 core / time, "
+            "efficiency = speed-up / cores. Weak: one subject per core; efficiency = time of 1 subject on 1 "
+            "core / time. Processes: a LocalCluster of 2-thread workers on the same cores. Serial client "
+            "steps: ward/complete/average's merge loop is one thread whatever the cores (its share is the "
+            "clustering column).",
+        ],
+    )
