@@ -245,7 +245,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         step = partial(timed, timings)
         with step("total"):
             runs = prepare_runs(  # 3D maps: one run whose "time" axis is the maps
-                maps_dataset(imgs) if is_maps(imgs) else imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
+                maps_dataset(imgs) if is_maps(imgs, 2) else imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
                 confounds_columns=self.confounds_columns,
             )  # fmt: skip
             affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)

@@ -42,12 +42,11 @@ def _is_map(img: Any) -> bool:
     return img is not None and (len(img.shape) == 3 or (len(img.shape) == 4 and img.shape[3] == 1))
 
 
-def is_maps(imgs: Any) -> bool:
-    """Whether ``imgs`` is one 3D image or a non-empty list of 3D images / NIfTI paths (headers only read)."""
+def is_maps(imgs: Any, minimum: int = 1) -> bool:
+    """Whether ``imgs`` is one 3D image or a list of 3D images / NIfTI paths, at least ``minimum`` of them
+    (headers only read). ``fit`` asks for 2: one 3D image given to ``fit`` is a run given by mistake."""
     items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
-    if not isinstance(imgs, list | tuple) and not _is_map(_header(imgs)):
-        return False
-    return bool(items) and all(_is_map(_header(item)) for item in items)
+    return len(items) >= max(minimum, 1) and all(_is_map(_header(item)) for item in items)
 
 
 def _load(item: Any) -> np.ndarray:
@@ -56,10 +55,14 @@ def _load(item: Any) -> np.ndarray:
 
 
 def _identity(item: Any) -> str:
-    if isinstance(item, str | os.PathLike):
-        from daskparcel.store.runs import file_sha256
+    """What a map's data are (the cache key of a fit on maps): its file's sha256, or its values' token."""
+    from daskparcel.store.runs import file_sha256
 
+    if isinstance(item, str | os.PathLike):
         return file_sha256(item)
+    filename = item.get_filename()
+    if filename and hasattr(item.dataobj, "offset") and os.path.exists(filename):
+        return file_sha256(filename)  # an image loaded from a file: not read into memory here
     return dask.base.tokenize(np.asarray(item.dataobj), np.asarray(item.affine))
 
 

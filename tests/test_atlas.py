@@ -163,3 +163,28 @@ def test_inverse_transform_refuses_signals_of_other_labels():
     volume = np.asarray(est.labels_img_.dataobj)
     where = volume == VALUES[3]
     assert np.all(back.values[..., 0][where] == 3)
+
+
+def test_a_label_lost_in_resampling_keeps_its_column_as_nan():
+    """nilearn drops a label that has no voxel on the run's grid; here its column stays (NaN), so every run of a
+    cohort has the same columns, and the others equal nilearn's."""
+    from nilearn.maskers import NiftiLabelsMasker
+
+    scan = real_scan("nitime1")
+    img = nib.load(scan)
+    fine = img.affine.copy()
+    fine[:3, :3] /= 2.0  # voxels half as large: the run's grid samples the even voxels only
+    shape = tuple(2 * s for s in img.shape[:3])
+    labels = np.asarray(_gap_atlas(shape, fine).dataobj).copy()
+    labels[3, 3, 3] = 999  # one odd voxel: lost on the run's grid
+    atlas = nib.Nifti1Image(labels, fine)
+    est = Parcellations.from_labels(atlas, smoothing_fwhm=None)
+    with pytest.warns(UserWarning, match=r"labels \[999\] have no voxel once resampled"):
+        with pytest.warns(UserWarning, match="resampled to the run's grid"):
+            ours = est.transform(scan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = NiftiLabelsMasker(labels_img=atlas).fit_transform(scan)
+    np.testing.assert_array_equal(ours["parcel"].values, [*VALUES, 999])
+    assert np.isnan(ours.values[:, -1]).all()
+    np.testing.assert_allclose(ours.values[:, :-1], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

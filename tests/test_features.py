@@ -61,6 +61,7 @@ def test_maps_are_features_equal_to_nilearn_parcel_means(tmp_path):
         nib.save(m, tmp_path / f"map{n}.nii.gz")
         paths.append(tmp_path / f"map{n}.nii.gz")
     np.testing.assert_allclose(est.transform(paths), ours[:3], rtol=1e-5)
+    np.testing.assert_allclose(est.transform([nib.load(p) for p in paths]), ours[:3], rtol=1e-5)
     np.testing.assert_allclose(est.transform(maps[1]), ours[1:2], rtol=1e-5)
     # a 4D image of maps with as_features=True: each volume a map
     four_d = real_scan("nitime1")
