@@ -334,10 +334,9 @@ def _transform(args: argparse.Namespace) -> int:
             f"{labels}: no such labels image; give the labels.nii.gz of `daskparcel fit`"
         )
     params = _parameters(args, "transform", saved, source)
-    est = (
-        Parcellations.from_labels(  # labels on another grid than the runs are resampled (a warning)
-            labels, mask, lut=args.lut, **estimator_kwargs(params), client=_where(args)
-        )
+    # any atlas (label values with gaps, --lut names); on another grid than the runs it is resampled (a warning)
+    est = Parcellations.from_labels(
+        labels, mask, lut=args.lut, **estimator_kwargs(params), client=_where(args)
     )
     imgs = _inputs(args)
     from daskparcel.runtime import connect

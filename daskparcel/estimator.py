@@ -369,7 +369,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         store instead of the images. With ``method="rena"`` and ``scaling=True``, each parcel's signal is
         multiplied by the square root of its size, as nilearn's ``ReNA.transform`` does. 3D maps (what a
         scikit-learn ``Pipeline`` passes) are features: :func:`daskparcel.features.transform_maps`
-        (``as_features=True``: the volumes of 4D images are maps, e.g. contrast maps).
+        (``as_features=True``: the volumes of 4D images are maps, e.g. contrast maps; False: never).
 
         Returns
         -------
@@ -380,7 +380,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         from daskparcel.ingest.resolve import resolve_runs
 
         self._check_fitted()
-        if as_features or is_maps(imgs):
+        if as_features or (as_features is None and is_maps(imgs)):
             return transform_maps(self, imgs, confounds, scale=self._scale())
         single = not isinstance(imgs, list | tuple)
         runs = resolve_runs(imgs, chunk_volumes=self.chunk_volumes)

@@ -66,6 +66,10 @@ def test_maps_are_features_equal_to_nilearn_parcel_means(tmp_path):
     # a 4D image of maps with as_features=True: each volume a map
     four_d = real_scan("nitime1")
     np.testing.assert_allclose(est.transform(four_d, as_features=True), ours, rtol=1e-5)
+    with pytest.raises(
+        InputError, match=r"3D image"
+    ):  # as_features=False: a 3D image is a run given by mistake
+        est.transform(paths[0], as_features=False)
 
 
 @pytest.mark.real_data
