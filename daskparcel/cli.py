@@ -334,9 +334,11 @@ def _transform(args: argparse.Namespace) -> int:
             f"{labels}: no such labels image; give the labels.nii.gz of `daskparcel fit`"
         )
     params = _parameters(args, "transform", saved, source)
-    est = Parcellations.from_labels(labels, mask, **estimator_kwargs(params), client=_where(args))
+    # any atlas (label values with gaps, --lut names); on another grid than the runs it is resampled (a warning)
+    est = Parcellations.from_labels(
+        labels, mask, lut=args.lut, **estimator_kwargs(params), client=_where(args)
+    )
     imgs = _inputs(args)
-    _check_labels_grid(est, imgs, labels)
     from daskparcel.runtime import connect
 
     partial = out.with_name(out.name + ".partial")
@@ -347,7 +349,7 @@ def _transform(args: argparse.Namespace) -> int:
             signals = est.transform(
                 imgs if len(imgs) > 1 else imgs[0], confounds=args.confounds_resolved
             )
-            runs = signals if isinstance(signals, list) else [signals]
+            runs: list[xr.DataArray] = signals if isinstance(signals, list) else [signals]
             combined = xr.concat(runs, dim="time") if len(runs) > 1 else runs[0]
             combined.to_dataset(name="parcel_signals").to_zarr(
                 partial, mode="w", zarr_format=3, consolidated=False
@@ -366,30 +368,6 @@ def _transform(args: argparse.Namespace) -> int:
         raise
     print(f"parcel signals of {len(runs)} run(s), {est.n_parcels} parcels, written to {out}")
     return EXIT_OK
-
-
-def _check_labels_grid(est: Any, imgs: list[Any], labels: Path) -> None:
-    """Labels on another grid than the NIfTI runs: the labels file is named (headers only are read)."""
-    import nibabel as nib
-    import numpy as np
-
-    from daskparcel.ingest.bids import BidsRun
-
-    shape, affine = est.mask_img_.shape, est.mask_img_.affine
-    for item in imgs:
-        path = Path(item.path if isinstance(item, BidsRun) else str(item))
-        if not (path.is_file() and path.name.endswith((".nii", ".nii.gz"))):
-            continue  # stores, globs, folders: the estimator checks their grid
-        try:
-            img: Any = nib.load(path)
-        except Exception:  # not an image: the run's own checks name it
-            continue
-        if img.shape[:3] != shape or not np.allclose(img.affine, affine, atol=1e-4):
-            raise InputError(
-                f"{labels}: its grid {tuple(shape)} differs from {path}'s {tuple(img.shape[:3])} (or its "
-                "affine does); resample the labels to the runs (nilearn.image.resample_to_img(labels, run, "
-                "interpolation='nearest'))"
-            )
 
 
 def _saved_parameters(fit_json: Path) -> dict[str, Any]:
@@ -418,9 +396,16 @@ def _add_transform(sub: argparse._SubParsersAction) -> None:
     )
     _add_inputs(p)
     p.add_argument(
-        "--labels", required=True, help="labels.nii.gz, or a `daskparcel fit` output folder"
+        "--labels",
+        required=True,
+        help="labels.nii.gz, a `daskparcel fit` output folder, or any integer atlas (label values may have gaps; "
+        "resampled to the runs' grid when it differs)",
     )
     p.add_argument("--mask", help="mask image (default: the fit folder's, or the labelled voxels)")
+    p.add_argument(
+        "--lut",
+        help="a BIDS look-up table (TSV with columns index, name) naming the labels of an atlas given as --labels",
+    )
     p.add_argument("--out", required=True, help="the zarr store to write")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

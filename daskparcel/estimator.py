@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import xarray as xr
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -40,10 +39,12 @@ from daskparcel._checks import (
     positive_or_none,
 )
 from daskparcel._log import timed, verbosity
+from daskparcel.atlas import label_images, label_parcels, load_atlas, run_grid
 from daskparcel.clustering import METHODS, ClusterJob, run_method
 from daskparcel.errors import InputError
+from daskparcel.features import is_maps, maps_dataset, transform_maps
 from daskparcel.ingest.resolve import per_run, prepare_runs, repetition_time, run_confounds
-from daskparcel.parcels import parcel_signals
+from daskparcel.parcels import parcel_signals, size_scale
 from daskparcel.preprocessing.masking import MASK_STRATEGIES
 from daskparcel.preprocessing.pipeline import default_cache_dir, run_mask, write_signals
 from daskparcel.store.signals import CleanParams, RunInput, SignalsStore
@@ -155,6 +156,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
     tree_ : MergeTree or None
         The merge tree of ward / complete / average, kept in the signals store: a fit with another
         ``n_parcels`` cuts it again without rebuilding, in this process or a later one.
+    atlas_ : daskparcel.atlas.Atlas or None
+        The atlas of :meth:`from_labels` (label values, names); None when fitted.
     """
 
     def __init__(
@@ -255,8 +258,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         timings: dict[str, float] = {}
         step = partial(timed, timings)
         with step("total"):
-            runs = prepare_runs(
-                imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
+            runs = prepare_runs(  # 3D maps: one run whose "time" axis is the maps
+                maps_dataset(imgs) if is_maps(imgs, 2) else imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
                 confounds_columns=self.confounds_columns,
             )  # fmt: skip
             affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
@@ -314,42 +317,33 @@ class Parcellations(TransformerMixin, BaseEstimator):
         self.runs_ = [r.name for r in runs]
         self._fitted_identities = {r.identity: r.name for r in runs}
 
-    def _set_labels(self, values: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> None:
-        """``labels_`` (1..K of the mask's voxels), ``labels_img_``, ``mask_img_`` and ``n_elements_``."""
-        volume = np.zeros(mask.shape, dtype=np.int32)
-        volume[mask] = values
-        i, j, k = np.nonzero(mask)
-        coords = {"i": ("voxel", i), "j": ("voxel", j), "k": ("voxel", k)}
-        self.labels_ = xr.DataArray(
-            values.astype(np.int32), dims=("voxel",), coords=coords, name="labels"
-        )
-        self.labels_img_ = nib.Nifti1Image(volume, affine)
-        self.mask_img_ = nib.Nifti1Image(mask.astype(np.int8), affine)
+    def _set_labels(self, values: np.ndarray, mask: np.ndarray, affine: np.ndarray, atlas: Any = None) -> None:  # fmt: skip
+        """``labels_`` (1..K of the mask's voxels), ``labels_img_`` (the atlas's values if given), ``mask_img_``,
+        ``n_elements_``, ``atlas_``; no runs nor store (``fit`` sets them after)."""
+        self.labels_, self.labels_img_, self.mask_img_ = label_images(values, mask, affine, atlas)
         self.n_elements_ = int(self.n_parcels)
+        self.atlas_, self.store_, self.signals_store_, self.runs_ = atlas, None, None, []
+        self._fitted_identities = {}
 
     @classmethod
-    def from_labels(cls, labels_img: Any, mask_img: Any = None, **params: Any) -> Parcellations:
-        """An estimator fitted with a given parcellation (to ``transform`` / ``inverse_transform`` runs).
+    def from_labels(cls, labels_img: Any, mask_img: Any = None, lut: Any = None, **params: Any) -> Parcellations:  # fmt: skip
+        """An estimator fitted with a given parcellation or atlas (to ``transform`` / ``inverse_transform`` runs).
 
         Parameters
         ----------
         labels_img : nibabel image or path
-            Integer labels 1..K, 0 = background (e.g. ``labels.nii.gz`` of ``daskparcel fit``).
+            Integer labels, 0 = background (``labels.nii.gz`` of ``daskparcel fit``, or an atlas with gaps in its
+            values: :mod:`daskparcel.atlas`; runs on another grid get it resampled to theirs, with a warning).
         mask_img : nibabel image or path, optional
-            The mask (default: the labelled voxels).
+            The mask (default: the labelled voxels), on the labels' grid.
+        lut : path or pandas.DataFrame, optional
+            A BIDS look-up table (``index``, ``name``): ``transform`` gets a ``name`` coordinate on ``parcel``.
         **params
             Parameters of the estimator (smoothing and cleaning of ``transform``).
         """
-        from daskparcel.parcels import labels_from_image
-
-        values, mask, affine = labels_from_image(labels_img, mask_img)
-        n = int(values.max())
-        est = cls(n_parcels=n, **params)
-        est._set_labels(values, mask, affine)
-        est.store_ = None
-        est.signals_store_ = None
-        est.runs_ = []
-        est._fitted_identities = {}
+        atlas = load_atlas(labels_img, mask_img, lut)
+        est = cls(n_parcels=atlas.n_parcels, **params)
+        est._set_labels(atlas.codes(), atlas.mask, atlas.affine, atlas)
         return est
 
     # ------------------------------------------------------------------------------------ transform
@@ -361,27 +355,30 @@ class Parcellations(TransformerMixin, BaseEstimator):
 
     def _scale(self) -> np.ndarray | None:
         """ReNA's ``scaling``: the square root of each parcel's size (None when not scaling)."""
-        if not (self.scaling and self.method == "rena"):
-            return None
-        sizes = np.bincount(self.labels_.values, minlength=self.n_parcels + 1)[1:]
-        return np.sqrt(sizes.astype(np.float64))
+        rena = self.scaling and self.method == "rena"
+        return size_scale(self.labels_.values, self.n_parcels) if rena else None
 
-    def transform(self, imgs: Any, confounds: Any = None) -> xr.DataArray | list[xr.DataArray]:
+    def transform(self, imgs: Any, confounds: Any = None, *, as_features: bool | None = None) -> Any:  # fmt: skip
         """Mean signal of each parcel, lazily (nilearn's ``NiftiLabelsMasker`` with the fit's parameters).
 
         Each run is smoothed, masked and averaged per parcel, then the parcel signals are cleaned (detrend,
         filters, confounds, standardize), as nilearn does. Runs that were fitted are read from the signals
         store instead of the images. With ``method="rena"`` and ``scaling=True``, each parcel's signal is
-        multiplied by the square root of its size, as nilearn's ``ReNA.transform`` does.
+        multiplied by the square root of its size, as nilearn's ``ReNA.transform`` does. 3D maps (what a
+        scikit-learn ``Pipeline`` passes) are features: :func:`daskparcel.features.transform_maps`
+        (``as_features=True``: the volumes of 4D images are maps, e.g. contrast maps; False: never).
 
         Returns
         -------
         xarray.DataArray ("time", "parcel") or a list of them (one per run, when ``imgs`` is a list)
-            Lazy (dask-backed); ``np.asarray(result)`` is nilearn's (n_scans, n_parcels) array.
+            Lazy (dask-backed); ``np.asarray(result)`` is nilearn's (n_scans, n_parcels) array. For maps: a
+            numpy array (n_maps, n_parcels).
         """
         from daskparcel.ingest.resolve import resolve_runs
 
         self._check_fitted()
+        if as_features or (as_features is None and is_maps(imgs)):
+            return transform_maps(self, imgs, confounds, scale=self._scale())
         single = not isinstance(imgs, list | tuple)
         runs = resolve_runs(imgs, chunk_volumes=self.chunk_volumes)
         confounds_list = per_run("confounds", confounds, len(runs))
@@ -397,15 +394,16 @@ class Parcellations(TransformerMixin, BaseEstimator):
         stored = None
         if fitted is not None and self.store_ is not None:
             stored = self.store_.run_signals("smoothed")[self.store_.runs.index(fitted)]
-        mask = np.asarray(self.mask_img_.dataobj, dtype=bool)
-        voxels = run_voxel_signals(run, mask, self.mask_img_.affine, self.smoothing_fwhm, stored)
+        codes, mask, affine = run_grid(self, run)
+        voxels = run_voxel_signals(run, mask, affine, self.smoothing_fwhm, stored)
         conf = (
             run_confounds(confounds, run, self.confounds_columns) if confounds is not None else None
         )
-        return parcel_signals(
-            voxels, self.labels_.values, self.n_parcels, self._clean_params([run]), conf,
+        result = parcel_signals(
+            voxels, codes, self.n_parcels, self._clean_params([run]), conf,
             scale=self._scale(), run=run.name,
         )  # fmt: skip
+        return label_parcels(result, getattr(self, "atlas_", None))
 
     def fit_transform(
         self, imgs: Any, y: Any = None, confounds: Any = None, **fit_params: Any
@@ -420,6 +418,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         signals : xarray.DataArray ("time", "parcel"), array (n_scans, n_parcels), or a list of them
+            (for an atlas, a ``parcel`` coordinate must be its label values, as ``transform`` gives)
 
         Returns
         -------
@@ -427,17 +426,15 @@ class Parcellations(TransformerMixin, BaseEstimator):
             Lazy, chunked in whole volumes, with the ``affine`` attribute: write it with
             :func:`daskparcel.to_nifti` (streamed) or ``.to_zarr``.
         """
-        from daskparcel.parcels import as_parcel_signals, expand, to_volumes
+        from daskparcel.parcels import to_voxel_volumes
 
         self._check_fitted()
         single = not isinstance(signals, list | tuple)
-        items = [signals] if single else list(signals)
-        mask = np.asarray(self.mask_img_.dataobj, dtype=bool)
-        scale, out = self._scale(), []
-        for item in items:
-            item = as_parcel_signals(item, self.n_parcels)
-            if scale is not None:
-                item = item / xr.DataArray(scale.astype(np.float32), dims="parcel")
-            voxels = expand(item, self.labels_.values)
-            out.append(to_volumes(voxels, mask, affine=self.mask_img_.affine))
+        values = None if getattr(self, "atlas_", None) is None else self.atlas_.values
+        out = [
+            to_voxel_volumes(
+                s, self.labels_.values, self.n_parcels, self.mask_img_, self._scale(), values
+            )
+            for s in ([signals] if single else list(signals))
+        ]
         return out[0] if single else out

@@ -33,7 +33,9 @@ __all__ = [
     "labels_from_image",
     "parcel_means",
     "parcel_signals",
+    "size_scale",
     "to_volumes",
+    "to_voxel_volumes",
 ]
 
 FloxMethod = Literal["map-reduce", "cohorts"]
@@ -416,10 +418,10 @@ def to_volumes(
 def labels_from_image(
     labels_img: Any, mask_img: Any = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A parcellation image's labels in its mask: ``(values 1..K per mask voxel, mask, affine)``.
+    """A labels image's values in its mask: ``(label value per mask voxel, mask, affine)``.
 
-    ``labels_img`` holds integer labels 1..K (0 = background, every label present); ``mask_img`` (default:
-    the labelled voxels) is on its grid.
+    ``labels_img`` holds integer labels >= 0 (0 = background; values may have gaps, as an atlas's do:
+    :mod:`daskparcel.atlas` maps them to parcels); ``mask_img`` (default: the labelled voxels) is on its grid.
     """
     name = str(labels_img) if isinstance(labels_img, str | os.PathLike) else "labels_img"
     if isinstance(labels_img, str | os.PathLike):
@@ -453,11 +455,10 @@ def labels_from_image(
     if mask.shape != volume.shape:
         raise InputError(f"mask_img: its grid {mask.shape} differs from the labels' {volume.shape}")
     values = volume[mask]
-    n = int(values.max()) if values.size else 0
-    if n < 1 or values.min() < 0 or len(np.unique(values[values > 0])) != n:
+    if not (values > 0).any():
         raise InputError(
-            f"{name}: labels must be 1..K with every label present (0 = background); "
-            f"found {values.min() if values.size else 'no'} to {n}"
+            f"{name}: no label > 0 in the mask; give an atlas with labels (0 = background) and a mask "
+            "that overlaps them"
         )
     return values, mask, np.asarray(labels_img.affine, dtype=float)
 
@@ -483,9 +484,21 @@ def clean_parcel_signals(means: xr.DataArray, params: Any, confounds: Any = None
     return cleaned.rename(voxel="parcel").transpose("time", "parcel")
 
 
-def as_parcel_signals(signals: Any, n_parcels: int) -> xr.DataArray:
+def as_parcel_signals(
+    signals: Any, n_parcels: int, values: np.ndarray | None = None
+) -> xr.DataArray:
     """Parcel signals (an xarray ("time", "parcel"), or an array (n_scans, n_parcels) / (n_parcels,)) as a
-    DataArray ("time", "parcel") with parcel coordinates 1..K, checked against the parcellation's K."""
+    DataArray ("time", "parcel") with parcel coordinates 1..K, checked against the parcellation's K.
+
+    ``values`` are an atlas's label values: a DataArray's ``parcel`` coordinate must be them, in that order.
+    """
+    if isinstance(signals, xr.DataArray) and values is not None and "parcel" in signals.coords:
+        given = np.asarray(signals["parcel"].values)
+        if given.shape != values.shape or not np.array_equal(given, values):
+            raise InputError(
+                f"signals: parcel coordinate {given[:5].tolist()}... is not the atlas's labels "
+                f"{values[:5].tolist()}...; give the output of transform() of this estimator"
+            )
     if not isinstance(signals, xr.DataArray):
         array = signals if isinstance(signals, da.Array) else np.asarray(signals)
         if array.ndim == 1:
@@ -496,7 +509,32 @@ def as_parcel_signals(signals: Any, n_parcels: int) -> xr.DataArray:
             f"signals have {signals.sizes.get('parcel', signals.shape[-1])} parcels, the parcellation "
             f"has {n_parcels}; give the output of transform() of this estimator"
         )
-    return signals.assign_coords(parcel=np.arange(1, n_parcels + 1))
+    return signals.drop_vars("name", errors="ignore").assign_coords(
+        parcel=np.arange(1, n_parcels + 1)
+    )
+
+
+def size_scale(labels: np.ndarray, n_parcels: int) -> np.ndarray:
+    """The square root of each parcel's size (ReNA's ``scaling``), for labels 1..K."""
+    sizes = np.bincount(labels, minlength=n_parcels + 1)[1:]
+    return np.sqrt(sizes.astype(np.float64))
+
+
+def to_voxel_volumes(
+    signals: Any,
+    labels: np.ndarray,
+    n_parcels: int,
+    mask_img: Any,
+    scale: np.ndarray | None = None,
+    values: np.ndarray | None = None,
+) -> xr.DataArray:
+    """``inverse_transform`` of one item: parcel signals (checked by :func:`as_parcel_signals`) divided by
+    ``scale``, expanded to the voxels of ``labels`` (1..``n_parcels``) and scattered as volumes on ``mask_img``'s grid."""
+    mask = np.asarray(mask_img.dataobj, dtype=bool)
+    item = as_parcel_signals(signals, n_parcels, values)
+    if scale is not None:
+        item = item / xr.DataArray(scale.astype(np.float32), dims="parcel")
+    return to_volumes(expand(item, labels), mask, affine=mask_img.affine)
 
 
 def parcel_signals(

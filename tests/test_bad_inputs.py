@@ -475,13 +475,7 @@ CASES = [
         lambda f, o: ["convert", str(f["run"]), "--out", "/proc/daskparcel-store.zarr", "--quiet"],
         r"--out /proc/daskparcel-store\.zarr: cannot write in /proc",
     ),
-    Case(  # issue 20, item 9: the labels file is what differs, not the run
-        "transform-labels-on-another-grid",
-        lambda t: _labels(t, np.zeros((10, 12, 10), np.int16) + 1, "small_atlas.nii.gz"),
-        None,
-        _transform_cli,
-        r"small_atlas\.nii\.gz: its grid \(10, 12, 10\) differs from .*run\.nii\.gz's \(12, 12, 10\).*resample",
-    ),
+    # (labels on another grid than the runs are resampled since issue 22, item 4: tests/test_atlas.py)
     Case(
         "transform-empty-labels-file",
         _empty_labels,

@@ -583,7 +583,9 @@ def write_transform_tables(
             values,
             names,
             label=label,
-            names=list(table["name"][table["index"] > 0]),
+            names=[str(n) for n in runs[0]["name"].values]  # an atlas's look-up table
+            if "name" in runs[0].coords
+            else list(table["name"][table["index"] > 0]),
             kinds=kinds,
             space=common_space(inputs),
         )
