@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "rena": "daskparcel.clustering.rena",
     "datasets": "daskparcel.datasets",
     "metrics": "daskparcel.metrics",
+    "write_fit_outputs": "daskparcel.outputs.results",
     "plotting": "daskparcel.outputs.plotting",
     "parcel_means": "daskparcel.parcels",
     "compression_r2": "daskparcel.metrics",
