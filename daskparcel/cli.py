@@ -244,6 +244,7 @@ def _fit(args: argparse.Namespace) -> int:
             inputs=[str(i) for i in args.inputs],
             overwrite=args.overwrite,
             connectomes=kinds,
+            argv=args.argv,
         )
         logger.info("outputs: %.1f s, written to %s", time.perf_counter() - t0, out)
     print(
@@ -543,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``daskparcel`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = ["daskparcel", *(sys.argv[1:] if argv is None else argv)]  # recorded in fit.json
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.log_verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     package_logger = logging.getLogger("daskparcel")

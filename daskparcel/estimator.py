@@ -407,7 +407,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         )
         return parcel_signals(
             voxels, self.labels_.values, self.n_parcels, self._clean_params([run]), conf,
-            scale=self._scale(), run=run.name,
+            scale=self._scale(), run=run.name, t_r=run.t_r,
         )  # fmt: skip
 
     def fit_transform(
@@ -427,7 +427,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         Returns
         -------
         xarray.DataArray ("x", "y", "z", "t") or a list of them
-            Lazy, chunked in whole volumes, with the ``affine`` attribute: write it with
+            Lazy, chunked in whole volumes, with the ``affine`` attribute and the ``t_r`` of the signals
+            (``transform`` gives the run's; else the ``t_r`` parameter): write it with
             :func:`daskparcel.to_nifti` (streamed) or ``.to_zarr``.
         """
         from daskparcel.parcels import as_parcel_signals, expand, to_volumes
@@ -439,8 +440,9 @@ class Parcellations(TransformerMixin, BaseEstimator):
         scale, out = self._scale(), []
         for item in items:
             item = as_parcel_signals(item, self.n_parcels)
+            t_r = item.attrs.get("t_r", self.t_r)
             if scale is not None:
                 item = item / xr.DataArray(scale.astype(np.float32), dims="parcel")
             voxels = expand(item, self.labels_.values)
-            out.append(to_volumes(voxels, mask, affine=self.mask_img_.affine))
+            out.append(to_volumes(voxels, mask, affine=self.mask_img_.affine, t_r=t_r))
         return out[0] if single else out

@@ -523,6 +523,7 @@ def run_job(path: str | os.PathLike[str]) -> int:
             confounds=confounds,
             inputs=[str(getattr(r, "path", r)) for r in runs],
             overwrite=True,
+            job=job.path,
         )
         done.write_text(
             json.dumps(

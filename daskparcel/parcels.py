@@ -336,6 +336,7 @@ def to_volumes(
     *,
     time_chunks: int | None = None,
     affine: np.ndarray | None = None,
+    t_r: float | None = None,
 ) -> xr.DataArray:
     """Scatter voxel signals back into the grid of ``mask``, as whole volumes, lazily.
 
@@ -349,6 +350,9 @@ def to_volumes(
         Number of volumes per output chunk; default: dask's automatic chunk size.
     affine : numpy.ndarray, shape (4, 4), optional
         Stored as the ``affine`` attribute (nested list), as in a run.
+    t_r : float, optional
+        The repetition time in seconds, stored as the ``t_r`` attribute (what :func:`daskparcel.to_nifti`
+        writes as the header's time step); default: the ``t_r`` attribute of ``signals``, if any.
 
     Returns
     -------
@@ -398,7 +402,12 @@ def to_volumes(
         fill=0,
     )
     coords = {name: (("t",), var.values) for name, var in _time_coords(signals).items()}
-    attrs = {} if affine is None else {"affine": np.asarray(affine, dtype=float).tolist()}
+    attrs: dict[str, Any] = {}
+    if affine is not None:
+        attrs["affine"] = np.asarray(affine, dtype=float).tolist()
+    t_r = signals.attrs.get("t_r") if t_r is None else t_r
+    if t_r is not None:
+        attrs["t_r"] = float(t_r)
     return xr.DataArray(out, dims=("x", "y", "z", "t"), coords=coords, attrs=attrs, name="bold")
 
 
@@ -497,11 +506,13 @@ def parcel_signals(
     *,
     scale: np.ndarray | None = None,
     run: str = "",
+    t_r: float | None = None,
 ) -> xr.DataArray:
     """``transform`` of one run: parcel means of its smoothed voxel signals (voxel, time), cleaned as nilearn's
     ``NiftiLabelsMasker`` cleans them (``params``: a ``CleanParams``), times ``scale`` per parcel if given.
 
-    Returns a lazy ("time", "parcel") DataArray named ``parcel_signals``, parcels 1..K, ``run`` on time.
+    Returns a lazy ("time", "parcel") DataArray named ``parcel_signals``, parcels 1..K, ``run`` on time, and the
+    run's repetition time (``params.t_r`` when set, else ``t_r``) as its ``t_r`` attribute when known.
     """
     result = clean_parcel_signals(parcel_means(voxels, labels, n_parcels), params, confounds)
     if scale is not None:
@@ -511,4 +522,7 @@ def parcel_signals(
         run=("time", np.full(result.sizes["time"], run, dtype=object)),
     )
     result.name = "parcel_signals"
+    t_r = params.t_r if getattr(params, "t_r", None) is not None else t_r
+    if t_r is not None:
+        result.attrs["t_r"] = float(t_r)
     return result
