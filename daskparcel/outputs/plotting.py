@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
@@ -30,6 +31,7 @@ __all__ = [
     "label_colormap",
     "plot_compressed",
     "plot_labels",
+    "plot_parcel_contours",
     "plot_r2_map",
     "plot_size_histograms",
 ]
@@ -92,6 +94,7 @@ def plot_labels(
     axes: Any = None,
     figure: Any = None,
     seed: int = 0,
+    alpha: float = 0.7,
 ) -> Any:
     """Parcels over a background image, as ``nilearn.plotting.plot_roi`` (one colour per parcel).
 
@@ -114,6 +117,8 @@ def plot_labels(
         (nothing to close, no global state).
     seed : int
         Seed of the colour shuffle (:func:`label_colormap`).
+    alpha : float, default 0.7
+        Opacity of the parcels (nilearn's default).
 
     Returns
     -------
@@ -145,7 +150,94 @@ def plot_labels(
         axes=axes,
         figure=figure,
         draw_cross=False,
+        alpha=alpha,
     )
+
+
+def plot_parcel_contours(
+    labels_img: Any,
+    background_img: Any = None,
+    *,
+    title: str | None = None,
+    display_mode: str = "xz",
+    cut_coords: Any = None,
+    fill_alpha: float = 0.35,
+    line_color: str = "black",
+    line_width: float = 0.6,
+    figure: Any = None,
+    seed: int = 0,
+) -> Any:
+    """Parcels as outlines over a background image: each parcel's border drawn on every cut, over a light fill.
+
+    With hundreds of parcels, colours alone cannot tell neighbours apart (neighbours share hues); the border
+    between two voxels of different parcels is drawn as a line, in the plane of each cut, so every parcel
+    is outlined whatever its colour.
+
+    Parameters
+    ----------
+    labels_img : nibabel image, 3D int
+        Labels image, ``0`` = background, ``1..K`` parcels.
+    background_img : nibabel image, 3D, optional
+        E.g. the mean functional image.
+    title, display_mode, cut_coords, figure, seed
+        As in :func:`plot_labels`.
+    fill_alpha : float, default 0.35
+        Opacity of the parcels' colour fill (0: outlines only).
+    line_color : str
+        Colour of the outlines.
+    line_width : float
+        Width of the outlines in points.
+
+    Returns
+    -------
+    nilearn display
+        As :func:`plot_labels`; ``display.cut_coords`` gives the cuts to reuse in other figures.
+    """
+    from matplotlib.collections import LineCollection
+    from nilearn.image import reorder_img
+
+    display = plot_labels(
+        labels_img, background_img, title=title, display_mode=display_mode,
+        cut_coords=cut_coords, figure=figure, seed=seed, alpha=fill_alpha,
+    )  # fmt: skip
+    # the slicer shows images resampled to an axis-aligned (RAS) grid: outline on that grid too
+    aligned = reorder_img(
+        _check_img(labels_img, "labels_img"), resample="nearest", copy_header=True
+    )
+    volume = np.asarray(aligned.dataobj)
+    steps = np.diag(aligned.affine)[:3]
+    origin = aligned.affine[:3, 3]
+    in_plane = {"x": (1, 2), "y": (0, 2), "z": (0, 1)}
+    for direction, cut in zip(display_mode, display.cut_coords, strict=False):
+        axis = "xyz".index(direction)
+        index = round((float(cut) - origin[axis]) / float(steps[axis]))
+        if not 0 <= index < volume.shape[axis]:
+            continue
+        plane = np.take(volume, index, axis=axis)
+        a, b = in_plane[direction]
+        segments = border_segments(plane, origin[[a, b]], steps[[a, b]])
+        if len(segments):
+            display.axes[direction].ax.add_collection(
+                LineCollection(list(segments), colors=line_color, linewidths=line_width, zorder=5)
+            )
+    return display
+
+
+def border_segments(plane: np.ndarray, origin: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Line segments, shape (n, 2, 2) in world coordinates, between the pixels of ``plane`` whose labels
+    differ: the outlines of the regions of a slice, where nilearn draws its pixels (the ``n`` pixels of an
+    axis span ``origin`` to ``origin + (n - 1) * step``, as ``imshow``'s extent in nilearn's slicers)."""
+    n = np.asarray(plane.shape, dtype=np.float64)
+    width = (n - 1) * np.asarray(step, dtype=np.float64) / n
+    edge = [origin[a] + np.arange(plane.shape[a] + 1) * width[a] for a in (0, 1)]
+    out = []
+    i, j = np.nonzero(np.diff(plane, axis=0) != 0)  # between rows i and i + 1
+    out.append(np.stack([np.stack([edge[0][i + 1], edge[1][j]], 1),
+                         np.stack([edge[0][i + 1], edge[1][j + 1]], 1)], 1))  # fmt: skip
+    i, j = np.nonzero(np.diff(plane, axis=1) != 0)  # between columns j and j + 1
+    out.append(np.stack([np.stack([edge[0][i], edge[1][j + 1]], 1),
+                         np.stack([edge[0][i + 1], edge[1][j + 1]], 1)], 1))  # fmt: skip
+    return np.concatenate(out)
 
 
 def plot_compressed(
@@ -273,6 +365,7 @@ def plot_r2_map(
     cmap: str = "viridis",
     axes: Any = None,
     figure: Any = None,
+    mask_img: Any = None,
 ) -> Any:
     """A map of R^2 (per voxel or per parcel) with a colour bar from ``vmin`` to ``vmax``.
 
@@ -289,6 +382,8 @@ def plot_r2_map(
         Colour range (default 0..1).
     cmap : str
         matplotlib colormap name.
+    mask_img : nibabel image, 3D, optional
+        The brain: voxels outside it are left transparent (the background shows), instead of drawn as R^2 0.
 
     Returns
     -------
@@ -299,26 +394,36 @@ def plot_r2_map(
 
     r2_img = _check_img(r2_img, "r2_img")
     data = np.nan_to_num(np.asarray(r2_img.get_fdata()), nan=0.0)
-    r2_img = new_img_like(r2_img, data, copy_header=True)
     if background_img is not None:
         background_img = _check_img(background_img, "background_img")
     if axes is None and figure is None:
         figure = Figure(figsize=(8.0, 3.0))
-    return plotting.plot_img(
-        r2_img,
-        bg_img=background_img,
-        title=title,
-        display_mode=display_mode,
-        cut_coords=cut_coords,
-        vmin=vmin,
-        vmax=vmax,
-        cmap=cmap,
-        colorbar=True,
-        axes=axes,
-        figure=figure,
-        draw_cross=False,
-        black_bg=False,
-    )
+    if mask_img is None:
+        return plotting.plot_img(
+            new_img_like(r2_img, data, copy_header=True), bg_img=background_img, title=title,
+            display_mode=display_mode, cut_coords=cut_coords, vmin=vmin, vmax=vmax, cmap=cmap,
+            colorbar=True, axes=axes, figure=figure, draw_cross=False, black_bg=False,
+        )  # fmt: skip
+    inside = np.asarray(_check_img(mask_img, "mask_img").dataobj) != 0
+    if inside.shape != data.shape:
+        raise InputError(
+            f"mask_img: shape {inside.shape} differs from r2_img's {data.shape}; pass the fit's mask"
+        )
+    # the background alone, then R^2 as a masked overlay: outside the brain stays transparent, and values
+    # beyond [vmin, vmax] (negative R^2) take the end colours instead of vanishing (nilearn's overlays hide
+    # values within 1e-6 of 0, hence the floor of 0.1 % of the range above vmin)
+    base = background_img if background_img is not None else new_img_like(r2_img, inside * 1.0)
+    display = plotting.plot_anat(
+        base, title=title, display_mode=display_mode, cut_coords=cut_coords, axes=axes,
+        figure=figure, draw_cross=False, colorbar=False, dim=0,
+    )  # fmt: skip
+    floor = vmin + 1e-3 * (vmax - vmin)
+    masked = np.where(inside, np.clip(data, floor, vmax), 0.0)  # 0: not drawn
+    display.add_overlay(
+        nib.Nifti1Image(masked, r2_img.affine), cmap=cmap, vmin=vmin, vmax=vmax, colorbar=True,
+        resampling_interpolation="nearest",
+    )  # fmt: skip
+    return display
 
 
 def _as_figure(fig: Any) -> Figure:
