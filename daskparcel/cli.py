@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from daskparcel import __version__
+from daskparcel._warnings import one_line_warnings
 from daskparcel.errors import InputError, StoreLockedError
 
 logger = logging.getLogger("daskparcel")
@@ -558,7 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # no progress bar without a terminal (cron, SLURM logs): one timed line per step instead
         package_logger.setLevel(logging.INFO)
     try:
-        return _COMMANDS[args.command](args)
+        with one_line_warnings(f"daskparcel {args.command}"):
+            return _COMMANDS[args.command](args)
     except (InputError, StoreLockedError) as exc:
         if args.debug:
             raise

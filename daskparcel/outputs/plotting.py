@@ -10,10 +10,12 @@ into PNG for a self-contained HTML report.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
-from collections.abc import Sequence
-from typing import Any
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -35,6 +37,27 @@ __all__ = [
     "plot_r2_map",
     "plot_size_histograms",
 ]
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+# matplotlib's complaints about what nilearn gives it on degenerate grids (one slice: identical axis limits)
+# and on masked overlays: the figure is right, the warnings only flood the screen
+QUIET = (r"Attempting to set identical", r"Warning: converting a masked element to nan")
+
+
+def quiet_matplotlib(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``func`` with matplotlib's warnings of :data:`QUIET` silenced (drawing a single slice, masked data)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with warnings.catch_warnings():
+            for message in QUIET:
+                warnings.filterwarnings("ignore", message=message, category=UserWarning)
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def _check_img(img: Any, name: str, ndim: int = 3) -> Any:
@@ -84,6 +107,7 @@ def label_colormap(n_labels: int, *, seed: int = 0) -> ListedColormap:
     return ListedColormap(colors, name=f"parcels_{n}")
 
 
+@quiet_matplotlib
 def plot_labels(
     labels_img: Any,
     background_img: Any = None,
@@ -154,6 +178,7 @@ def plot_labels(
     )
 
 
+@quiet_matplotlib
 def plot_parcel_contours(
     labels_img: Any,
     background_img: Any = None,
@@ -240,6 +265,7 @@ def border_segments(plane: np.ndarray, origin: np.ndarray, step: np.ndarray) -> 
     return np.concatenate(out)
 
 
+@quiet_matplotlib
 def plot_compressed(
     original_img: Any,
     compressed_img: Any,
@@ -306,6 +332,7 @@ def plot_compressed(
     return fig
 
 
+@quiet_matplotlib
 def plot_size_histograms(
     labels_a: Any,
     labels_b: Any,
@@ -353,6 +380,7 @@ def plot_size_histograms(
     return fig
 
 
+@quiet_matplotlib
 def plot_r2_map(
     r2_img: Any,
     background_img: Any = None,
@@ -437,6 +465,7 @@ def _as_figure(fig: Any) -> Figure:
     )
 
 
+@quiet_matplotlib
 def figure_to_png_bytes(fig: Any, *, dpi: int = 100) -> bytes:
     """PNG bytes of a matplotlib Figure or a nilearn display.
 
