@@ -233,7 +233,16 @@ def plot_parcel_contours(
     steps = np.diag(aligned.affine)[:3]
     origin = aligned.affine[:3, 3]
     in_plane = {"x": (1, 2), "y": (0, 2), "z": (0, 1)}
-    for direction, cut in zip(display_mode, display.cut_coords, strict=False):
+    letters = {"ortho": "xyz", "tiled": "xyz"}.get(display_mode, display_mode)
+    if len(letters) == 1:  # one direction: the axes are keyed by their cut
+        views = [(letters, float(cut), ax) for cut, ax in display.axes.items()]
+    else:
+        views = [
+            (d, float(cut), display.axes[d])
+            for d, cut in zip(letters, display.cut_coords, strict=False)
+            if d in display.axes
+        ]
+    for direction, cut, view in views:
         axis = "xyz".index(direction)
         index = round((float(cut) - origin[axis]) / float(steps[axis]))
         if not 0 <= index < volume.shape[axis]:
@@ -242,7 +251,7 @@ def plot_parcel_contours(
         a, b = in_plane[direction]
         segments = border_segments(plane, origin[[a, b]], steps[[a, b]])
         if len(segments):
-            display.axes[direction].ax.add_collection(
+            view.ax.add_collection(
                 LineCollection(list(segments), colors=line_color, linewidths=line_width, zorder=5)
             )
     return display
