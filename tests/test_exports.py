@@ -87,6 +87,8 @@ def test_fit_folder_records_the_tr_without_filtering(fitted) -> None:
     page = (root / "fit" / "report.html").read_text()
     assert f"repetition time (TR)</th><td>{expected:g} s" in page
     assert "not recorded" not in page.split("repetition time (TR)")[1][:80]
+    for name in ("labels", "mask", "mean", "compressed_mean", "r2"):
+        assert nib.load(root / "fit" / f"{name}.nii.gz").header.get_xyzt_units() == ("mm", "sec")
     # the parcel signals store keeps it too
     import xarray as xr
 

@@ -73,10 +73,13 @@ def test_mask_on_another_grid_is_one_line(tmp_path: Path) -> None:
     )
     mask_path = tmp_path / "other_grid_mask.nii.gz"
     nib.save(nib.Nifti1Image((other.get_fdata() > 0.5).astype(np.uint8), other.affine), mask_path)
-    lines, _ = run_fit(tmp_path, str(source), "--n-parcels", "10", "--mask", str(mask_path))
+    lines, out = run_fit(tmp_path, str(source), "--n-parcels", "10", "--mask", str(mask_path))
     assert_one_line_each(lines)
     assert len(lines) == 1, lines
     assert "other_grid_mask.nii.gz" in lines[0] and "another grid" in lines[0]
+    # the mask is an input of the fit: recorded with its sha256
+    recorded = json.loads((out / "fit.json").read_text())["input_files"]
+    assert str(mask_path.resolve()) in [item["path"] for item in recorded]
     largest = float(np.abs(other.affine - nib.load(source).affine).max())
     assert f"largest affine difference {largest:.3g}" in lines[0]
 

@@ -207,11 +207,11 @@ def write_fit_outputs(
             vol = np.zeros(mask.shape, dtype=dtype)
             vol[mask] = values
             img = nib.Nifti1Image(vol, affine)
-            img.header.set_xyzt_units("mm", "sec")
+            img.header.set_xyzt_units("mm", "sec")  # the units of every image of the folder
             return img
 
-        nib.save(est.labels_img_, partial / FILES["labels"])
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), partial / FILES["mask"])
+        nib.save(volume(labels, np.int32), partial / FILES["labels"])
+        nib.save(volume(np.ones(int(mask.sum())), np.uint8), partial / FILES["mask"])
         nib.save(volume(mean_v), partial / FILES["mean"])
         nib.save(volume(compressed), partial / FILES["compressed_mean"])
         nib.save(volume(np.nan_to_num(np.asarray(r2_v, dtype=np.float32))), partial / FILES["r2"])
@@ -254,7 +254,7 @@ def write_fit_outputs(
             },
             command=command_record(argv, job),
             input_files=describe_input_files(
-                list(imgs) if isinstance(imgs, list | tuple) else [imgs]
+                [*(imgs if isinstance(imgs, list | tuple) else [imgs]), *_mask_file(est)]
             ),
         )
         doc = record.to_dict()
@@ -270,6 +270,11 @@ def write_fit_outputs(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return doc
+
+
+def _mask_file(est: Parcellations) -> list[Any]:
+    """The mask file the estimator was given (an input too), as a list of zero or one path."""
+    return [est.mask] if isinstance(est.mask, str | os.PathLike) else []
 
 
 def _repetition_time(fit_t_r: float | None, parcel_signals: list[xr.DataArray]) -> dict[str, Any]:
