@@ -404,3 +404,16 @@ def test_warnings_box(fit_folder: Path, tmp_path: Path, page: str, doc: dict) ->
     assert "run-a (7 volumes)" in text and "run-b" not in text
     assert "R\u00b2 is NaN" in text
     assert "12 voxel(s) have a NaN R\u00b2" in text
+
+
+def test_parcel_table_of_an_older_fit_folder(fit_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(fit_folder, tmp_path / "fit")
+    rows = list(csv.DictReader((folder / "parcels.tsv").open(), delimiter="\t"))
+    (folder / "parcels.tsv").unlink()  # written by daskparcel before parcels.tsv existed
+    text = section_text(render_report(folder), "parcels")
+    assert "parcels.tsv is missing: computed from the images" in text
+    last = rows[-1]
+    assert (
+        f"{last['index']} {int(last['voxels']):,} {float(last['x_mm']):.1f}, "
+        f"{float(last['y_mm']):.1f}, {float(last['z_mm']):.1f} {float(last['mean_r2']):.3f}"
+    ) in text

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from daskparcel.outputs._html import CSS, SCRIPT
 from daskparcel.outputs._html import card as _card
 from daskparcel.outputs._html import e as _e
@@ -37,7 +39,7 @@ from daskparcel.outputs._html import mapping as _mapping
 from daskparcel.outputs._html import note as _note
 from daskparcel.outputs._html import rows as _rows
 from daskparcel.outputs.figures import Figures
-from daskparcel.outputs.parcel_table import read_parcel_table
+from daskparcel.outputs.parcel_table import parcel_table, read_parcel_table
 from daskparcel.outputs.record import FILES, METRICS, FitRecord, shown
 
 logger = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ def render_report(out_dir: str | os.PathLike[str]) -> str:
         (
             "parcels",
             "Parcels",
-            _parcels_section(folder / str(files.get("parcels", FILES["parcels"]))),
+            _parcels_section(folder / str(files.get("parcels", FILES["parcels"])), figures),
         ),
         ("data", "Data", _data_section(_mapping(doc.get("data")), doc, folder)),
         ("timings", "Timings", _timings_section(_mapping(doc.get("timings")))),
@@ -392,10 +394,20 @@ def _inputs_section(doc: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def _parcels_section(path: Path) -> str:
-    rows = read_parcel_table(path)
-    if rows is None:
-        return _note(f"Table not shown: {path.name} is missing or unreadable.")
+def _parcels_section(path: Path, figures: Figures) -> str:
+    rows, source = read_parcel_table(path), ""
+    if rows is None:  # a fit folder from before parcels.tsv: the table from its images
+        labels, r2 = figures.image("labels"), figures.image("r2")
+        if labels is None:
+            return _note(
+                f"Table not shown: {path.name} and the labels image are missing or unreadable."
+            )
+        volume = np.asarray(labels.dataobj)
+        mask = volume > 0
+        r2_values = None if r2 is None else np.asarray(r2.dataobj, dtype=np.float64)[mask]
+        table = parcel_table(volume[mask], mask, labels.affine, r2_values)
+        rows = [{c: float(table[c][i]) for c in table} for i in range(len(table["index"]))]
+        source = f" ({path.name} is missing: computed from the images)"
 
     def cell(value: float, fmt: str) -> str:
         return "n/a" if math.isnan(value) else format(value, fmt)
@@ -411,7 +423,7 @@ def _parcels_section(path: Path) -> str:
         '<th class="num">mean R\u00b2</th></tr>'
     )
     return (
-        f'<div class="scroll"><table>{head}{body}</table></div><p class="muted">{len(rows):,} parcels; the '
+        f'<div class="scroll"><table>{head}{body}</table></div><p class="muted">{len(rows):,} parcels{source}; the '
         f"same table is <code>{_e(path.name)}</code> in the fit folder (mean R\u00b2: the mean of the "
         "per-voxel compression R\u00b2 over the parcel's voxels).</p>"
     )
