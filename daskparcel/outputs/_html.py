@@ -32,6 +32,8 @@ table.timings th, table.timings td { width:auto; }
 table.timings td.bar-cell { width:38%; }
 tr.total td { font-weight:600; }
 code { font: 13px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+pre { white-space:pre-wrap; overflow-wrap:anywhere; background:#fbfcfd; border:1px solid var(--line);
+  border-radius:4px; padding:8px 10px; margin:0 0 10px; }
 .cards { display:grid; grid-template-columns:repeat(auto-fit, minmax(135px, 1fr)); gap:12px; }
 .card { border:1px solid var(--line); border-radius:8px; padding:10px 14px; background:#fbfcfd; }
 .card .value { font-size:24px; font-weight:600; color:var(--accent); font-variant-numeric:tabular-nums; }

@@ -48,14 +48,7 @@ __all__ = ["render_report", "write_report"]
 
 REPORT_NAME = "report.html"
 FIT_JSON = FILES["fit"]
-DEFAULT_FILES = {
-    "labels": "labels.nii.gz",
-    "mask": "mask.nii.gz",
-    "mean": "mean.nii.gz",
-    "compressed_mean": "compressed_mean.nii.gz",
-    "r2": "r2.nii.gz",
-    "parcel_signals": "parcel_signals.zarr",
-}
+DEFAULT_FILES = {k: v for k, v in FILES.items() if k not in ("fit", "report")}
 FILE_DESCRIPTIONS = {
     "labels": "parcel labels (int32, 0 = background, 1..K)",
     "mask": "the mask the parcellation was learnt in",
@@ -63,6 +56,7 @@ FILE_DESCRIPTIONS = {
     "compressed_mean": "the mean after compression (each voxel its parcel's mean)",
     "r2": "per-voxel compression R\u00b2",
     "parcel_signals": "parcel signals (time, parcel) of every run (zarr)",
+    "parcels": "each parcel's size, centroid (mm) and mean R\u00b2 (tab-separated)",
 }
 # timing keys of fit.json in pipeline order, with what each step does
 TIMING_STEPS = (
