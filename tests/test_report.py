@@ -417,3 +417,32 @@ def test_parcel_table_of_an_older_fit_folder(fit_folder: Path, tmp_path: Path) -
         f"{last['index']} {int(last['voxels']):,} {float(last['x_mm']):.1f}, "
         f"{float(last['y_mm']):.1f}, {float(last['z_mm']):.1f} {float(last['mean_r2']):.3f}"
     ) in text
+
+
+def test_a_job_is_recorded_as_its_file_and_command(tmp_path: Path) -> None:
+    from daskparcel import datasets
+    from daskparcel.cli import main
+
+    paths, _ = datasets.write_synthetic_nifti(tmp_path / "data", 1, 4, 30, n_parcels=10)
+    job = tmp_path / "jobs" / "job.yaml"
+    job.parent.mkdir()
+    job.write_text(
+        json.dumps(
+            {
+                "inputs": {"files": [str(paths[0])]},
+                "parcellation": {"method": "kmeans", "n_parcels": 10, "n_components": 5},
+                "output": "out",
+            }
+        )
+    )
+    assert main(["run", str(job)]) == 0
+    fit = job.parent / "out" / "fit"
+    doc = json.loads((fit / "fit.json").read_text())
+    assert doc["command"]["job"] == str(job.resolve())
+    assert doc["command"]["argv"] == ["daskparcel", "run", str(job)]
+    sources = {item["path"]: item["sha256"] for item in doc["input_files"]}
+    digest = hashlib.sha256(Path(paths[0]).read_bytes()).hexdigest()
+    assert sources[str(Path(paths[0]).resolve())] == digest  # through the converted store
+    text = section_text((fit / "report.html").read_text(), "inputs")
+    assert f"job file {job.resolve()}" in text
+    assert f"daskparcel run {job}" in text
