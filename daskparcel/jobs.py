@@ -524,11 +524,7 @@ def run_job(path: str | os.PathLike[str]) -> int:
             inputs=[str(getattr(r, "path", r)) for r in runs],
             overwrite=True,
             job=job.path,
-            argv=[
-                "daskparcel",
-                "run",
-                str(path),
-            ],  # the command behind the fit, however run_job was called
+            argv=["daskparcel", "run", str(path)],  # however run_job was called
         )
         done.write_text(
             json.dumps(
