@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from daskparcel import __version__
+from daskparcel._warnings import one_line_warnings
 from daskparcel.errors import InputError, StoreLockedError
 
 logger = logging.getLogger("daskparcel")
@@ -244,6 +245,7 @@ def _fit(args: argparse.Namespace) -> int:
             inputs=[str(i) for i in args.inputs],
             overwrite=args.overwrite,
             connectomes=kinds,
+            argv=args.argv,
         )
         logger.info("outputs: %.1f s, written to %s", time.perf_counter() - t0, out)
     print(
@@ -528,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``daskparcel`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = ["daskparcel", *(sys.argv[1:] if argv is None else argv)]  # recorded in fit.json
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.log_verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     package_logger = logging.getLogger("daskparcel")
@@ -541,7 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # no progress bar without a terminal (cron, SLURM logs): one timed line per step instead
         package_logger.setLevel(logging.INFO)
     try:
-        return _COMMANDS[args.command](args)
+        with one_line_warnings(f"daskparcel {args.command}"):
+            return _COMMANDS[args.command](args)
     except (InputError, StoreLockedError) as exc:
         if args.debug:
             raise

@@ -401,7 +401,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         )
         result = parcel_signals(
             voxels, codes, self.n_parcels, self._clean_params([run]), conf,
-            scale=self._scale(), run=run.name,
+            scale=self._scale(), run=run.name, t_r=run.t_r,
         )  # fmt: skip
         return label_parcels(result, getattr(self, "atlas_", None))
 
@@ -423,7 +423,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         Returns
         -------
         xarray.DataArray ("x", "y", "z", "t") or a list of them
-            Lazy, chunked in whole volumes, with the ``affine`` attribute: write it with
+            Lazy, chunked in whole volumes, with the ``affine`` attribute and the ``t_r`` of the signals
+            (``transform`` gives the run's; else the ``t_r`` parameter): write it with
             :func:`daskparcel.to_nifti` (streamed) or ``.to_zarr``.
         """
         from daskparcel.parcels import to_voxel_volumes
@@ -433,7 +434,13 @@ class Parcellations(TransformerMixin, BaseEstimator):
         values = None if getattr(self, "atlas_", None) is None else self.atlas_.values
         out = [
             to_voxel_volumes(
-                s, self.labels_.values, self.n_parcels, self.mask_img_, self._scale(), values
+                s,
+                self.labels_.values,
+                self.n_parcels,
+                self.mask_img_,
+                self._scale(),
+                values,
+                t_r=self.t_r,
             )
             for s in ([signals] if single else list(signals))
         ]

@@ -534,6 +534,8 @@ def run_job(path: str | os.PathLike[str]) -> int:
             inputs=[str(getattr(r, "path", r)) for r in runs],
             overwrite=True,
             connectomes=job.connectomes,
+            job=job.path,
+            argv=["daskparcel", "run", str(path)],  # however run_job was called
         )
         done.write_text(
             json.dumps(

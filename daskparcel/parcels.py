@@ -349,6 +349,7 @@ def to_volumes(
     *,
     time_chunks: int | None = None,
     affine: np.ndarray | None = None,
+    t_r: float | None = None,
 ) -> xr.DataArray:
     """Scatter voxel signals back into the grid of ``mask``, as whole volumes, lazily.
 
@@ -362,6 +363,9 @@ def to_volumes(
         Number of volumes per output chunk; default: dask's automatic chunk size.
     affine : numpy.ndarray, shape (4, 4), optional
         Stored as the ``affine`` attribute (nested list), as in a run.
+    t_r : float, optional
+        The repetition time in seconds, stored as the ``t_r`` attribute (what :func:`daskparcel.to_nifti`
+        writes as the header's time step); default: the ``t_r`` attribute of ``signals``, if any.
 
     Returns
     -------
@@ -411,7 +415,12 @@ def to_volumes(
         fill=0,
     )
     coords = {name: (("t",), var.values) for name, var in _time_coords(signals).items()}
-    attrs = {} if affine is None else {"affine": np.asarray(affine, dtype=float).tolist()}
+    attrs: dict[str, Any] = {}
+    if affine is not None:
+        attrs["affine"] = np.asarray(affine, dtype=float).tolist()
+    t_r = signals.attrs.get("t_r") if t_r is None else t_r
+    if t_r is not None:
+        attrs["t_r"] = float(t_r)
     return xr.DataArray(out, dims=("x", "y", "z", "t"), coords=coords, attrs=attrs, name="bold")
 
 
@@ -527,14 +536,18 @@ def to_voxel_volumes(
     mask_img: Any,
     scale: np.ndarray | None = None,
     values: np.ndarray | None = None,
+    *,
+    t_r: float | None = None,
 ) -> xr.DataArray:
     """``inverse_transform`` of one item: parcel signals (checked by :func:`as_parcel_signals`) divided by
-    ``scale``, expanded to the voxels of ``labels`` (1..``n_parcels``) and scattered as volumes on ``mask_img``'s grid."""
+    ``scale``, expanded to the voxels of ``labels`` (1..``n_parcels``) and scattered as volumes on
+    ``mask_img``'s grid, with the signals' TR (their ``t_r`` attribute, as ``transform`` gives it) or ``t_r``."""
     mask = np.asarray(mask_img.dataobj, dtype=bool)
     item = as_parcel_signals(signals, n_parcels, values)
+    t_r = item.attrs.get("t_r", t_r)
     if scale is not None:
         item = item / xr.DataArray(scale.astype(np.float32), dims="parcel")
-    return to_volumes(expand(item, labels), mask, affine=mask_img.affine)
+    return to_volumes(expand(item, labels), mask, affine=mask_img.affine, t_r=t_r)
 
 
 def parcel_signals(
@@ -546,11 +559,13 @@ def parcel_signals(
     *,
     scale: np.ndarray | None = None,
     run: str = "",
+    t_r: float | None = None,
 ) -> xr.DataArray:
     """``transform`` of one run: parcel means of its smoothed voxel signals (voxel, time), cleaned as nilearn's
     ``NiftiLabelsMasker`` cleans them (``params``: a ``CleanParams``), times ``scale`` per parcel if given.
 
-    Returns a lazy ("time", "parcel") DataArray named ``parcel_signals``, parcels 1..K, ``run`` on time.
+    Returns a lazy ("time", "parcel") DataArray named ``parcel_signals``, parcels 1..K, ``run`` on time, and the
+    run's repetition time (``params.t_r`` when set, else ``t_r``) as its ``t_r`` attribute when known.
     """
     result = clean_parcel_signals(parcel_means(voxels, labels, n_parcels), params, confounds)
     if scale is not None:
@@ -560,4 +575,7 @@ def parcel_signals(
         run=("time", np.full(result.sizes["time"], run, dtype=object)),
     )
     result.name = "parcel_signals"
+    t_r = params.t_r if getattr(params, "t_r", None) is not None else t_r
+    if t_r is not None:
+        result.attrs["t_r"] = float(t_r)
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import matplotlib
 
@@ -147,3 +148,64 @@ def test_plot_r2_map_and_data_uri(images) -> None:
 def test_figure_to_png_errors() -> None:
     with pytest.raises(InputError, match="expected a matplotlib Figure or a nilearn display"):
         figure_to_png_bytes("not a figure")
+
+
+# ------------------------------------------------------------------------------ outlines and the masked R^2
+def _collections(display, direction: str) -> list:
+    from matplotlib.collections import LineCollection
+
+    (view,) = display.axes.values()  # one cut
+    return [c for c in view.ax.collections if isinstance(c, LineCollection)]
+
+
+def test_parcel_contours_outline_every_border_of_the_cut() -> None:
+    from daskparcel.outputs.plotting import plot_parcel_contours
+
+    rng = np.random.default_rng(1)
+    shape = (10, 12, 8)
+    labels = np.zeros(shape, np.int32)
+    labels[1:9, 1:11, 1:7] = rng.integers(1, 300, size=(8, 10, 6))  # K=300: neighbours share hues
+    img = nib.Nifti1Image(labels, np.diag([2.0, 2.0, 2.0, 1.0]))
+    display = plot_parcel_contours(img, display_mode="z", cut_coords=[6.0])
+    plane = labels[:, :, 3]  # z = 6 mm with 2 mm voxels from 0
+    expected = np.count_nonzero(np.diff(plane, axis=0)) + np.count_nonzero(np.diff(plane, axis=1))
+    (lines,) = _collections(display, "z")
+    assert len(lines.get_segments()) == expected
+    assert_png(figure_to_png_bytes(display))
+
+
+def test_parcel_contours_sit_between_the_voxels_nilearn_draws() -> None:
+    from daskparcel.outputs.plotting import plot_parcel_contours
+
+    labels = np.ones((10, 10, 10), np.int32)
+    labels[5:] = 2  # one border, between x index 4 and 5
+    img = nib.Nifti1Image(labels, np.diag([2.0, 2.0, 2.0, 1.0]))
+    display = plot_parcel_contours(img, display_mode="z", cut_coords=[8.0])
+    (lines,) = _collections(display, "z")
+    segments = np.asarray(lines.get_segments())
+    assert len(segments) == 10  # one per row of y
+    image = next(iter(display.axes.values())).ax.images[-1]
+    left, right = image.get_extent()[:2]
+    # nilearn spreads the 10 pixels of x over [left, right]: the border is 5 pixel widths from the left
+    assert np.allclose(segments[:, :, 0], left + 5 * (right - left) / 10)
+
+
+def test_r2_map_masked_to_the_brain(images) -> None:
+    import matplotlib as mpl
+    from PIL import Image
+
+    mask = nib.Nifti1Image((np.asarray(images["labels"].dataobj) > 0).astype(np.int8), AFFINE)
+    zero = (np.array(mpl.colormaps["viridis"](0.0)[:3]) * 255).round()
+
+    def zero_coloured(display) -> int:
+        pixels = np.asarray(Image.open(io.BytesIO(figure_to_png_bytes(display))).convert("RGB"))
+        return int((np.abs(pixels.astype(float) - zero).sum(axis=2) < 12).sum())
+
+    unmasked = plot_r2_map(images["r2"], images["mean"], display_mode="z", cut_coords=[16.0])
+    masked = plot_r2_map(
+        images["r2"], images["mean"], display_mode="z", cut_coords=[16.0], mask_img=mask
+    )
+    assert zero_coloured(unmasked) > 1000  # outside the brain drawn as R^2 = 0
+    assert zero_coloured(masked) < zero_coloured(unmasked) / 20
+    with pytest.raises(InputError, match="mask_img: shape"):
+        plot_r2_map(images["r2"], mask_img=nib.Nifti1Image(np.ones((3, 3, 3), np.int8), AFFINE))

@@ -7,14 +7,18 @@ the path the CLI takes); the expected numbers are read from its ``fit.json`` in 
 from __future__ import annotations
 
 import base64
+import csv
+import hashlib
 import json
 import re
+import shlex
 import shutil
 import struct
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -25,6 +29,7 @@ SECTIONS = (
     "summary",
     "figures",
     "metrics",
+    "parcels",
     "data",
     "timings",
     "parameters",
@@ -46,7 +51,8 @@ def fit_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     est = Parcellations(method="ward", n_parcels=30, n_components=20, store=root / "cache")
     est.fit(paths[0])
     out = root / "fit"
-    write_fit_outputs(est, paths[0], out, report=True)
+    argv = ["daskparcel", "fit", str(paths[0]), "--method", "ward", "--out", str(out)]
+    write_fit_outputs(est, paths[0], out, report=True, argv=argv)
     return out
 
 
@@ -150,8 +156,8 @@ def test_data_parameters_timings_versions_come_from_fit_json(page: str, doc: dic
     assert f"volumes (all runs) {sum(d['n_volumes'])}" in data
     for run in d["runs"]:
         assert run in data
-    # the synthetic run has TR 2 s in its header; fit.json has none when no filter needs it
-    assert "repetition time (TR) 2 s" in data
+    # the synthetic run has TR 2 s in its header: recorded although no filter needs it
+    assert "repetition time (TR) 2 s (the runs' headers)" in data
 
     params = section_text(page, "parameters")
     for key, value in doc["parameters"].items():
@@ -171,6 +177,9 @@ def test_data_parameters_timings_versions_come_from_fit_json(page: str, doc: dic
     assert doc["created"] in versions
     for path in doc["inputs"]:
         assert path in section_text(page, "inputs")
+    for item in doc["input_files"]:
+        assert Path(item["path"]).is_absolute()
+        assert f"{item['path']} {item['sha256']}" in section_text(page, "inputs")
 
 
 def test_figures_are_embedded_pngs(page: str) -> None:
@@ -240,10 +249,10 @@ def test_not_a_fit_folder(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a daskparcel fit folder"):
         render_report(tmp_path / "absent")
     (tmp_path / "fit.json").write_text("{not json")
-    with pytest.raises(InputError, match=r"fit\.json: cannot be read as JSON"):
+    with pytest.raises(InputError, match=r"fit\.json: unreadable fit record"):
         write_report(tmp_path)
     (tmp_path / "fit.json").write_text("[1, 2]")
-    with pytest.raises(InputError, match="expected a JSON object"):
+    with pytest.raises(InputError, match="not a fit record"):
         write_report(tmp_path)
     assert not (tmp_path / "report.html").exists()
 
@@ -320,3 +329,120 @@ def test_report_renders_in_headless_chromium(fit_folder: Path, tmp_path: Path) -
     assert len(colours) > 2000, f"only {len(colours)} colours: the figures are not drawn"
     rows_with_ink = np.mean(pixels.std(axis=(1, 2)) > 5)
     assert rows_with_ink > 0.5, "most of the page is blank"
+
+
+# ------------------------------------------------------------------------------ TR, command, warnings, parcels
+def test_tr_comes_from_the_input_header(doc: dict) -> None:
+    header = nib.load(doc["input_files"][0]["path"]).header
+    assert header.get_xyzt_units()[1] == "sec"
+    assert doc["data"]["t_r"] == pytest.approx(float(header.get_zooms()[3]))
+
+
+def test_command_is_recorded_and_shown(page: str, doc: dict, fit_folder: Path) -> None:
+    argv = doc["command"]["argv"]
+    assert argv[:2] == ["daskparcel", "fit"] and argv[-1] == str(fit_folder)
+    assert shlex.join(argv) in section_text(page, "inputs")
+    assert Path(doc["command"]["cwd"]).is_absolute()
+
+
+def test_input_files_have_their_sha256(doc: dict) -> None:
+    for item in doc["input_files"]:
+        digest = hashlib.sha256(Path(item["path"]).read_bytes()).hexdigest()
+        assert item["sha256"] == digest
+
+
+def test_parcel_table_matches_the_images(fit_folder: Path, page: str) -> None:
+    from scipy import ndimage
+
+    labels_img = nib.load(fit_folder / "labels.nii.gz")
+    labels = np.asarray(labels_img.dataobj)
+    r2 = np.asarray(nib.load(fit_folder / "r2.nii.gz").dataobj, dtype=np.float64)
+    k = int(labels.max())
+    index = np.arange(1, k + 1)
+    centres = nib.affines.apply_affine(
+        labels_img.affine, np.array(ndimage.center_of_mass(labels > 0, labels, index))
+    )
+    rows = list(csv.DictReader((fit_folder / "parcels.tsv").open(), delimiter="\t"))
+    assert [int(r["index"]) for r in rows] == list(index)
+    assert [int(r["voxels"]) for r in rows] == list(np.bincount(labels.ravel())[1:])
+    table_xyz = np.array([[float(r[c]) for c in ("x_mm", "y_mm", "z_mm")] for r in rows])
+    np.testing.assert_allclose(table_xyz, centres, atol=0.01)
+    mean_r2 = ndimage.mean(r2, labels, index)
+    np.testing.assert_allclose([float(r["mean_r2"]) for r in rows], mean_r2, atol=1e-4)
+    text = section_text(page, "parcels")
+    assert f"{k} parcels" in text
+    first = rows[0]
+    assert f"1 {int(first['voxels']):,} {float(first['x_mm']):.1f}, " in text
+
+
+def test_warnings_box(fit_folder: Path, tmp_path: Path, page: str, doc: dict) -> None:
+    from daskparcel.outputs.report import SHORT_RUN_VOLUMES, TINY_MASK_VOXELS
+
+    quiet = (
+        doc["metrics"]["sizes"]["singletons"] == 0
+        and doc["data"]["voxels_in_mask"] >= TINY_MASK_VOXELS
+        and min(doc["data"]["n_volumes"]) >= SHORT_RUN_VOLUMES
+    )
+    assert ('id="warnings"' in page) == (not quiet)
+    folder = copy_folder(fit_folder, tmp_path / "fit")
+    bad = json.loads((folder / "fit.json").read_text())
+    bad["metrics"]["sizes"]["singletons"] = 3
+    bad["metrics"]["compression_r2"] = float("nan")
+    bad["metrics"]["nan_r2_voxels"] = 12
+    bad["data"]["voxels_in_mask"] = 120
+    bad["data"]["runs"] = ["run-a", "run-b"]
+    bad["data"]["n_volumes"] = [7, 300]
+    (folder / "fit.json").write_text(json.dumps(bad))
+    rendered = render_report(folder)
+    box = re.search(r'<div class="warnings" id="warnings">(.*?)</div>', rendered, re.S)
+    assert box is not None
+    items = re.findall(r"<li>(.*?)</li>", box.group(1))
+    assert len(items) == 5, items
+    text = " ".join(items)
+    assert "3 singleton parcel(s)" in text
+    assert "120 voxels" in text
+    assert "run-a (7 volumes)" in text and "run-b" not in text
+    assert "R\u00b2 is NaN" in text
+    assert "12 voxel(s) have a NaN R\u00b2" in text
+
+
+def test_parcel_table_of_an_older_fit_folder(fit_folder: Path, tmp_path: Path) -> None:
+    folder = copy_folder(fit_folder, tmp_path / "fit")
+    rows = list(csv.DictReader((folder / "parcels.tsv").open(), delimiter="\t"))
+    (folder / "parcels.tsv").unlink()  # written by daskparcel before parcels.tsv existed
+    text = section_text(render_report(folder), "parcels")
+    assert "parcels.tsv is missing: computed from the images" in text
+    last = rows[-1]
+    assert (
+        f"{last['index']} {int(last['voxels']):,} {float(last['x_mm']):.1f}, "
+        f"{float(last['y_mm']):.1f}, {float(last['z_mm']):.1f} {float(last['mean_r2']):.3f}"
+    ) in text
+
+
+def test_a_job_is_recorded_as_its_file_and_command(tmp_path: Path) -> None:
+    from daskparcel import datasets
+    from daskparcel.cli import main
+
+    paths, _ = datasets.write_synthetic_nifti(tmp_path / "data", 1, 4, 30, n_parcels=10)
+    job = tmp_path / "jobs" / "job.yaml"
+    job.parent.mkdir()
+    job.write_text(
+        json.dumps(
+            {
+                "inputs": {"files": [str(paths[0])]},
+                "parcellation": {"method": "kmeans", "n_parcels": 10, "n_components": 5},
+                "output": "out",
+            }
+        )
+    )
+    assert main(["run", str(job)]) == 0
+    fit = job.parent / "out" / "fit"
+    doc = json.loads((fit / "fit.json").read_text())
+    assert doc["command"]["job"] == str(job.resolve())
+    assert doc["command"]["argv"] == ["daskparcel", "run", str(job)]
+    sources = {item["path"]: item["sha256"] for item in doc["input_files"]}
+    digest = hashlib.sha256(Path(paths[0]).read_bytes()).hexdigest()
+    assert sources[str(Path(paths[0]).resolve())] == digest  # through the converted store
+    text = section_text((fit / "report.html").read_text(), "inputs")
+    assert f"job file {job.resolve()}" in text
+    assert f"daskparcel run {job}" in text

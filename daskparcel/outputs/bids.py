@@ -60,6 +60,7 @@ BIDSIGNORE = (
     "r2.nii.gz",
     "*.zarr",
     "fit.json",
+    "parcels.tsv",
     "report.html",
     "job.log",
     "*_timeseries.tsv",

@@ -10,11 +10,14 @@ into PNG for a self-contained HTML report.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
-from collections.abc import Sequence
-from typing import Any
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
+import nibabel as nib
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
@@ -30,9 +33,31 @@ __all__ = [
     "label_colormap",
     "plot_compressed",
     "plot_labels",
+    "plot_parcel_contours",
     "plot_r2_map",
     "plot_size_histograms",
 ]
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+# matplotlib's complaints about what nilearn gives it on degenerate grids (one slice: identical axis limits)
+# and on masked overlays: the figure is right, the warnings only flood the screen
+QUIET = (r"Attempting to set identical", r"Warning: converting a masked element to nan")
+
+
+def quiet_matplotlib(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``func`` with matplotlib's warnings of :data:`QUIET` silenced (drawing a single slice, masked data)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with warnings.catch_warnings():
+            for message in QUIET:
+                warnings.filterwarnings("ignore", message=message, category=UserWarning)
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def _check_img(img: Any, name: str, ndim: int = 3) -> Any:
@@ -82,6 +107,7 @@ def label_colormap(n_labels: int, *, seed: int = 0) -> ListedColormap:
     return ListedColormap(colors, name=f"parcels_{n}")
 
 
+@quiet_matplotlib
 def plot_labels(
     labels_img: Any,
     background_img: Any = None,
@@ -92,6 +118,7 @@ def plot_labels(
     axes: Any = None,
     figure: Any = None,
     seed: int = 0,
+    alpha: float = 0.7,
 ) -> Any:
     """Parcels over a background image, as ``nilearn.plotting.plot_roi`` (one colour per parcel).
 
@@ -114,6 +141,8 @@ def plot_labels(
         (nothing to close, no global state).
     seed : int
         Seed of the colour shuffle (:func:`label_colormap`).
+    alpha : float, default 0.7
+        Opacity of the parcels (nilearn's default).
 
     Returns
     -------
@@ -145,9 +174,107 @@ def plot_labels(
         axes=axes,
         figure=figure,
         draw_cross=False,
+        alpha=alpha,
     )
 
 
+@quiet_matplotlib
+def plot_parcel_contours(
+    labels_img: Any,
+    background_img: Any = None,
+    *,
+    title: str | None = None,
+    display_mode: str = "xz",
+    cut_coords: Any = None,
+    fill_alpha: float = 0.35,
+    line_color: str = "black",
+    line_width: float = 0.6,
+    figure: Any = None,
+    seed: int = 0,
+) -> Any:
+    """Parcels as outlines over a background image: each parcel's border drawn on every cut, over a light fill.
+
+    With hundreds of parcels, colours alone cannot tell neighbours apart (neighbours share hues); the border
+    between two voxels of different parcels is drawn as a line, in the plane of each cut, so every parcel
+    is outlined whatever its colour.
+
+    Parameters
+    ----------
+    labels_img : nibabel image, 3D int
+        Labels image, ``0`` = background, ``1..K`` parcels.
+    background_img : nibabel image, 3D, optional
+        E.g. the mean functional image.
+    title, display_mode, cut_coords, figure, seed
+        As in :func:`plot_labels`.
+    fill_alpha : float, default 0.35
+        Opacity of the parcels' colour fill (0: outlines only).
+    line_color : str
+        Colour of the outlines.
+    line_width : float
+        Width of the outlines in points.
+
+    Returns
+    -------
+    nilearn display
+        As :func:`plot_labels`; ``display.cut_coords`` gives the cuts to reuse in other figures.
+    """
+    from matplotlib.collections import LineCollection
+    from nilearn.image import reorder_img
+
+    display = plot_labels(
+        labels_img, background_img, title=title, display_mode=display_mode,
+        cut_coords=cut_coords, figure=figure, seed=seed, alpha=fill_alpha,
+    )  # fmt: skip
+    # the slicer shows images resampled to an axis-aligned (RAS) grid: outline on that grid too
+    aligned = reorder_img(
+        _check_img(labels_img, "labels_img"), resample="nearest", copy_header=True
+    )
+    volume = np.asarray(aligned.dataobj)
+    steps = np.diag(aligned.affine)[:3]
+    origin = aligned.affine[:3, 3]
+    in_plane = {"x": (1, 2), "y": (0, 2), "z": (0, 1)}
+    letters = {"ortho": "xyz", "tiled": "xyz"}.get(display_mode, display_mode)
+    if len(letters) == 1:  # one direction: the axes are keyed by their cut
+        views = [(letters, float(cut), ax) for cut, ax in display.axes.items()]
+    else:
+        views = [
+            (d, float(cut), display.axes[d])
+            for d, cut in zip(letters, display.cut_coords, strict=False)
+            if d in display.axes
+        ]
+    for direction, cut, view in views:
+        axis = "xyz".index(direction)
+        index = round((float(cut) - origin[axis]) / float(steps[axis]))
+        if not 0 <= index < volume.shape[axis]:
+            continue
+        plane = np.take(volume, index, axis=axis)
+        a, b = in_plane[direction]
+        segments = border_segments(plane, origin[[a, b]], steps[[a, b]])
+        if len(segments):
+            view.ax.add_collection(
+                LineCollection(list(segments), colors=line_color, linewidths=line_width, zorder=5)
+            )
+    return display
+
+
+def border_segments(plane: np.ndarray, origin: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Line segments, shape (n, 2, 2) in world coordinates, between the pixels of ``plane`` whose labels
+    differ: the outlines of the regions of a slice, where nilearn draws its pixels (the ``n`` pixels of an
+    axis span ``origin`` to ``origin + (n - 1) * step``, as ``imshow``'s extent in nilearn's slicers)."""
+    n = np.asarray(plane.shape, dtype=np.float64)
+    width = (n - 1) * np.asarray(step, dtype=np.float64) / n
+    edge = [origin[a] + np.arange(plane.shape[a] + 1) * width[a] for a in (0, 1)]
+    out = []
+    i, j = np.nonzero(np.diff(plane, axis=0) != 0)  # between rows i and i + 1
+    out.append(np.stack([np.stack([edge[0][i + 1], edge[1][j]], 1),
+                         np.stack([edge[0][i + 1], edge[1][j + 1]], 1)], 1))  # fmt: skip
+    i, j = np.nonzero(np.diff(plane, axis=1) != 0)  # between columns j and j + 1
+    out.append(np.stack([np.stack([edge[0][i], edge[1][j + 1]], 1),
+                         np.stack([edge[0][i + 1], edge[1][j + 1]], 1)], 1))  # fmt: skip
+    return np.concatenate(out)
+
+
+@quiet_matplotlib
 def plot_compressed(
     original_img: Any,
     compressed_img: Any,
@@ -214,6 +341,7 @@ def plot_compressed(
     return fig
 
 
+@quiet_matplotlib
 def plot_size_histograms(
     labels_a: Any,
     labels_b: Any,
@@ -261,6 +389,7 @@ def plot_size_histograms(
     return fig
 
 
+@quiet_matplotlib
 def plot_r2_map(
     r2_img: Any,
     background_img: Any = None,
@@ -273,6 +402,7 @@ def plot_r2_map(
     cmap: str = "viridis",
     axes: Any = None,
     figure: Any = None,
+    mask_img: Any = None,
 ) -> Any:
     """A map of R^2 (per voxel or per parcel) with a colour bar from ``vmin`` to ``vmax``.
 
@@ -289,6 +419,8 @@ def plot_r2_map(
         Colour range (default 0..1).
     cmap : str
         matplotlib colormap name.
+    mask_img : nibabel image, 3D, optional
+        The brain: voxels outside it are left transparent (the background shows), instead of drawn as R^2 0.
 
     Returns
     -------
@@ -299,26 +431,36 @@ def plot_r2_map(
 
     r2_img = _check_img(r2_img, "r2_img")
     data = np.nan_to_num(np.asarray(r2_img.get_fdata()), nan=0.0)
-    r2_img = new_img_like(r2_img, data, copy_header=True)
     if background_img is not None:
         background_img = _check_img(background_img, "background_img")
     if axes is None and figure is None:
         figure = Figure(figsize=(8.0, 3.0))
-    return plotting.plot_img(
-        r2_img,
-        bg_img=background_img,
-        title=title,
-        display_mode=display_mode,
-        cut_coords=cut_coords,
-        vmin=vmin,
-        vmax=vmax,
-        cmap=cmap,
-        colorbar=True,
-        axes=axes,
-        figure=figure,
-        draw_cross=False,
-        black_bg=False,
-    )
+    if mask_img is None:
+        return plotting.plot_img(
+            new_img_like(r2_img, data, copy_header=True), bg_img=background_img, title=title,
+            display_mode=display_mode, cut_coords=cut_coords, vmin=vmin, vmax=vmax, cmap=cmap,
+            colorbar=True, axes=axes, figure=figure, draw_cross=False, black_bg=False,
+        )  # fmt: skip
+    inside = np.asarray(_check_img(mask_img, "mask_img").dataobj) != 0
+    if inside.shape != data.shape:
+        raise InputError(
+            f"mask_img: shape {inside.shape} differs from r2_img's {data.shape}; pass the fit's mask"
+        )
+    # the background alone, then R^2 as a masked overlay: outside the brain stays transparent, and values
+    # beyond [vmin, vmax] (negative R^2) take the end colours instead of vanishing (nilearn's overlays hide
+    # values within 1e-6 of 0, hence the floor of 0.1 % of the range above vmin)
+    base = background_img if background_img is not None else new_img_like(r2_img, inside * 1.0)
+    display = plotting.plot_anat(
+        base, title=title, display_mode=display_mode, cut_coords=cut_coords, axes=axes,
+        figure=figure, draw_cross=False, colorbar=False, dim=0,
+    )  # fmt: skip
+    floor = vmin + 1e-3 * (vmax - vmin)
+    masked = np.where(inside, np.clip(data, floor, vmax), 0.0)  # 0: not drawn
+    display.add_overlay(
+        nib.Nifti1Image(masked, r2_img.affine), cmap=cmap, vmin=vmin, vmax=vmax, colorbar=True,
+        resampling_interpolation="nearest",
+    )  # fmt: skip
+    return display
 
 
 def _as_figure(fig: Any) -> Figure:
@@ -332,6 +474,7 @@ def _as_figure(fig: Any) -> Figure:
     )
 
 
+@quiet_matplotlib
 def figure_to_png_bytes(fig: Any, *, dpi: int = 100) -> bytes:
     """PNG bytes of a matplotlib Figure or a nilearn display.
 

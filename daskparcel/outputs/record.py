@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ FILES: dict[str, str] = {
     "compressed_mean": "compressed_mean.nii.gz",
     "r2": "r2.nii.gz",
     "parcel_signals": "parcel_signals.zarr",
+    "parcels": "parcels.tsv",
     "fit": "fit.json",
     "report": "report.html",
 }
@@ -132,6 +134,10 @@ class FitRecord:
     files: dict[str, str] = field(default_factory=lambda: dict(FILES))
     bids: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA
+    #: What ran the fit: ``{"argv": [...], "cwd": str, "job": absolute job file path or None}``.
+    command: dict[str, Any] = field(default_factory=dict)
+    #: The input files: ``[{"path": absolute path, "sha256": hex or None, "bytes": int or None}]``.
+    input_files: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,3 +189,54 @@ class FitRecord:
                 )
             known.setdefault(key, value)
         return cls(**known)
+
+
+def command_record(
+    argv: Sequence[str] | None = None, job: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """The ``command`` of a fit record: the command line (default: this process's ``sys.argv``), the working
+    folder it ran in, and the job file's absolute path when a job ran it."""
+    return {
+        "argv": [str(a) for a in (sys.argv if argv is None else argv)],
+        "cwd": os.getcwd(),
+        "job": None if job is None else str(Path(job).resolve()),
+    }
+
+
+def describe_input_files(items: Iterable[Any]) -> list[dict[str, Any]]:
+    """Absolute path, sha256 and size of every input file behind ``items`` (paths, globs, BIDS runs, images
+    loaded from files, run stores: their source files as ``convert`` recorded them)."""
+    from daskparcel._checks import expand_glob
+    from daskparcel.store.runs import file_sha256, store_info
+
+    out: list[dict[str, Any]] = []
+    for item in items:
+        path = getattr(item, "path", None)
+        if path is None and hasattr(item, "get_filename"):
+            path = item.get_filename()
+        if path is None and isinstance(item, str | os.PathLike):
+            path = item
+        if path is None:
+            continue
+        text = str(path)
+        if any(c in text for c in "*?[") and not Path(text).exists():
+            out += describe_input_files(expand_glob(text))
+        elif Path(text).is_file():
+            resolved = Path(text).resolve()
+            out.append(
+                {
+                    "path": str(resolved),
+                    "sha256": file_sha256(resolved),
+                    "bytes": resolved.stat().st_size,
+                }
+            )
+        else:
+            sources = (store_info(text) or {}).get("identity", {})
+            sources = sources.get("sources", []) if isinstance(sources, dict) else []
+            out.append({"path": str(Path(text).resolve()), "sha256": None, "bytes": None})
+            out += [
+                {"path": str(s.get("path")), "sha256": s.get("sha256"), "bytes": None}
+                for s in sources
+                if isinstance(s, dict)
+            ]
+    return out

@@ -6,26 +6,40 @@ resource: the CSS is inline, the figures are PNG ``data:`` URIs (:func:`daskparc
 and the only script is a few inline lines that record, once the page has loaded, how many figures
 decoded (``<body data-images-loaded=N data-images-total=M>``), which the browser test reads.
 
-Sections: summary, parameters, data, timings, quality metrics, figures (labels over the mean image,
-original vs compressed mean on one grey scale, parcel-size histogram, compression R^2 map), inputs,
-files, versions. An optional file that is missing (e.g. ``r2.nii.gz``) turns its figure into a note;
+Sections: summary (with a warnings box: singletons, a tiny mask, very short runs, NaN R^2), figures
+(:mod:`daskparcel.outputs.figures`: parcels outlined over the mean image, original vs compressed mean on one
+grey scale, parcel-size histogram, the R^2 map in the mask, on the same cuts), quality metrics, the per-parcel
+table (``parcels.tsv``), data (with the TR), timings, parameters, the command and input files (absolute paths,
+sha256), files, versions. An optional file that is missing (e.g. ``r2.nii.gz``) turns its figure into a note;
 only ``fit.json`` is required.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import html
-import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+import shlex
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 
+from daskparcel.outputs._html import CSS, SCRIPT
+from daskparcel.outputs._html import card as _card
+from daskparcel.outputs._html import e as _e
+from daskparcel.outputs._html import fmt_float as _fmt_float
+from daskparcel.outputs._html import fmt_int as _fmt_int
+from daskparcel.outputs._html import fmt_seconds as _fmt_seconds
+from daskparcel.outputs._html import fmt_value as _fmt_value
+from daskparcel.outputs._html import is_number as _is_number
+from daskparcel.outputs._html import mapping as _mapping
+from daskparcel.outputs._html import note as _note
+from daskparcel.outputs._html import rows as _rows
+from daskparcel.outputs.figures import Figures
+from daskparcel.outputs.parcel_table import parcel_table, read_parcel_table
 from daskparcel.outputs.record import FILES, METRICS, FitRecord, shown
 
 logger = logging.getLogger(__name__)
@@ -42,6 +56,7 @@ FILE_DESCRIPTIONS = {
     "compressed_mean": "the mean after compression (each voxel its parcel's mean)",
     "r2": "per-voxel compression R\u00b2",
     "parcel_signals": "parcel signals (time, parcel) of every run (zarr)",
+    "parcels": "each parcel's size, centroid (mm) and mean R\u00b2 (tab-separated)",
 }
 # timing keys of fit.json in pipeline order, with what each step does
 TIMING_STEPS = (
@@ -54,56 +69,9 @@ TIMING_STEPS = (
     ("transform", "transform", "parcel signals of every run and quality metrics"),
     ("outputs", "outputs", "writing the images, signals and fit.json"),
 )
-DPI = 100
-
-CSS = """
-:root { --ink:#1f2933; --muted:#616e7c; --line:#e4e7eb; --accent:#2f6f9f; --bg:#f5f7fa; --card:#fff; }
-* { box-sizing: border-box; }
-body { margin:0; background:var(--bg); color:var(--ink);
-  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-header { background:#16324f; color:#fff; padding:28px 0 22px; }
-header .wrap, main { max-width:1040px; margin:0 auto; padding:0 24px; }
-header h1 { margin:0 0 4px; font-size:26px; font-weight:600; }
-header p { margin:0; color:#c8d6e5; }
-nav { margin-top:14px; font-size:13px; }
-nav a { color:#dbe7f3; margin-right:14px; text-decoration:none; border-bottom:1px dotted #9fb3c8; }
-main { padding-top:22px; padding-bottom:40px; }
-section { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:18px 22px;
-  margin:0 0 18px; }
-h2 { margin:0 0 12px; font-size:19px; font-weight:600; color:#16324f; }
-h3 { margin:18px 0 6px; font-size:16px; font-weight:600; }
-table { border-collapse:collapse; width:100%; font-size:14px; }
-th, td { text-align:left; padding:5px 10px 5px 0; border-bottom:1px solid var(--line); vertical-align:top; }
-th { color:var(--muted); font-weight:500; width:34%; }
-td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; width:auto; white-space:nowrap; }
-table.timings th, table.timings td { width:auto; }
-table.timings td.bar-cell { width:38%; }
-tr.total td { font-weight:600; }
-code { font: 13px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-.cards { display:grid; grid-template-columns:repeat(auto-fit, minmax(135px, 1fr)); gap:12px; }
-.card { border:1px solid var(--line); border-radius:8px; padding:10px 14px; background:#fbfcfd; }
-.card .value { font-size:24px; font-weight:600; color:var(--accent); font-variant-numeric:tabular-nums; }
-.card .label { font-size:13px; color:var(--muted); }
-.bar { background:#e9eef3; border-radius:3px; height:12px; min-width:160px; }
-.bar span { display:block; height:12px; border-radius:3px; background:var(--accent); }
-figure { margin:10px 0 22px; }
-figure img { display:block; max-width:100%; height:auto; border:1px solid var(--line); border-radius:4px; }
-figcaption { color:var(--muted); font-size:13px; margin-top:6px; }
-.note { color:#8a4b08; background:#fff8e6; border:1px solid #f3d9a4; border-radius:6px; padding:8px 12px; }
-.muted { color:var(--muted); }
-p.muted { font-size:13px; margin:10px 0 0; }
-footer { color:var(--muted); font-size:13px; text-align:center; padding:0 0 28px; }
-"""
-
-# Records how many figures decoded once the page has loaded (read by the headless-browser test).
-SCRIPT = """
-window.addEventListener("load", function () {
-  var imgs = document.images, ok = 0;
-  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) { ok++; } }
-  document.body.setAttribute("data-images-total", String(imgs.length));
-  document.body.setAttribute("data-images-loaded", String(ok));
-});
-"""
+#: Below these, the report warns: a mask of fewer voxels, a run of fewer volumes.
+TINY_MASK_VOXELS = 1000
+SHORT_RUN_VOLUMES = 30
 
 
 # ------------------------------------------------------------------------------------------------ public
@@ -158,7 +126,7 @@ def render_report(out_dir: str | os.PathLike[str]) -> str:
     folder = Path(out_dir)
     doc = load_fit_json(folder)
     files = {**DEFAULT_FILES, **_mapping(doc.get("files"))}
-    figures = _Figures(folder, files, doc)
+    figures = Figures(folder, files, doc)
     params = _mapping(doc.get("parameters"))
     metrics = _mapping(doc.get("metrics"))
     method = params.get("method", "unknown method")
@@ -170,13 +138,18 @@ def render_report(out_dir: str | os.PathLike[str]) -> str:
         name = name[: -len(".partial")]
     title = f"{method} parcellation, {_fmt_int(n_parcels)} parcels"
     sections = [
-        ("summary", "Summary", _summary(doc)),
+        ("summary", "Summary", _warnings_box(doc) + _summary(doc)),
         ("figures", "Figures", figures.html()),
         ("metrics", "Quality of the parcellation", _metrics_section(metrics)),
+        (
+            "parcels",
+            "Parcels",
+            _parcels_section(folder / str(files.get("parcels", FILES["parcels"])), figures),
+        ),
         ("data", "Data", _data_section(_mapping(doc.get("data")), doc, folder)),
         ("timings", "Timings", _timings_section(_mapping(doc.get("timings")))),
         ("parameters", "Parameters", _parameters_section(params)),
-        ("inputs", "Inputs", _inputs_section(doc.get("inputs"))),
+        ("inputs", "Command and inputs", _inputs_section(doc)),
         ("files", "Files", _files_section(folder, files)),
         ("versions", "Versions", _versions_section(doc)),
     ]
@@ -217,58 +190,6 @@ Self-contained: no network resource is used.</footer>
 def load_fit_json(folder: Path) -> dict[str, Any]:
     """The content of ``folder/fit.json``, or an :class:`InputError` saying how to make one."""
     return FitRecord.read(folder).to_dict()
-
-
-# --------------------------------------------------------------------------------------------- helpers
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _fmt_int(value: Any) -> str:
-    if _is_number(value) and float(value).is_integer():
-        return f"{int(value):,}"
-    return "?" if value is None else str(value)
-
-
-def _fmt_float(value: Any, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if _is_number(value) else "not recorded"
-
-
-def _fmt_seconds(value: Any) -> str:
-    if not _is_number(value):
-        return "not recorded"
-    return f"{value:.2f} s" if value < 60 else f"{value / 60:.1f} min ({value:.0f} s)"
-
-
-def _fmt_value(value: Any) -> str:
-    """A parameter value as Python shows it (what the user passed)."""
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, list | tuple | dict):
-        return json.dumps(value)
-    return str(value)
-
-
-def _rows(rows: Iterable[tuple[str, str]], raw: bool = False) -> str:
-    """A two-column table; values are escaped unless ``raw`` (already HTML)."""
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{v if raw else _e(v)}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_e(text)}</p>'
-
-
-def _card(value: str, label: str) -> str:
-    return f'<div class="card"><div class="value">{_e(value)}</div><div class="label">{_e(label)}</div></div>'
 
 
 # -------------------------------------------------------------------------------------------- sections
@@ -338,13 +259,14 @@ def _data_section(data: Mapping[str, Any], doc: Mapping[str, Any], folder: Path)
     n_volumes: list[Any] = data["n_volumes"] if isinstance(data.get("n_volumes"), list) else []
     t_r = data.get("t_r")
     if _is_number(t_r):
-        t_r_text = f"{t_r:g} s"
+        source = data.get("t_r_source")
+        t_r_text = f"{t_r:g} s" + (f" ({source})" if isinstance(source, str) and source else "")
     else:
         from_header = _header_t_r(doc, folder)
         t_r_text = (
             f"{from_header:g} s (from the header of the first input; not used by the fit)"
             if from_header is not None
-            else "not recorded (not needed: no temporal filtering)"
+            else f"not recorded: {data.get('t_r_source') or 'no TR in the inputs'}"
         )
     n_vol_total = sum(v for v in n_volumes if _is_number(v))
     rows = [
@@ -432,11 +354,122 @@ def _metrics_section(metrics: Mapping[str, Any]) -> str:
     return _rows(rows) + explain
 
 
-def _inputs_section(inputs: Any) -> str:
-    if not isinstance(inputs, list) or not inputs:
-        return _note("fit.json records no inputs.")
-    items = "".join(f"<li><code>{_e(i)}</code></li>" for i in inputs)
-    return f"<ul>{items}</ul>"
+def _inputs_section(doc: Mapping[str, Any]) -> str:
+    command = _mapping(doc.get("command"))
+    argv = command.get("argv")
+    parts = []
+    if isinstance(argv, list) and argv:
+        parts.append(
+            f"<h3>Command</h3><pre><code>{_e(shlex.join(str(a) for a in argv))}</code></pre>"
+        )
+        rows = [("working folder", str(command.get("cwd", "not recorded")))]
+        if command.get("job"):
+            rows.insert(0, ("job file", str(command["job"])))
+        parts.append(_rows(rows))
+    else:
+        parts.append(_note("fit.json records no command (written by an older daskparcel)."))
+    files = doc.get("input_files")
+    if isinstance(files, list) and files:
+        body = "".join(
+            f"<tr><td><code>{_e(f.get('path'))}</code></td>"
+            f"<td><code>{_e(f.get('sha256') or 'n/a')}</code></td></tr>"
+            for f in files
+            if isinstance(f, Mapping)
+        )
+        parts.append(
+            f"<h3>Input files</h3><table><tr><th>path</th><th>sha256</th></tr>{body}</table>"
+        )
+    inputs = doc.get("inputs")
+    if isinstance(inputs, list) and inputs:
+        items = "".join(f"<li><code>{_e(i)}</code></li>" for i in inputs)
+        parts.append(f"<h3>As given</h3><ul>{items}</ul>")
+    elif not files:
+        parts.append(_note("fit.json records no inputs."))
+    return "".join(parts)
+
+
+def _parcels_section(path: Path, figures: Figures) -> str:
+    rows, source = read_parcel_table(path), ""
+    if rows is None:  # a fit folder from before parcels.tsv: the table from its images
+        labels, r2 = figures.image("labels"), figures.image("r2")
+        if labels is None:
+            return _note(
+                f"Table not shown: {path.name} and the labels image are missing or unreadable."
+            )
+        volume = np.asarray(labels.dataobj)
+        mask = volume > 0
+        r2_values = None if r2 is None else np.asarray(r2.dataobj, dtype=np.float64)[mask]
+        table = parcel_table(volume[mask], mask, labels.affine, r2_values)
+        rows = [{c: float(table[c][i]) for c in table} for i in range(len(table["index"]))]
+        source = f" ({path.name} is missing: computed from the images)"
+
+    def cell(value: float, fmt: str) -> str:
+        return "n/a" if math.isnan(value) else format(value, fmt)
+
+    body = "".join(
+        f'<tr><td class="num">{int(r["index"])}</td><td class="num">{int(r["voxels"]):,}</td>'
+        f'<td class="num">{cell(r["x_mm"], ".1f")}, {cell(r["y_mm"], ".1f")}, {cell(r["z_mm"], ".1f")}</td>'
+        f'<td class="num">{cell(r["mean_r2"], ".3f")}</td></tr>'
+        for r in rows
+    )
+    head = (
+        '<tr><th class="num">parcel</th><th class="num">voxels</th><th class="num">centroid (x, y, z mm)</th>'
+        '<th class="num">mean R\u00b2</th></tr>'
+    )
+    return (
+        f'<div class="scroll"><table>{head}{body}</table></div><p class="muted">{len(rows):,} parcels{source}; the '
+        f"same table is <code>{_e(path.name)}</code> in the fit folder (mean R\u00b2: the mean of the "
+        "per-voxel compression R\u00b2 over the parcel's voxels).</p>"
+    )
+
+
+def fit_warnings(doc: Mapping[str, Any]) -> list[str]:
+    """What a reader of the report should be warned about: singleton parcels, a tiny mask, very short runs,
+    NaN R^2 (each a sentence with its count)."""
+    metrics, data = _mapping(doc.get("metrics")), _mapping(doc.get("data"))
+    out = []
+    singletons = _mapping(metrics.get("sizes")).get("singletons")
+    if _is_number(singletons) and singletons > 0:
+        out.append(
+            f"{int(singletons):,} singleton parcel(s): parcels of one voxel carry no spatial average."
+        )
+    voxels, n_parcels = data.get("voxels_in_mask"), metrics.get("n_parcels")
+    if _is_number(voxels) and voxels < TINY_MASK_VOXELS:
+        per = f" ({voxels / n_parcels:.1f} voxels per parcel)" if _is_number(n_parcels) else ""
+        out.append(
+            f"The mask is tiny: {int(voxels):,} voxels{per}; check the mask strategy or pass a brain mask."
+        )
+    runs: list[Any] = data["runs"] if isinstance(data.get("runs"), list) else []
+    volumes: list[Any] = data["n_volumes"] if isinstance(data.get("n_volumes"), list) else []
+    short = [
+        (str(r), int(n)) for r, n in zip(runs, volumes) if _is_number(n) and n < SHORT_RUN_VOLUMES
+    ]
+    if short:
+        shown_runs = ", ".join(f"{r} ({n} volumes)" for r, n in short[:5])
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        out.append(
+            f"{len(short)} very short run(s), under {SHORT_RUN_VOLUMES} volumes: {shown_runs}{more}; their "
+            "signals give unreliable parcels."
+        )
+    r2 = metrics.get("compression_r2")
+    if isinstance(r2, float) and math.isnan(r2):
+        out.append(
+            "The compression R\u00b2 is NaN: the signals have no variance (constant or empty data)."
+        )
+    nan_voxels = metrics.get("nan_r2_voxels")
+    if _is_number(nan_voxels) and nan_voxels > 0:
+        out.append(
+            f"{int(nan_voxels):,} voxel(s) have a NaN R\u00b2 (a constant signal), shown as 0."
+        )
+    return out
+
+
+def _warnings_box(doc: Mapping[str, Any]) -> str:
+    items = fit_warnings(doc)
+    if not items:
+        return ""
+    body = "".join(f"<li>{_e(w)}</li>" for w in items)
+    return f'<div class="warnings" id="warnings"><strong>Warnings</strong><ul>{body}</ul></div>'
 
 
 def _files_section(folder: Path, files: Mapping[str, Any]) -> str:
@@ -459,158 +492,3 @@ def _versions_section(doc: Mapping[str, Any]) -> str:
     rows.append(("fitted (UTC)", str(doc.get("created", "not recorded"))))
     rows.append(("fit.json schema", str(doc.get("schema", "?"))))
     return _rows(rows)
-
-
-# --------------------------------------------------------------------------------------------- figures
-class _Figures:
-    """The figures of the report, each a PNG data URI or a note saying why it is absent."""
-
-    def __init__(self, folder: Path, files: Mapping[str, Any], doc: Mapping[str, Any]) -> None:
-        self.folder = folder
-        self.files = files
-        self.doc = doc
-        self._images: dict[str, Any] = {}
-        self._errors: dict[str, str] = {}
-
-    def image(self, key: str) -> Any:
-        """The nibabel image of ``files[key]`` (loaded in memory: these are 3D volumes), or None."""
-        if key in self._images or key in self._errors:
-            return self._images.get(key)
-        import nibabel as nib
-
-        path = self.folder / str(self.files.get(key, DEFAULT_FILES.get(key, key)))
-        if not path.is_file():
-            self._errors[key] = f"{path.name} is missing from the fit folder"
-            return None
-        try:
-            img: Any = nib.load(path)
-            img = nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header)
-        except Exception as exc:  # a damaged optional file: say so in the page, keep the report
-            logger.warning("report: cannot read %s: %s", path, exc)
-            self._errors[key] = f"{path.name} cannot be read ({exc})"
-            return None
-        self._images[key] = img
-        return img
-
-    def _missing(self, keys: Iterable[str]) -> str | None:
-        problems = [self._errors[k] for k in keys if self.image(k) is None and k in self._errors]
-        return "; ".join(problems) if problems else None
-
-    def _figure(
-        self, title: str, needs: tuple[str, ...], draw: Callable[[], Any], caption: str, alt: str
-    ) -> str:
-        from daskparcel.outputs.plotting import figure_to_data_uri
-
-        head = f"<h3>{_e(title)}</h3>"
-        missing = self._missing(needs)
-        if missing:
-            return head + _note(f"Figure not drawn: {missing}.")
-        try:
-            uri = figure_to_data_uri(draw(), dpi=DPI)
-        except Exception as exc:  # one figure failing must not lose the rest of the report
-            logger.warning("report: figure %r failed", title, exc_info=True)
-            return head + _note(f"Figure not drawn: {type(exc).__name__}: {exc}")
-        return (
-            f'{head}<figure><img src="{uri}" alt="{_e(alt)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>"
-        )
-
-    def html(self) -> str:
-        from daskparcel.outputs.plotting import plot_compressed, plot_labels, plot_r2_map
-
-        params = _mapping(self.doc.get("parameters"))
-        metrics = _mapping(self.doc.get("metrics"))
-        data = _mapping(self.doc.get("data"))
-        method = str(params.get("method", ""))
-        n_parcels = _fmt_int(metrics.get("n_parcels", params.get("n_parcels")))
-        n_voxels = _fmt_int(data.get("voxels_in_mask"))
-        cuts: dict[str, Any] = {}
-
-        def labels() -> Any:
-            display = plot_labels(
-                self.image("labels"),
-                self.image("mean"),
-                title=f"{method} parcellation",
-                display_mode="xz",
-            )
-            cuts["xz"] = display.cut_coords
-            return display
-
-        def compressed() -> Any:
-            return plot_compressed(
-                self.image("mean"),
-                self.image("compressed_mean"),
-                cut_coords=cuts.get("xz"),
-                titles=(
-                    f"Original ({n_voxels} voxels)",
-                    f"{method} compressed representation ({n_parcels} parcels)",
-                ),
-            )
-
-        def histogram() -> Any:
-            return _size_histogram(self.image("labels"), method)
-
-        def r2() -> Any:
-            return plot_r2_map(self.image("r2"), self.image("mean"), title="Compression R\u00b2")
-
-        parts = [
-            self._figure(
-                "Parcels over the mean image",
-                ("labels", "mean"),
-                labels,
-                "Each colour is one parcel, drawn over the temporal mean of the smoothed data "
-                "(as in nilearn's example, sagittal and axial cuts).",
-                f"{method} parcels over the mean image",
-            ),
-            self._figure(
-                "Original vs compressed mean image",
-                ("mean", "compressed_mean"),
-                compressed,
-                "Top: the mean image; bottom: the same after compression, each voxel replaced by its "
-                "parcel's mean. Both panels share one grey scale (same vmin / vmax).",
-                "original and compressed mean images",
-            ),
-            self._figure(
-                "Parcel sizes",
-                ("labels",),
-                histogram,
-                "Number of parcels per size bin (log-spaced bins; the dashed line is the median size).",
-                "histogram of parcel sizes",
-            ),
-            self._figure(
-                "Compression R\u00b2 map",
-                ("r2", "mean"),
-                r2,
-                "Per voxel, the fraction of its signal's variance explained by its parcel's mean.",
-                "map of the per-voxel compression R squared",
-            ),
-        ]
-        return "\n".join(parts)
-
-
-def _size_histogram(labels_img: Any, method: str) -> Any:
-    """One parcellation's parcel sizes: the panel of :func:`daskparcel.outputs.plotting.plot_size_histograms`
-    (same log-spaced bins), for a single fit, with its median marked."""
-    from matplotlib.figure import Figure
-
-    from daskparcel.metrics import parcel_sizes
-
-    sizes = parcel_sizes(np.asarray(labels_img.dataobj))
-    values = sizes.sizes[sizes.sizes > 0]
-    top = max(int(sizes.largest), 2)
-    edges = np.logspace(0, np.log10(top), 31)
-    edges[0], edges[-1] = 1.0, float(top)
-    fig = Figure(figsize=(8.0, 3.2), layout="constrained")
-    ax = fig.subplots()
-    ax.hist(values, bins=list(edges), color="tab:blue", edgecolor="white")
-    median = float(np.median(values))
-    ax.axvline(median, color="0.25", linestyle="--", linewidth=1)
-    ax.annotate(
-        f"median {median:g}", (median, 1.0), xycoords=("data", "axes fraction"),
-        xytext=(4, -14), textcoords="offset points", fontsize=9, color="0.25",
-    )  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("parcel size (voxels)")
-    ax.set_ylabel("number of parcels")
-    ax.set_title(f"{method}: {sizes.n_parcels} parcels, CV {sizes.cv:.2f}")
-    return fig

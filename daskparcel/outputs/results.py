@@ -7,6 +7,7 @@
     ``compressed_mean.nii.gz`` the same mean after compression (each voxel its parcel's mean)
     ``r2.nii.gz``              per-voxel compression R^2
     ``parcel_signals.zarr``    parcel signals (time, parcel) of every run, with ``run`` / ``subject`` coordinates
+    ``parcels.tsv``            each parcel's size, centroid (mm) and mean R^2
     ``fit.json``               parameters, versions, data description, timings, quality figures (schema below)
     ``report.html``            the report (:mod:`daskparcel.outputs.report`)
 
@@ -17,10 +18,12 @@ when asked, its connectomes (``*_stat-<kind>_relmat.tsv``, :mod:`daskparcel.outp
 above listed in ``.bidsignore``; ``fit.json`` records them under ``"bids"``.
 
 ``fit.json``: ``{"schema": 1, "daskparcel_version", "versions": {package: version}, "created",
-"inputs": [str], "parameters": {...}, "data": {"shape", "voxel_size", "t_r", "n_runs", "runs": [names],
+"inputs": [str], "input_files": [{"path", "sha256", "bytes"}], "command": {"argv", "cwd", "job"},
+"parameters": {...}, "data": {"shape", "voxel_size", "t_r", "t_r_source", "n_runs", "runs": [names],
 "n_volumes": [per run], "voxels_in_mask"}, "timings": {"mask", "signals", "reduction", "clustering", "total"
 (the fit), "transform", "outputs"} (seconds), "metrics": {"compression_r2", "n_parcels", "sizes": {"cv", "largest",
-"smallest", "median", "singletons"}, "contiguity", "disconnected_parcels"}, "files": {name: relative path}}``.
+"smallest", "median", "singletons"}, "contiguity", "disconnected_parcels", "nan_r2_voxels"}, "files": {name:
+relative path}}``. ``parcels.tsv``: one row per parcel (:mod:`daskparcel.outputs.parcel_table`).
 
 Everything is written to ``DIR.partial`` first and moved into place at the end: a failed fit leaves nothing in
 ``DIR`` (and an existing ``DIR`` from an earlier fit is only replaced by a complete new one).
@@ -46,7 +49,8 @@ import xarray as xr
 from daskparcel import __version__
 from daskparcel.errors import InputError
 from daskparcel.estimator import Parcellations
-from daskparcel.outputs.record import FILES, FitRecord
+from daskparcel.outputs.parcel_table import parcel_table, write_parcel_table
+from daskparcel.outputs.record import FILES, FitRecord, command_record, describe_input_files
 from daskparcel.store.runs import replace_dir
 
 logger = logging.getLogger(__name__)
@@ -125,6 +129,8 @@ def write_fit_outputs(
     overwrite: bool = False,
     report: bool = True,
     connectomes: Sequence[str] | str | None = None,
+    argv: Sequence[str] | None = None,
+    job: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Write the outputs of the fitted ``est`` on ``imgs`` to ``out`` (see the module docstring).
 
@@ -132,6 +138,9 @@ def write_fit_outputs(
     and written to ``parcel_signals.zarr``; quality figures are computed over the signals store in two streaming
     passes (the per-voxel R^2 map needs the parcel means first). The BIDS atlas, each run's parcel time series
     and the ``connectomes`` asked for (kinds of :func:`daskparcel.connectome`) are written as BIDS tables.
+    ``argv`` (default: this process's ``sys.argv``) and ``job`` (a job file) are recorded as the ``command``
+    behind the fit; the input files are recorded with their sha256, and ``parcels.tsv`` lists each parcel's
+    size, centroid and R^2.
 
     Returns
     -------
@@ -198,13 +207,17 @@ def write_fit_outputs(
         def volume(values: np.ndarray, dtype: Any = np.float32) -> nib.Nifti1Image:
             vol = np.zeros(mask.shape, dtype=dtype)
             vol[mask] = values
-            return nib.Nifti1Image(vol, affine)
+            img = nib.Nifti1Image(vol, affine)
+            img.header.set_xyzt_units("mm", "sec")  # the units of every image of the folder
+            return img
 
-        nib.save(est.labels_img_, partial / FILES["labels"])
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), partial / FILES["mask"])
+        nib.save(volume(labels, np.int32), partial / FILES["labels"])
+        nib.save(volume(np.ones(int(mask.sum())), np.uint8), partial / FILES["mask"])
         nib.save(volume(mean_v), partial / FILES["mean"])
         nib.save(volume(compressed), partial / FILES["compressed_mean"])
         nib.save(volume(np.nan_to_num(np.asarray(r2_v, dtype=np.float32))), partial / FILES["r2"])
+        table = parcel_table(labels, mask, affine, np.asarray(r2_v, dtype=np.float64))
+        write_parcel_table(table, partial / FILES["parcels"])
         sizes = parcel_sizes(labels, est.n_parcels)
         contig = contiguity(np.asarray(est.labels_img_.dataobj))
         runs = store.runs
@@ -219,7 +232,7 @@ def write_fit_outputs(
             data={
                 "shape": list(mask.shape),
                 "voxel_size": [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))],
-                "t_r": store.params.t_r,
+                **_repetition_time(store.params.t_r, parcel_signals),
                 "n_runs": len(runs),
                 "runs": list(runs),
                 "n_volumes": [int(r.sizes["time"]) for r in ds_runs],
@@ -239,7 +252,12 @@ def write_fit_outputs(
                 },
                 "contiguity": float(contig.fraction),
                 "disconnected_parcels": [int(p) for p in contig.disconnected],
+                "nan_r2_voxels": int(table["nan_r2_voxels"].sum()),
             },
+            command=command_record(argv, job),
+            input_files=describe_input_files(
+                [*(imgs if isinstance(imgs, list | tuple) else [imgs]), *_mask_file(est)]
+            ),
         )
         doc = record.to_dict()
         record.bids = _write_bids(est, inputs or imgs, doc, partial, parcel_signals, kinds)
@@ -254,6 +272,28 @@ def write_fit_outputs(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return doc
+
+
+def _mask_file(est: Parcellations) -> list[Any]:
+    """The mask file the estimator was given (an input too), as a list of zero or one path."""
+    return [est.mask] if isinstance(est.mask, str | os.PathLike) else []
+
+
+def _repetition_time(fit_t_r: float | None, parcel_signals: list[xr.DataArray]) -> dict[str, Any]:
+    """``t_r`` (seconds) and ``t_r_source`` of the data description: the TR the fit cleaned with, else the runs'
+    (from their headers, carried by ``transform``'s output), None when unknown or when the runs differ."""
+    if fit_t_r is not None:
+        return {"t_r": float(fit_t_r), "t_r_source": "used by the fit's temporal filtering"}
+    values = [s.attrs.get("t_r") for s in parcel_signals]
+    known = sorted({float(f"{float(v):.6g}") for v in values if v is not None})  # float32 headers
+    if len(known) == 1 and None not in values:
+        return {"t_r": known[0], "t_r_source": "the runs' headers"}
+    if len(known) > 1:
+        return {
+            "t_r": None,
+            "t_r_source": f"the runs differ: {', '.join(f'{v:g} s' for v in known)}",
+        }
+    return {"t_r": None, "t_r_source": "not in the runs' headers (pass t_r to record it)"}
 
 
 def _describe_inputs(imgs: Any) -> list[str]:

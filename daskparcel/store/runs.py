@@ -295,7 +295,10 @@ def to_nifti(
 
     Memory is one dask chunk of volumes at a time: NIfTI stores volumes one after the other (Fortran order),
     so each computed block is appended to the file as it comes. The header kept at ``convert`` time is reused
-    (dims, pixdim, units, qform/sform), with the data type set to float32 and scaling removed.
+    (dims, pixdim, units, qform/sform), with the data type set to float32 and scaling removed. Without one
+    (e.g. ``inverse_transform``'s images), the voxel size comes from the affine and the time step from the
+    ``t_r`` attribute, in mm and seconds; with no ``t_r`` the time unit is left unknown rather than claiming
+    1 s.
 
     Parameters
     ----------
@@ -327,7 +330,8 @@ def to_nifti(
         zooms = [float(z) for z in hdr.get_zooms()]
     else:
         zooms = [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
-        zooms.append(float(attrs.get("t_r") or 1.0))
+        t_r = attrs.get("t_r")
+        zooms.append(float(t_r) if t_r else 1.0)
     out_dtype = np.dtype(array.dtype) if np.dtype(array.dtype).kind in "iu" else np.dtype("<f4")
     hdr.set_data_dtype(out_dtype)
     hdr.set_data_shape(array.shape)
@@ -339,7 +343,8 @@ def to_nifti(
         hdr["pixdim"] = restored
     hdr.set_slope_inter(np.nan, np.nan)
     if header is None:
-        hdr.set_xyzt_units("mm", "sec")
+        # no TR known: a time step of 1 with no unit, which readers (and daskparcel) take as "TR unknown"
+        hdr.set_xyzt_units("mm", "sec" if t_r or len(array.shape) == 3 else "unknown")
         hdr.set_qform(affine, code=1)
         hdr.set_sform(affine, code=1)
     elif not np.allclose(hdr.get_best_affine(), affine, atol=1e-5):

@@ -80,10 +80,10 @@ def resample_mask(
         return np.asarray(mask, dtype=bool)
     from nilearn.image import resample_img
 
+    difference = float(np.abs(img_affine - np.asarray(affine, dtype=np.float64)).max())
     warnings.warn(
-        f"mask_img {source} is on another grid (shape {mask.shape}, affine\n{img_affine}) than the "
-        f"data (shape {shape3}, affine\n{affine}): it is resampled to the data grid with "
-        "nearest-neighbour interpolation",
+        f"mask_img {source} is on another grid (shape {mask.shape}, the data's {tuple(shape3)}; largest "
+        f"affine difference {difference:.3g}): it is resampled to the data grid (nearest neighbour)",
         UserWarning,
         stacklevel=2,
     )
