@@ -11,10 +11,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import real_scan
 
 import daskparcel as dp
 from daskparcel import Parcellations
-from tests.conftest import real_scan
 
 
 def header_t_r(path: Path) -> tuple[float, str]:

@@ -249,10 +249,10 @@ def test_not_a_fit_folder(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a daskparcel fit folder"):
         render_report(tmp_path / "absent")
     (tmp_path / "fit.json").write_text("{not json")
-    with pytest.raises(InputError, match=r"fit\.json: unreadable fit record"):
+    with pytest.raises(InputError, match=r"fit\.json: cannot be read as JSON"):
         write_report(tmp_path)
     (tmp_path / "fit.json").write_text("[1, 2]")
-    with pytest.raises(InputError, match="not a fit record"):
+    with pytest.raises(InputError, match="expected a JSON object"):
         write_report(tmp_path)
     assert not (tmp_path / "report.html").exists()
 
