@@ -235,7 +235,7 @@ def test_fit_without_a_terminal_prints_one_timed_line_per_step(tmp_path):
     for step in ("estimator INFO: mask", "estimator INFO: signals", "estimator INFO: reduction",
                  "estimator INFO: clustering", " INFO: outputs"):  # fmt: skip
         assert re.search(rf"daskparcel\.?{step}: \d+\.\d s", proc.stderr), proc.stderr
-    assert "ward: clustering 1800 voxels into 20 parcels" in proc.stderr
+    assert re.search(r"ward: clustering \d+ voxels into 20 parcels", proc.stderr), proc.stderr
 
 
 @pytest.mark.parametrize(("verbose", "levels"), [(0, set()), (1, {"INFO"}), (2, {"INFO", "DEBUG"})])

@@ -81,7 +81,7 @@ def test_exactly_k_when_a_coarse_cluster_is_smaller_than_its_share(caplog):
     x = np.concatenate(
         [np.repeat(rng.standard_normal((3, 4)), 3, axis=0), rng.standard_normal((3, 4))]
     )
-    with caplog.at_level(logging.INFO, logger="daskparcel.clustering.kmeans"):
+    with caplog.at_level(logging.INFO, logger="daskparcel.clustering"):
         labels = hierarchical_kmeans(x, 12)
     assert np.unique(labels).size == 12
     assert "re-seeded" in caplog.text
