@@ -68,40 +68,12 @@ def _run_dataset(data: Any) -> xr.Dataset:
 
 def _header(ds: xr.Dataset) -> nib.Nifti1Header:
     """The run's NIfTI header for float32 data of its shape, scaling removed (as ``to_nifti`` writes it)."""
-    attrs = ds.attrs
-    affine = np.asarray(attrs["affine"], dtype=float)
-    shape = ds["bold"].shape
-    if "nifti_header" in attrs:
-        from daskparcel.store.runs import header_from_attrs
+    from daskparcel.store.runs import header_from_attrs, nifti_header
 
-        source = header_from_attrs(attrs)
-        hdr = source.copy()
-        if hdr.endianness != "<":
-            hdr = hdr.as_byteswapped("<")
-        zooms = [float(z) for z in source.get_zooms()][:4]
-        pixdim = source["pixdim"].copy()
-    else:
-        source = None
-        hdr = nib.Nifti1Header()
-        zooms = [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
-        zooms.append(float(attrs.get("t_r") or 1.0))
-    hdr.set_data_dtype(np.float32)
-    hdr.set_data_shape(shape)
-    hdr.set_zooms(tuple((zooms + [1.0] * 4)[:4]))
-    if source is not None:  # the unused pixdim slots as the source had them
-        restored = hdr["pixdim"].copy()
-        restored[5:] = pixdim[5:]
-        hdr["pixdim"] = restored
-    hdr.set_slope_inter(np.nan, np.nan)
-    if source is None:
-        hdr.set_xyzt_units("mm", "sec")
-        hdr.set_qform(affine, code=1)
-        hdr.set_sform(affine, code=1)
-    elif not np.allclose(hdr.get_best_affine(), affine, atol=1e-5):
-        hdr.set_qform(affine, code=int(hdr["qform_code"]) or 1)
-        hdr.set_sform(affine, code=int(hdr["sform_code"]) or 1)
-    hdr["vox_offset"] = 352
-    return hdr
+    attrs = ds.attrs
+    source = header_from_attrs(attrs) if "nifti_header" in attrs else None
+    affine = np.asarray(attrs["affine"], dtype=float)
+    return nifti_header(attrs, ds["bold"].shape, np.float32, affine, source)
 
 
 def to_nifti_zarr(

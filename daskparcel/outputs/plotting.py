@@ -495,17 +495,6 @@ def figure_to_png_bytes(fig: Any, *, dpi: int = 100) -> bytes:
 
 
 def figure_to_data_uri(fig: Any, *, dpi: int = 100) -> str:
-    """A ``data:image/png;base64,...`` URI of the figure, for ``<img src=...>`` in HTML.
-
-    Parameters
-    ----------
-    fig : matplotlib.figure.Figure or nilearn display
-    dpi : int
-        Resolution.
-
-    Returns
-    -------
-    str
-    """
+    """The PNG of :func:`figure_to_png_bytes` as a ``data:image/png;base64,...`` URI, for ``<img src=...>``."""
     encoded = base64.b64encode(figure_to_png_bytes(fig, dpi=dpi)).decode("ascii")
     return f"data:image/png;base64,{encoded}"

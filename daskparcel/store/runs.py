@@ -284,6 +284,47 @@ def header_from_attrs(attrs: Mapping[str, Any]) -> nib.Nifti1Header:
     return cls(binaryblock=block[: cls.template_dtype.itemsize])
 
 
+def nifti_header(
+    attrs: Mapping[str, Any],
+    shape: tuple[int, ...],
+    dtype: Any,
+    affine: np.ndarray,
+    header: nib.Nifti1Header | None = None,
+) -> nib.Nifti1Header:
+    """The NIfTI header of an export: ``header`` (the one kept at convert time) when given, with the data
+    type, shape and affine set and scaling removed; else a new one in mm and seconds with the voxel sizes of
+    ``affine`` and the TR of ``attrs`` (the time unit left unknown rather than claiming 1 s when there is no
+    TR). Used by :func:`to_nifti` and the NIfTI-Zarr export."""
+    array_shape = tuple(int(s) for s in shape)
+    hdr = nib.Nifti1Header() if header is None else header.copy()
+    if hdr.endianness != "<":
+        hdr = hdr.as_byteswapped("<")
+    t_r = attrs.get("t_r")
+    if header is not None:
+        zooms = [float(z) for z in hdr.get_zooms()]
+    else:
+        zooms = [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
+        zooms.append(float(t_r) if t_r else 1.0)
+    hdr.set_data_dtype(dtype)
+    hdr.set_data_shape(array_shape)
+    zooms = (zooms + [1.0] * len(array_shape))[: len(array_shape)]
+    hdr.set_zooms(tuple(zooms))
+    if header is not None:  # keep the unused pixdim slots as the source had them
+        restored = hdr["pixdim"].copy()
+        restored[len(array_shape) + 1 :] = header["pixdim"][len(array_shape) + 1 :]
+        hdr["pixdim"] = restored
+    hdr.set_slope_inter(np.nan, np.nan)
+    if header is None:
+        hdr.set_xyzt_units("mm", "sec" if t_r or len(array_shape) == 3 else "unknown")
+        hdr.set_qform(affine, code=1)
+        hdr.set_sform(affine, code=1)
+    elif not np.allclose(hdr.get_best_affine(), affine, atol=1e-5):
+        hdr.set_qform(affine, code=int(hdr["qform_code"]) or 1)
+        hdr.set_sform(affine, code=int(hdr["sform_code"]) or 1)
+    hdr["vox_offset"] = 352
+    return hdr
+
+
 def to_nifti(
     data: xr.Dataset | xr.DataArray,
     path: str | os.PathLike[str],
@@ -323,34 +364,8 @@ def to_nifti(
         affine = np.asarray(attrs["affine"], dtype=float)
     if header is None and "nifti_header" in attrs:
         header = header_from_attrs(attrs)
-    hdr = nib.Nifti1Header() if header is None else header.copy()
-    if hdr.endianness != "<":
-        hdr = hdr.as_byteswapped("<")
-    if header is not None:
-        zooms = [float(z) for z in hdr.get_zooms()]
-    else:
-        zooms = [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
-        t_r = attrs.get("t_r")
-        zooms.append(float(t_r) if t_r else 1.0)
     out_dtype = np.dtype(array.dtype) if np.dtype(array.dtype).kind in "iu" else np.dtype("<f4")
-    hdr.set_data_dtype(out_dtype)
-    hdr.set_data_shape(array.shape)
-    zooms = (zooms + [1.0] * len(array.shape))[: len(array.shape)]
-    hdr.set_zooms(tuple(zooms))
-    if header is not None:  # keep the unused pixdim slots as the source had them
-        restored = hdr["pixdim"].copy()
-        restored[len(array.shape) + 1 :] = header["pixdim"][len(array.shape) + 1 :]
-        hdr["pixdim"] = restored
-    hdr.set_slope_inter(np.nan, np.nan)
-    if header is None:
-        # no TR known: a time step of 1 with no unit, which readers (and daskparcel) take as "TR unknown"
-        hdr.set_xyzt_units("mm", "sec" if t_r or len(array.shape) == 3 else "unknown")
-        hdr.set_qform(affine, code=1)
-        hdr.set_sform(affine, code=1)
-    elif not np.allclose(hdr.get_best_affine(), affine, atol=1e-5):
-        hdr.set_qform(affine, code=int(hdr["qform_code"]) or 1)
-        hdr.set_sform(affine, code=int(hdr["sform_code"]) or 1)
-    hdr["vox_offset"] = 352
+    hdr = nifti_header(attrs, array.shape, out_dtype, affine, header)
 
     tmp = path.with_name(path.name + ".partial")
     values = array.data
