@@ -116,12 +116,7 @@ def render_report(out_dir: str | os.PathLike[str]) -> str:
     Returns
     -------
     str
-        A complete HTML5 document with its CSS and figures inline.
-
-    Raises
-    ------
-    InputError
-        ``out_dir`` is not a fit folder (no ``fit.json``) or its ``fit.json`` cannot be read.
+        A complete HTML5 document with its CSS and figures inline (errors as :func:`write_report`'s).
     """
     folder = Path(out_dir)
     doc = load_fit_json(folder)
