@@ -416,3 +416,18 @@ def test_cli_fit_with_tangent_on_one_run_exits_2_and_writes_nothing(single_fit, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'tangent': one run" in err[0] and "give two runs" in err[0], err
     assert not out.exists() and not out.with_name("fit.partial").exists()
+
+
+def test_the_report_draws_the_group_connectomes(cohort_fit):
+    """A fit folder with connectomes: its report shows each group matrix (issue 22, item 2)."""
+    from daskparcel.outputs.report import render_report
+
+    _, out = cohort_fit
+    page = render_report(out)
+    kinds = sorted(
+        p.name.split("_stat-")[1][: -len("_relmat.tsv")] for p in out.glob("atlas-*_relmat.tsv")
+    )
+    assert kinds == ["correlation", "partialcorrelation", "tangent"]
+    for kind in kinds:
+        section = page.split(f"<h3>Group connectome ({kind})</h3>")[1].split("<h3>")[0]
+        assert '<img src="data:image/png;base64,' in section, section[:300]

@@ -153,7 +153,35 @@ class Figures:
                 "map of the per-voxel compression R squared",
             ),
         ]
+        parts += [self._connectome(path) for path in sorted(self.folder.glob("atlas-*_relmat.tsv"))]
         return "\n".join(parts)
+
+    def _connectome(self, path: Path) -> str:
+        """The group connectome of a fit folder's ``atlas-<label>_stat-<kind>_relmat.tsv`` (written with
+        ``--connectome``), as a matrix ordered by parcel."""
+        import matplotlib.pyplot as plt
+        import pandas as pd
+        from nilearn.plotting import plot_matrix
+
+        kind = path.name.split("_stat-")[-1].removesuffix("_relmat.tsv")
+
+        def draw() -> Any:
+            matrix = pd.read_csv(path, sep="\t").to_numpy(dtype=float)
+            limit = float(np.nanmax(np.abs(matrix - np.diag(np.diag(matrix))))) or 1.0
+            fig, ax = plt.subplots(figsize=(5.5, 4.5))
+            plot_matrix(matrix, axes=ax, vmin=-limit, vmax=limit, colorbar=True, title=None)
+            ax.set_title(f"group {kind} connectome ({matrix.shape[0]} parcels)")
+            return fig
+
+        return self._figure(
+            f"Group connectome ({kind})",
+            (),
+            draw,
+            f"The group summary of the runs' {kind} connectomes ({path.name}): nilearn's "
+            "ConnectivityMeasure mean (tangent: the geometric mean), parcels in label order; the colour "
+            "scale is symmetric around 0 and set by the off-diagonal values.",
+            f"group {kind} connectome matrix",
+        )
 
 
 def _size_histogram(labels_img: Any, method: str) -> Any:
