@@ -7,6 +7,7 @@ Every subcommand exits 0 on success and 2 on bad input, with a one-line error on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -224,17 +225,21 @@ def _fit(args: argparse.Namespace) -> int:
     from daskparcel.jobs import check_writable, estimator_kwargs
     from daskparcel.outputs.record import summary_line
     from daskparcel.outputs.results import write_fit_outputs
+    from daskparcel.runtime.connect import performance_report, performance_report_path
 
     out = _check_out(args.out, overwrite=args.overwrite)
     if args.store is not None:
         check_writable(args.store, "--store")
     kinds = _connectome_kinds(args)
+    where = _where(args)
+    report = performance_report_path(args.performance_report, where, "--performance-report")
     est = Parcellations(
-        **estimator_kwargs(_parameters(args, "fit")), store=args.store, client=_where(args)
+        **estimator_kwargs(_parameters(args, "fit")), store=args.store, client=where
     )
     est._validate_params()
     imgs = _inputs(args)
-    with _progress(args):
+    with _progress(args), performance_report(report, where) as client:
+        est.set_params(client=client)
         est.fit(imgs, confounds=args.confounds_resolved)
         t0 = time.perf_counter()
         doc = write_fit_outputs(
@@ -271,6 +276,12 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_parameters(p, "fit")
     _add_where(p)
+    p.add_argument(
+        "--performance-report",
+        metavar="FILE.html",
+        help="save dask's performance report of the fit (task stream, worker profiles, bandwidth); needs "
+        "--scheduler or --cluster (a `kind: local` cluster file starts one on this machine)",
+    )
     _add_tables(p, transform=False)
 
 
@@ -466,7 +477,6 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _progress(args: argparse.Namespace) -> Any:
     """dask's progress bar on stderr for local runs (a distributed cluster has its dashboard)."""
-    import contextlib
 
     if getattr(args, "quiet", False) or not sys.stderr.isatty():
         return contextlib.nullcontext()

@@ -48,7 +48,9 @@ from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-TOP_KEYS = {"inputs", "convert", "parcellation", "output", "where", "connectomes"}
+TOP_KEYS = {
+    "inputs", "convert", "parcellation", "output", "where", "connectomes", "performance_report"
+}  # fmt: skip
 INPUT_KEYS = {"files", "bids", "confounds_columns"}
 BIDS_KEYS = {"root", "subject", "session", "task", "run", "space", "desc"}
 
@@ -301,6 +303,7 @@ class Job:
     where: Any
     raw: dict[str, Any] = field(repr=False)
     connectomes: list[str] = field(default_factory=list)
+    performance_report: Path | None = None
 
     @property
     def key(self) -> str:
@@ -410,9 +413,18 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     check_writable(output, f"{path}: output:")
     where = _check_where(raw.get("where"), base, path)
     from daskparcel.outputs.connectomes import check_kinds
+    from daskparcel.runtime.connect import performance_report_path
 
+    report = raw.get("performance_report")
+    if report is not None and not isinstance(report, str):
+        raise InputError(f"{path}: performance_report: {report!r} is not a file path (.html)")
     try:
         connectomes = check_kinds(raw.get("connectomes"), name="connectomes")
+        report_path = performance_report_path(
+            None if report is None else str(report if os.path.isabs(report) else base / report),
+            where,
+            "performance_report:",
+        )
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from exc
     return Job(
@@ -426,6 +438,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         where,
         raw,
         connectomes,
+        report_path,
     )
 
 
@@ -482,6 +495,7 @@ def run_job(path: str | os.PathLike[str]) -> int:
     from daskparcel.ingest.convert import convert
     from daskparcel.ingest.nifti import run_name
     from daskparcel.outputs.results import write_fit_outputs
+    from daskparcel.runtime.connect import performance_report
 
     job = load_job(path)
     runs: list[Any] = list(job.files)
@@ -522,10 +536,11 @@ def run_job(path: str | os.PathLike[str]) -> int:
             result = convert(paths, out / "cache" / "runs.zarr", names=names)
             logger.info("%s", result.summary())
             imgs = out / "cache" / "runs.zarr"
-        est = Parcellations(
-            **estimator_kwargs(job.parcellation), store=out / "cache", client=job.where
-        )
-        est.fit(imgs, confounds=confounds)
+        with performance_report(job.performance_report, job.where) as client:
+            est = Parcellations(
+                **estimator_kwargs(job.parcellation), store=out / "cache", client=client
+            )
+            est.fit(imgs, confounds=confounds)
         doc = write_fit_outputs(
             est,
             imgs,

@@ -250,3 +250,26 @@ def test_verbose_is_nilearns_through_logging(tmp_path, caplog, verbose, levels):
     assert {r.levelname for r in records} == levels
     steps = [r.getMessage().split(":")[0] for r in records if r.levelname == "INFO"]
     assert steps == (["mask", "signals", "reduction", "ward", "clustering"] if verbose else [])
+
+
+def test_fit_saves_dasks_performance_report(tmp_path):
+    """--performance-report FILE.html: the fit's task stream and worker profiles, from a cluster file."""
+    cluster = tmp_path / "local.yaml"
+    cluster.write_text(
+        "kind: local\nn_workers: 1\nthreads_per_worker: 2\nprocesses: false\nhost: 127.0.0.1\n"
+        'dashboard_address: ":0"\n'
+    )
+    report = tmp_path / "perf.html"
+    args = ["fit", str(real_scan("nitime1")), "--method", "ward", "--n-parcels", "10",
+            "--n-components", "5", "--mask-strategy", "background", "--out", str(tmp_path / "fit"),
+            "--quiet"]  # fmt: skip
+    # refused before any read without a distributed scheduler, or with another suffix
+    assert main([*args, "--performance-report", str(report)]) == 2
+    assert (
+        main([*args, "--cluster", str(cluster), "--performance-report", str(tmp_path / "p.txt")])
+        == 2
+    )
+    assert not (tmp_path / "fit").exists() and not report.exists()
+    assert main([*args, "--cluster", str(cluster), "--performance-report", str(report)]) == 0
+    page = report.read_text()
+    assert "Dask Performance Report" in page and "Task Stream" in page

@@ -218,3 +218,16 @@ def test_job_log_records_an_interruption(runs, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "job interrupted" in log.read_text()
+
+
+def test_job_saves_the_performance_report_it_asks_for(runs, tmp_path):
+    cluster = tmp_path / "local.yaml"
+    cluster.write_text(
+        "kind: local\nn_workers: 1\nthreads_per_worker: 2\nprocesses: false\nhost: 127.0.0.1\n"
+        'dashboard_address: ":0"\n'
+    )
+    with pytest.raises(InputError, match="performance report needs a distributed scheduler"):
+        load_job(_write_job(tmp_path, runs, performance_report="perf.html"))
+    job = _write_job(tmp_path, runs, performance_report="perf.html", where=str(cluster))
+    assert main(["run", str(job)]) == 0
+    assert "Dask Performance Report" in (tmp_path / "perf.html").read_text()

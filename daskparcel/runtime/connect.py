@@ -403,3 +403,35 @@ def connect(
     """
     with Runtime(where, timeout=timeout, dashboard=dashboard) as runtime:
         yield runtime.client
+
+
+def performance_report_path(path: str | None, where: Any, flag: str) -> Path | None:
+    """The performance report's file, checked before any data is read."""
+    if path is None:
+        return None
+    report = Path(path)
+    if report.suffix != ".html":
+        raise InputError(f"{flag} {path}: dask writes the report as HTML; give a .html file name")
+    if where is None:
+        raise InputError(
+            f"{flag}: dask's performance report needs a distributed scheduler; give --scheduler ADDRESS "
+            "or --cluster FILE (deploy/local/cluster.yaml starts one on this machine)"
+        )
+    parent = report.parent.resolve()
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise InputError(f"{flag} {path}: its folder {parent} does not exist or is not writable")
+    return report
+
+
+@contextmanager
+def performance_report(report: Path | None, where: Any) -> Iterator[Any]:
+    """Connect to ``where`` and record dask's performance report into ``report`` (when given) around the
+    block; yields what the estimator's ``client`` should be."""
+    if report is None:
+        yield where
+        return
+    import distributed
+
+    with connect(where) as client, distributed.performance_report(filename=str(report)):
+        yield client
+    logger.info("dask performance report written to %s", report)
