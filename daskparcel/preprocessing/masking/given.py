@@ -82,8 +82,8 @@ def resample_mask(
 
     difference = float(np.abs(img_affine - np.asarray(affine, dtype=np.float64)).max())
     warnings.warn(
-        f"mask_img {source} is on another grid (shape {mask.shape}, the data's {tuple(shape3)}; largest "
-        f"affine difference {difference:.3g}): it is resampled to the data grid (nearest neighbour)",
+        f"{'mask_img' if source == 'mask_img' else f'mask_img {source}'} is on another grid (shape {mask.shape}, the data's {tuple(shape3)}; largest affine "
+        f"difference {difference:.3g}): it is resampled to the data grid (nearest-neighbour interpolation)",
         UserWarning,
         stacklevel=2,
     )
