@@ -105,7 +105,8 @@ def scaling_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -
             print(f"  {name:<10} {mode:<6} {inp.name} {cores} core(s) {kind}", end=" ", flush=True)
             m = measure(
                 run.SCRIPT.with_name("scaling.py"), "fit_pinned",
-                {"imgs": list(inp.imgs), "config": cfg, "store": str(store), "cores": cores, "kind": kind},
+                {"imgs": inp.imgs if isinstance(inp.imgs, list) else [inp.imgs], "config": cfg,
+                 "store": str(store), "cores": cores, "kind": kind},
                 timeout_s=opts.timeout, kill_above=opts.kill_above,
             )  # fmt: skip
             shutil.rmtree(store, ignore_errors=True)
