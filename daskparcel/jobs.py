@@ -30,7 +30,6 @@ stores already complete in ``cache/``. Exit codes: 0 done (or already done), 2 b
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -43,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from daskparcel._checks import expand_glob
 from daskparcel.clustering import METHODS
 from daskparcel.errors import InputError
 
@@ -357,15 +357,10 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     files: list[Path] = []
     for item in _strings(inputs.get("files"), path, "inputs.files"):
         text = item if os.path.isabs(item) else str(base / item)
-        if glob.has_magic(text):
-            found = sorted(glob.glob(text))
-            if not found:
-                raise InputError(f"{path}: inputs.files: the glob {item!r} matches no file")
-            files.extend(Path(f) for f in found)
-        else:
-            if not Path(text).exists():
-                raise InputError(f"{path}: inputs.files: {item!r} does not exist ({text})")
-            files.append(Path(text))
+        found = expand_glob(text, source=f"{path}: inputs.files")
+        if len(found) == 1 and not found[0].exists():
+            raise InputError(f"{path}: inputs.files: {item!r} does not exist ({text})")
+        files.extend(found)
     bids = inputs.get("bids")
     if bids is not None:
         if isinstance(bids, str):

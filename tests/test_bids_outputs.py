@@ -67,6 +67,17 @@ def single_fit(tmp_path_factory):
     return est, out
 
 
+#: The fMRIPrep runs of the cohort fixture (one subject with sessions)
+COHORT_RUNS = [
+    "sub-01/ses-pre/func/sub-01_ses-pre_task-rest_run-1",
+    "sub-01/ses-pre/func/sub-01_ses-pre_task-rest_run-2",
+    "sub-02/func/sub-02_task-rest_run-1",
+    "sub-02/func/sub-02_task-rest_run-2",
+    "sub-03/func/sub-03_task-rest_run-1",
+    "sub-03/func/sub-03_task-rest_run-2",
+]
+
+
 @pytest.fixture(scope="module")
 def cohort_fit(tmp_path_factory):
     """3 subjects x 2 runs in an fMRIPrep layout (one subject with sessions), fitted from the BIDS folder."""
@@ -74,14 +85,7 @@ def cohort_fit(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("cohort")
     paths, _ = datasets.write_synthetic_nifti(folder / "data", 6, 4, 24, n_parcels=12)
-    names = [
-        "sub-01/ses-pre/func/sub-01_ses-pre_task-rest_run-1",
-        "sub-01/ses-pre/func/sub-01_ses-pre_task-rest_run-2",
-        "sub-02/func/sub-02_task-rest_run-1",
-        "sub-02/func/sub-02_task-rest_run-2",
-        "sub-03/func/sub-03_task-rest_run-1",
-        "sub-03/func/sub-03_task-rest_run-2",
-    ]
+    names = COHORT_RUNS
     root = folder / "fmriprep"
     for path, name in zip(paths, names, strict=True):
         target = root / f"{name}_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"
@@ -165,14 +169,7 @@ def test_cohort_from_bids_input_is_valid_with_entities_and_connectomes(cohort_fi
         assert (
             out / f"sub-{sub}" / "anat" / f"sub-{sub}_{space}_atlas-{label}_dseg.nii.gz"
         ).exists()
-    prefixes = [
-        "sub-01/ses-pre/func/sub-01_ses-pre_task-rest_run-1",
-        "sub-01/ses-pre/func/sub-01_ses-pre_task-rest_run-2",
-        "sub-02/func/sub-02_task-rest_run-1",
-        "sub-02/func/sub-02_task-rest_run-2",
-        "sub-03/func/sub-03_task-rest_run-1",
-        "sub-03/func/sub-03_task-rest_run-2",
-    ]
+    prefixes = COHORT_RUNS
     series = [
         _float32_series(out / f"{p}_{space}_atlas-{label}_stat-mean_timeseries.tsv")
         for p in prefixes

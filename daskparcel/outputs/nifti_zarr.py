@@ -220,11 +220,9 @@ def convert_to_nifti_zarr(
 
     Returns the summary line printed by the command.
     """
-    import glob
+    from daskparcel._checks import expand_glob
 
-    paths = [
-        p for item in inputs for p in (sorted(glob.glob(item)) if glob.has_magic(item) else [item])
-    ]
+    paths = [str(p) for item in inputs for p in expand_glob(item, source="--format nifti-zarr")]
     if len(paths) != 1:
         raise InputError(
             f"--format nifti-zarr: {len(paths)} inputs; a NIfTI-Zarr image holds one run, convert them one by one"
