@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
+
+SCATTER_BYTES = (
+    2**20
+)  # arrays above this size are scattered to a distributed cluster, not put in graphs
 
 
 def tree_reduce(parts: Sequence[Any], combine: Callable[..., Any], split_every: int = 8) -> Any:
@@ -45,3 +50,40 @@ def gather_rows(tall: da.Array) -> np.ndarray:
     """
     blocks = dask.compute(*tall.rechunk({1: -1}).to_delayed().ravel())
     return np.concatenate([np.asarray(b) for b in blocks], axis=0)
+
+
+def _distributed_client() -> Any:
+    """The distributed client dask computes on now, or None (a local scheduler)."""
+    scheduler = dask.base.get_scheduler()  # a distributed client's ``get`` where dask.compute goes to one
+    client = getattr(scheduler, "__self__", None)
+    return client if type(client).__name__ == "Client" else None
+
+
+def shared(value: Any, *, name: str | None = None) -> Any:
+    """``value`` (an array that the tasks of one or several graphs read) as one node of dask graphs.
+
+    Computed on a distributed cluster, the value is scattered to the workers once and the graphs refer to it
+    by its key: they stay small (distributed warns "Sending large graph" above 10 MB, and ships the graph
+    through the scheduler) and no copy travels with each graph. On the local schedulers it is a delayed.
+    """
+    client = _distributed_client()
+    if client is not None and getattr(value, "nbytes", 0) > SCATTER_BYTES:
+        return client.scatter(value, hash=True)
+    return dask.delayed(value, pure=True, name=name)
+
+
+def from_numpy(arr: np.ndarray, chunks: Any = "auto") -> da.Array:
+    """``da.from_array(arr, chunks)``, whose blocks, on a distributed cluster, are scattered to the workers
+    rather than shipped inside every graph that uses them (see :func:`shared`)."""
+    x = da.from_array(arr, chunks=chunks)
+    client = _distributed_client()
+    if client is None or arr.nbytes <= SCATTER_BYTES or any(len(c) > 1 for c in x.chunks[1:]):
+        return x
+    bounds = np.cumsum((0, *x.chunks[0]))
+    pieces = [arr[a:b] for a, b in itertools.pairwise(bounds)]
+    futures = client.scatter(pieces, hash=True)
+    blocks = [
+        da.from_delayed(dask.delayed(f), shape=p.shape, dtype=arr.dtype)
+        for f, p in zip(futures, pieces, strict=True)
+    ]
+    return da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]

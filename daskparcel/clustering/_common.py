@@ -9,6 +9,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from daskparcel._dask import from_numpy
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -29,9 +30,9 @@ def features_dask(features: Any) -> da.Array:
                 f"features: dtype {arr.dtype} is not numeric; pass a float array (voxel, component)"
             )
         if arr.ndim == 2:
-            x = da.from_array(arr, chunks=(default_rows(arr.shape), -1))
+            x = from_numpy(arr, chunks=(default_rows(arr.shape), -1))
         else:
-            x = da.from_array(arr)
+            x = from_numpy(arr)
     if x.ndim != 2:
         raise InputError(
             f"features: expected 2 dims (voxel, component), got shape {x.shape}; reshape or "

@@ -15,13 +15,14 @@ import logging
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
 from sklearn.cluster import MiniBatchKMeans
 
 from daskparcel import config
 from daskparcel._checks import check_int, check_n_clusters
+from daskparcel._dask import from_numpy
+from daskparcel._dask import shared as shared_value
 from daskparcel.clustering._blocks import finalize, raise_non_finite, reseed_empty
 from daskparcel.clustering._common import features_dask
 from daskparcel.clustering.kmeans import (
@@ -136,7 +137,7 @@ def _coarse_starts(
     (features above ``daskparcel.kmeans.in-memory-bytes``) streamed kmeans one start after the other."""
     limit = int(config.get("kmeans.in-memory-bytes"))
     if isinstance(x, np.ndarray) and x.nbytes <= limit:
-        shared = dask.delayed(x, pure=True)
+        shared = shared_value(x)
         runs = dask.compute(
             *[
                 dask.delayed(minibatch_in_memory, pure=True)(
@@ -234,7 +235,7 @@ def hierarchical_kmeans(
         mbk_n_init=mbk_n_init,
         max_no_improvement=max_no_improvement,
     )
-    shared = dask.delayed(data, pure=True) if isinstance(data, np.ndarray) else None
+    shared = shared_value(data) if isinstance(data, np.ndarray) else None
     plans = []
     tasks: list[Any] = []
     for seed, coarse in zip(seeds, coarse_starts, strict=True):
@@ -276,7 +277,7 @@ def hierarchical_kmeans(
         labelings.append(labels)
     inertias = None
     if signals is None and len(labelings) > 1:
-        features_d = da.from_array(data) if isinstance(data, np.ndarray) else x
+        features_d = from_numpy(data) if isinstance(data, np.ndarray) else x
         inertias = [finalize(features_d, labels, k)["inertia"] for labels in labelings]
     return labelings[select_start(labelings, signals, inertias=inertias)]
 

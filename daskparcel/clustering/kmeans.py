@@ -34,6 +34,8 @@ from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
 
 from daskparcel import config
 from daskparcel._checks import check_int, check_n_clusters
+from daskparcel._dask import from_numpy
+from daskparcel._dask import shared as shared_value
 from daskparcel.clustering._blocks import (
     assign,
     delayed_blocks,
@@ -403,7 +405,7 @@ def kmeans(
             arr = np.asarray(x.compute())
             if not np.isfinite(arr).all():
                 raise_non_finite("")
-            shared = dask.delayed(arr, pure=True)  # one copy of the features for every start
+            shared = shared_value(arr)  # one copy of the features for every start
             runs = dask.compute(
                 *[
                     dask.delayed(minibatch_in_memory, pure=True)(
@@ -421,7 +423,7 @@ def kmeans(
                     for seed in seeds
                 ]
             )
-            x = da.from_array(arr, chunks=(default_rows(arr.shape), -1))
+            x = from_numpy(arr, chunks=(default_rows(arr.shape), -1))
         else:
             logger.debug(
                 "minibatch kmeans streamed over %d chunks (%d bytes > %d)",

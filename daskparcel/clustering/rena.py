@@ -43,6 +43,7 @@ import numpy as np
 from scipy.sparse import coo_matrix, csgraph, dia_matrix
 
 from daskparcel._checks import check_n_clusters
+from daskparcel._dask import shared as shared_value
 from daskparcel.clustering.agglomerative import allocate
 from daskparcel.clustering.connectivity import grid_edges
 from daskparcel.errors import InputError
@@ -279,7 +280,7 @@ def _rena_connected(
         ids = np.flatnonzero(home == b)
         if isinstance(x, np.ndarray):
             piece = x if len(ids) == n_vox else x[ids]
-            blocks.append(dask.delayed(piece, name=f"rena-block-{b}-{dask.base.tokenize(piece)}"))
+            blocks.append(shared_value(piece, name=f"rena-block-{b}-{dask.base.tokenize(piece)}"))
         else:
             blocks.append(x if len(ids) == n_vox else x[ids])
     if isinstance(x, np.ndarray):

@@ -11,6 +11,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from daskparcel._dask import from_numpy
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def weigh_components(features: Any, signals: xr.DataArray) -> Any:
         if isinstance(features, xr.DataArray)
         else features
     )
-    u = u_any if isinstance(u_any, da.Array) else da.from_array(np.asarray(u_any))
+    u = u_any if isinstance(u_any, da.Array) else from_numpy(np.asarray(u_any))
     if u.ndim != 2 or u.shape[0] != signals.sizes["voxel"]:
         raise InputError(
             f"features: shape {u.shape} for signals of {signals.sizes['voxel']} voxels; pass the "
@@ -69,7 +70,7 @@ def weigh_components(features: Any, signals: xr.DataArray) -> Any:
         )
     x = signals.transpose("voxel", "time").data
     if not isinstance(x, da.Array):
-        x = da.from_array(np.asarray(x), chunks=(u.chunks[0], -1))
+        x = from_numpy(np.asarray(x), chunks=(u.chunks[0], -1))
     u64 = u.astype(np.float64).rechunk({0: x.chunks[0], 1: -1})
     projected = u64.T @ x.astype(np.float64)  # (component, time), one task row per time block
     gram, sums = dask.compute(projected @ projected.T, projected.sum(axis=1))
