@@ -9,6 +9,8 @@ Usage::
     python benchmarks/run.py --suite workers         # 10 subjects, kmeans 50: local default, 1 and 2 workers
     python benchmarks/run.py --suite scaling         # 1, 2, 4, 8, 16 pinned cores: threads and processes,
                                                      # per step speed-up and efficiency, weak scaling
+    python benchmarks/run.py --suite slurm           # 10 subjects, kmeans 50: local default vs 2 SLURM jobs x 1 core
+                                                     # (needs a running SLURM: ../shared/slurm/start.sh)
     python benchmarks/run.py --suite outofcore --lazy --share-store
                                                      # the same, lazy (no NIfTI: 40 x 1 GB .nii.gz need disk)
     python benchmarks/run.py --suite all --quick     # every suite, small, to check the plumbing
@@ -1028,7 +1030,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--suite",
-        choices=["seed", "scale", "outofcore", "io", "workers", "scaling", "all"],
+        choices=["seed", "scale", "outofcore", "io", "workers", "scaling", "slurm", "all"],
         required=True,
     )
     parser.add_argument("--quick", action="store_true", help="small inputs, to check the plumbing")
@@ -1093,6 +1095,13 @@ def main(argv: list[str] | None = None) -> None:
             import scaling
 
             scaling.scaling_suite(
+                sys.modules[__name__], opts, args.configs or ["kmeans50"],
+                args.subjects[0] if args.subjects else None,
+            )  # fmt: skip
+        elif suite == "slurm":
+            import slurm
+
+            slurm.slurm_suite(
                 sys.modules[__name__], opts, args.configs or ["kmeans50"],
                 args.subjects[0] if args.subjects else None,
             )  # fmt: skip

@@ -216,6 +216,13 @@ def _inputs(args: argparse.Namespace) -> list[Any]:
 def _where(args: argparse.Namespace) -> Any:
     if args.scheduler and args.cluster:
         raise InputError("--scheduler and --cluster: give one of them")
+    if (
+        args.cluster
+    ):  # its keys, then whether this site's scheduler can run it (sinfo): before any input
+        from daskparcel.runtime import load_cluster_config
+        from daskparcel.runtime.site import check_site
+
+        check_site(load_cluster_config(args.cluster))
     return args.scheduler or args.cluster
 
 

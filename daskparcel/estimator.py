@@ -252,7 +252,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         self
         """
         from daskparcel.reduction import reduce_runs
-        from daskparcel.runtime import connect
+        from daskparcel.runtime import connect, workers
 
         self._validate_params()
         timings: dict[str, float] = {}
@@ -265,7 +265,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
             affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
             params = self._clean_params(runs)
             cache = Path(self.store) if self.store is not None else default_cache_dir()
-            with connect(self.client), verbosity(self.verbose):
+            since = workers.now()  # workers_: the workers of this fit, also those lost on the way
+            with connect(self.client) as client, verbosity(self.verbose):
                 with step("mask", logger) as notes:
                     mask = run_mask(
                         runs, affine, cache, mask=self.mask, strategy=self.mask_strategy,
@@ -293,6 +294,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
                 )
                 with step("clustering", logger):
                     labels = self._cluster(features, mask, store)
+                self.workers_ = workers.workers_seen(client, since)
         self._set_fitted(labels, mask, affine, features, store, runs, timings)
         return self
 

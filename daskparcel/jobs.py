@@ -490,9 +490,16 @@ def run_job(path: str | os.PathLike[str]) -> int:
     from daskparcel.ingest.convert import convert
     from daskparcel.ingest.nifti import run_name
     from daskparcel.outputs.results import write_fit_outputs
+    from daskparcel.runtime import load_cluster_config
     from daskparcel.runtime.connect import performance_report
 
     job = load_job(path)
+    if (
+        isinstance(job.where, str) and Path(job.where).is_file()
+    ):  # before converting: sinfo, no data read
+        from daskparcel.runtime.site import check_site
+
+        check_site(load_cluster_config(job.where))
     runs: list[Any] = list(job.files)
     confounds = None
     if job.bids is not None:

@@ -138,6 +138,10 @@ class FitRecord:
     command: dict[str, Any] = field(default_factory=dict)
     #: The input files: ``[{"path": absolute path, "sha256": hex or None, "bytes": int or None}]``.
     input_files: list[dict[str, Any]] = field(default_factory=list)
+    #: Where it ran: ``{"client": {"host", "pid", "slurm_job_id"?}, "workers": [{"name", "address", "host", "pid",
+    #: "threads", "slurm_job_id"?, "left"?}]}``: every dask worker the fit had (none on the local threaded
+    #: scheduler; see :mod:`daskparcel.runtime.workers`).
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

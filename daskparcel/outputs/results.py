@@ -150,6 +150,7 @@ def write_fit_outputs(
     from daskparcel.metrics import compression_r2, contiguity, homogeneity, parcel_sizes, r2_map
     from daskparcel.outputs.connectomes import check_kinds
     from daskparcel.parcels import parcel_means
+    from daskparcel.runtime.workers import client_identity
 
     out = check_out_dir(out, overwrite=overwrite)
     est._check_fitted()
@@ -255,6 +256,7 @@ def write_fit_outputs(
                 "nan_r2_voxels": int(table["nan_r2_voxels"].sum()),
             },
             command=command_record(argv, job),
+            runtime={"client": client_identity(), "workers": list(getattr(est, "workers_", []))},
             input_files=describe_input_files(
                 [*(imgs if isinstance(imgs, list | tuple) else [imgs]), *_mask_file(est)]
             ),

@@ -86,6 +86,28 @@ def _memory_limit(key: str, value: Any) -> str | None:
 _WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 
 
+def walltime_seconds(text: str) -> float | None:
+    """SLURM's time formats (``infinite``, ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in seconds."""
+    text = text.strip()
+    if text in ("infinite", "UNLIMITED", "n/a", ""):
+        return None
+    days = 0
+    if "-" in text:
+        head, text = text.split("-", 1)
+        days = int(head)
+        parts = [int(p) for p in text.split(":")] + [0] * (3 - len(text.split(":")))
+        hours, minutes, seconds = parts[:3]
+    else:
+        parts = [int(p) for p in text.split(":")]
+        if len(parts) == 1:
+            hours, minutes, seconds = 0, parts[0], 0
+        elif len(parts) == 2:
+            hours, minutes, seconds = 0, parts[0], parts[1]
+        else:
+            hours, minutes, seconds = parts[:3]
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
 def _walltime(key: str, value: Any) -> str | None:
     if isinstance(value, str) and _WALLTIME.match(value):
         return None
@@ -452,13 +474,19 @@ def make_cluster(config: ClusterConfig | Mapping[str, Any] | str | os.PathLike[s
             )
         if config.adapt is not None or config.scale is not None:
             options.setdefault("n_workers", 0)
+    adapt = config.adapt
+    if config.kind in _JOB_CLASSES:
+        options = _retire_before_walltime(options)
+        if config.scale is not None and adapt is None:
+            # a fixed scale never replaces a job that ends (scancel, walltime, node failure); adapt does
+            adapt = (config.scale, config.scale)
     logger.info("starting a %s cluster from %s", config.kind, config.source)
     logger.debug("%s(%s)", attr, options)
     cluster = cls(**options)
     try:
-        if config.adapt is not None:
-            cluster.adapt(minimum=config.adapt[0], maximum=config.adapt[1])
-            logger.info("adaptive scaling: %d to %d workers", *config.adapt)
+        if adapt is not None:
+            cluster.adapt(minimum=adapt[0], maximum=adapt[1])
+            logger.info("adaptive scaling: %d to %d workers", *adapt)
         elif config.scale is not None:
             cluster.scale(config.scale)
             logger.info("asked for %d workers", config.scale)
@@ -466,6 +494,44 @@ def make_cluster(config: ClusterConfig | Mapping[str, Any] | str | os.PathLike[s
         cluster.close()
         raise
     return cluster
+
+
+def _retire_before_walltime(options: dict[str, Any], *, log: bool = True) -> dict[str, Any]:
+    """Worker jobs with a walltime retire before it (``--lifetime``, staggered), as dask-jobqueue advises.
+
+    A worker that retires hands its results to the others and its job ends; adapt then submits a new job.
+    A job that SLURM or PBS kills at its walltime loses what its worker held, and dask-jobqueue's adapt was
+    seen not to replace such jobs (dask/dask-jobqueue#611; here on the second round of a 1-minute walltime).
+    The margin is a quarter of the walltime, at least a minute (half of a walltime under 2 minutes: the
+    worker's start-up in its job counts against the walltime, not against its lifetime) and at most 5 minutes;
+    the stagger a tenth, at most 4 minutes. A ``--lifetime`` given in ``worker_extra_args`` is kept as it is.
+    """
+    walltime = options.get("walltime")
+    extra = list(options.get("worker_extra_args") or [])
+    seconds = walltime_seconds(str(walltime)) if walltime is not None else None
+    if not seconds or any(a.startswith("--lifetime") for a in extra):
+        return options
+    margin = min(
+        300.0, max(seconds / 4, min(60.0, seconds / 2))
+    )  # a worker's start-up counts against it
+    stagger = min(240.0, seconds / 10)
+    lifetime = f"{int(seconds - margin)}s"
+    (logger.info if log else logger.debug)(
+        "worker jobs retire after %s (walltime %s, stagger %ds): adapt replaces them",
+        lifetime,
+        walltime,
+        stagger,
+    )
+    return {
+        **options,
+        "worker_extra_args": [
+            *extra,
+            "--lifetime",
+            lifetime,
+            "--lifetime-stagger",
+            f"{int(stagger)}s",
+        ],
+    }
 
 
 def job_script(
@@ -496,7 +562,8 @@ def job_script(
             "job scripts exist for kind slurm and pbs"
         )
     job_cls = _import_backend(config.kind, *_JOB_CLASSES[config.kind])
-    kwargs = {k: v for k, v in config.options.items() if k not in _JOBQUEUE_CLUSTER_ONLY}
+    options = _retire_before_walltime(config.options, log=False)  # the script make_cluster submits
+    kwargs = {k: v for k, v in options.items() if k not in _JOBQUEUE_CLUSTER_ONLY}
     return str(job_cls(scheduler_address, name="dummy-name", **kwargs).job_script())
 
 

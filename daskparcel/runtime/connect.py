@@ -63,6 +63,7 @@ from daskparcel.runtime.clusters import (
     load_cluster_config,
     make_cluster,
 )
+from daskparcel.runtime.site import check_site
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +269,7 @@ class Runtime:
                 "(tcp://host:8786), a cluster YAML file or its content as a dict"
             )
         check_backend(self._config.kind)  # fail now if the extra is missing
+        check_site(self._config)  # and if the site's scheduler cannot run its jobs (sinfo)
         return "cluster"
 
     def __repr__(self) -> str:
@@ -339,6 +341,9 @@ class Runtime:
             )
             stack.callback(self.client.close)
         stack.enter_context(self.client.as_current())
+        from daskparcel.runtime.workers import register
+
+        register(self.client)  # every worker, now and later, logs who it is (fit.json's runtime)
         self.dashboard_link = self.client.dashboard_link
         self._report()
 

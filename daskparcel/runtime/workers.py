@@ -1,0 +1,127 @@
+"""Which workers ran a fit: every worker that joined the cluster says who it is, in the scheduler's event log.
+
+A worker plugin, registered when a distributed client is entered (:class:`~daskparcel.runtime.Runtime`), runs
+on every worker there is and on every worker that joins later (a SLURM job resubmitted after a ``scancel``
+or a walltime, an adaptive cluster growing). It logs the worker's name, host, pid and batch job id
+(``SLURM_JOB_ID``, ``PBS_JOBID``) as a scheduler event; :func:`workers_seen` reads the events back, so a
+fit records all the workers it had, not only those alive at its end. The record is ``fit.json``'s
+``runtime.workers`` and the estimator's ``workers_``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+logger = logging.getLogger(__name__)
+
+TOPIC = "daskparcel-workers"
+_JOB_VARIABLES = {"slurm_job_id": "SLURM_JOB_ID", "pbs_job_id": "PBS_JOBID"}
+
+
+class IdentifyWorkers(WorkerPlugin):
+    """Logs, on the scheduler, who each worker is (see the module's docstring)."""
+
+    name = "daskparcel-identify-workers"
+    idempotent = True  # registered by every client we enter: once is enough
+
+    def setup(self, worker: Any) -> None:
+        identity = {
+            "name": str(worker.name),
+            "address": str(worker.address),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "threads": int(worker.state.nthreads),
+        }
+        for key, variable in _JOB_VARIABLES.items():
+            if os.environ.get(variable):
+                identity[key] = os.environ[variable]
+        worker.log_event(TOPIC, identity)
+
+
+def register(client: Any) -> None:
+    """Have every worker of ``client``'s cluster, now and later, log who it is (a no-op if it cannot)."""
+    try:
+        client.register_plugin(IdentifyWorkers())
+    except (
+        Exception
+    ) as exc:  # an old or locked-down scheduler: the record is a courtesy, not the fit
+        logger.debug("could not register the worker identity plugin: %s", exc)
+
+
+def workers_seen(client: Any, since: float = 0.0) -> list[dict[str, Any]]:
+    """The workers of ``client``'s cluster that were alive at some time since ``since`` (a ``time.time()``).
+
+    Returns
+    -------
+    list of dict
+        One per worker address, in order of arrival: ``name``, ``address``, ``host``, ``pid``, ``threads``,
+        ``slurm_job_id`` / ``pbs_job_id`` when the worker is a batch job, and ``"left": true`` for a worker
+        that left the cluster since (a job cancelled or past its walltime). Empty without a client.
+    """
+    if client is None:
+        return []
+    try:
+        identities = client.get_events(TOPIC)
+        membership = client.get_events("all")
+    except Exception as exc:
+        logger.debug("could not read the workers' identities: %s", exc)
+        return []
+    left: dict[str, float] = {}
+    for stamp, event in membership:
+        if isinstance(event, dict) and event.get("action") == "remove-worker":
+            left[str(event.get("worker"))] = stamp
+        elif isinstance(event, dict) and event.get("action") == "add-worker":
+            left.pop(str(event.get("worker")), None)
+    seen: dict[str, tuple[float, dict[str, Any]]] = {}
+    for stamp, identity in identities:
+        if isinstance(identity, dict):
+            who = {
+                k: v for k, v in identity.items() if k != "worker"
+            }  # the scheduler's copy of address
+            seen.setdefault(str(who.get("address")), (stamp, who))
+    workers = []
+    for address, (_, who) in sorted(seen.items(), key=lambda item: item[1][0]):
+        if address in left and left[address] < since:
+            continue
+        if address in left:
+            who["left"] = True
+        workers.append(who)
+    if workers:
+        logger.info("workers: %s", describe(workers))
+    return workers
+
+
+def describe(workers: list[dict[str, Any]]) -> str:
+    """One line for the log: ``2 workers (SLURM jobs 12, 13)``."""
+    jobs = [w["slurm_job_id"] for w in workers if "slurm_job_id" in w]
+    pbs = [w["pbs_job_id"] for w in workers if "pbs_job_id" in w]
+    where = []
+    if jobs:
+        where.append(f"SLURM job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)}")
+    if pbs:
+        where.append(f"PBS job{'s' if len(pbs) > 1 else ''} {', '.join(pbs)}")
+    hosts = sorted({str(w.get("host")) for w in workers})
+    lost = sum(bool(w.get("left")) for w in workers)
+    text = f"{len(workers)} worker{'s' if len(workers) != 1 else ''} on {', '.join(hosts)}"
+    text += f", {lost} of them lost during the fit" if lost else ""
+    return text + (f" ({'; '.join(where)})" if where else "")
+
+
+def client_identity() -> dict[str, Any]:
+    """Where this process (the client) runs: ``host``, ``pid``, and its batch job id inside an allocation."""
+    identity: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    for key, variable in _JOB_VARIABLES.items():
+        if os.environ.get(variable):
+            identity[key] = os.environ[variable]
+    return identity
+
+
+def now() -> float:
+    """The clock :func:`workers_seen` compares with (the scheduler's events are stamped with ``time()``)."""
+    return time.time()
