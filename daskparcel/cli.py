@@ -7,7 +7,6 @@ Every subcommand exits 0 on success and 2 on bad input, with a one-line error on
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 import time
@@ -476,13 +475,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _progress(args: argparse.Namespace) -> Any:
-    """dask's progress bar on stderr for local runs (a distributed cluster has its dashboard)."""
+    """A progress bar on stderr for each computation, labelled with its step, on a terminal (local or
+    distributed scheduler); without one, main() logs one timed line per step instead."""
+    from daskparcel._log import progress_bars
 
-    if getattr(args, "quiet", False) or not sys.stderr.isatty():
-        return contextlib.nullcontext()
-    from dask.diagnostics import ProgressBar
-
-    return ProgressBar(out=sys.stderr)
+    return progress_bars(not getattr(args, "quiet", False) and sys.stderr.isatty())
 
 
 # -------------------------------------------------------------------------------------------- demo
