@@ -371,7 +371,7 @@ class Runtime:
             logging.INFO
         ):  # a terminal shows the link too
             out.write(f"dask dashboard ({where}): {self.dashboard_link}\n")
-        if _in_notebook():
+        if _in_notebook() and self.kind != "client":  # a client given or found shows its own link
             from IPython.display import HTML, display
 
             display(
