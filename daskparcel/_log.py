@@ -3,8 +3,8 @@
 A logged step (:func:`timed` with a logger) labels the dask computations made inside it; within
 :func:`progress_bars` (the CLI's, on a terminal) each computation draws a bar on stderr with that label, on the
 local schedulers (dask's callbacks) and on a distributed client (the scheduler's own progress plugin, as
-``distributed.progress``; :class:`daskparcel.runtime.Runtime` installs :class:`ProgressScheduler`). Without a
-terminal the CLI logs one timed line per step instead.
+``distributed.progress``; :class:`daskparcel.runtime.Runtime` installs :class:`ProgressScheduler`), between
+the steps' timed lines. Without a terminal the CLI logs the timed lines alone.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Any, TextIO
 
-from dask.diagnostics import ProgressBar
-from dask.utils import format_time
-
 _STEP: ContextVar[str | None] = ContextVar("daskparcel_step", default=None)
 _BARS: ContextVar[TextIO | None] = ContextVar("daskparcel_progress_bars", default=None)
 BAR_WIDTH = 30
@@ -30,6 +27,16 @@ def current_step() -> str:
     return _STEP.get() or "dask"
 
 
+@contextmanager
+def labelled(name: str) -> Iterator[None]:
+    """Label the progress bars of the block's computations with ``name`` (as a logged :func:`timed` step)."""
+    token = _STEP.set(name)
+    try:
+        yield
+    finally:
+        _STEP.reset(token)
+
+
 def bars_out() -> TextIO | None:
     """Where the computations of this context draw labelled progress bars (see :func:`progress_bars`), or
     ``None``: no bars."""
@@ -38,29 +45,37 @@ def bars_out() -> TextIO | None:
 
 def bar_line(label: str, frac: float, elapsed: float, detail: str = "") -> str:
     """One redrawn progress line (starting with a carriage return), ``label: [####   ]  40% | 3/8 tasks | 1.2s``."""
+    from dask.utils import format_time
+
     frac = min(max(frac, 0.0), 1.0)
     bar = "#" * int(BAR_WIDTH * frac)
     parts = [f"[{bar:<{BAR_WIDTH}}] {int(100 * frac):3d}%", *([detail] if detail else [])]
     return f"\r{label}: {' | '.join([*parts, format_time(elapsed)])}"
 
 
-class LabelledProgressBar(ProgressBar):
-    """dask's progress bar on the local schedulers, each bar labelled with the step that computes."""
+def labelled_progress_bar(out: TextIO) -> Any:
+    """dask's progress bar on the local schedulers, each bar labelled with the step that computes (dask is
+    imported here, so that importing this module, and the CLI, stays fast)."""
+    from dask.diagnostics import ProgressBar
 
-    def _start(self, dsk: Any) -> None:
-        self._label = current_step()  # read here: the bar is drawn from a timer thread
-        super()._start(dsk)
+    class LabelledProgressBar(ProgressBar):
+        def _start(self, dsk: Any) -> None:
+            self._label = current_step()  # read here: the bar is drawn from a timer thread
+            super()._start(dsk)
 
-    def _draw_bar(self, frac: float, elapsed: float) -> None:
-        with suppress(ValueError):
-            if self._file is not None:
-                self._file.write(bar_line(self._label, frac, elapsed))
-                self._file.flush()
+        def _draw_bar(self, frac: float, elapsed: float) -> None:
+            with suppress(ValueError):
+                if self._file is not None:
+                    self._file.write(bar_line(self._label, frac, elapsed))
+                    self._file.flush()
+
+    return LabelledProgressBar(out=out, width=BAR_WIDTH)
 
 
 @contextmanager
 def progress_bars(enabled: bool = True, out: TextIO | None = None) -> Iterator[None]:
-    """Draw a labelled progress bar on ``out`` (stderr) for each dask computation of the block.
+    """Draw a labelled progress bar on ``out`` (stderr) for each dask computation of the block, between the
+    package's INFO lines (each step's timed line, what an in-memory step is doing, the dashboard link).
 
     Parameters
     ----------
@@ -68,17 +83,35 @@ def progress_bars(enabled: bool = True, out: TextIO | None = None) -> Iterator[N
         ``False``: no bars (the block runs as is).
     out : file, optional
         Where the bars go (default ``sys.stderr``).
+
+    Notes
+    -----
+    When the ``daskparcel`` logger already logs INFO (``-v``, a job's log) its lines go where they went;
+    otherwise they are written to ``out`` as plain messages for the block.
     """
     if not enabled:
         yield
         return
     out = out or sys.stderr
     token = _BARS.set(out)
+    log = logging.getLogger("daskparcel")
+    handler = None
+    if not log.isEnabledFor(logging.INFO):
+        level, propagate = log.level, log.propagate
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False  # the root handler would print them again
     try:
-        with LabelledProgressBar(out=out, width=BAR_WIDTH):
+        with labelled_progress_bar(out):
             yield
     finally:
         _BARS.reset(token)
+        if handler is not None:
+            log.removeHandler(handler)
+            log.setLevel(level)
+            log.propagate = propagate
 
 
 class ProgressScheduler:

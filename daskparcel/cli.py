@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from daskparcel import __version__
+from daskparcel._log import labelled
 from daskparcel._warnings import one_line_warnings
 from daskparcel.errors import InputError, StoreLockedError
 
@@ -241,16 +242,17 @@ def _fit(args: argparse.Namespace) -> int:
         est.set_params(client=client)
         est.fit(imgs, confounds=args.confounds_resolved)
         t0 = time.perf_counter()
-        doc = write_fit_outputs(
-            est,
-            imgs,
-            out,
-            confounds=args.confounds_resolved,
-            inputs=[str(i) for i in args.inputs],
-            overwrite=args.overwrite,
-            connectomes=kinds,
-            argv=args.argv,
-        )
+        with labelled("outputs"):
+            doc = write_fit_outputs(
+                est,
+                imgs,
+                out,
+                confounds=args.confounds_resolved,
+                inputs=[str(i) for i in args.inputs],
+                overwrite=args.overwrite,
+                connectomes=kinds,
+                argv=args.argv,
+            )
         logger.info("outputs: %.1f s, written to %s", time.perf_counter() - t0, out)
     print(
         f"{est.method} {est.n_parcels} parcels on {doc['data']['n_runs']} run(s), "
@@ -357,7 +359,7 @@ def _transform(args: argparse.Namespace) -> int:
     shutil.rmtree(partial, ignore_errors=True)
     t0 = time.perf_counter()
     try:
-        with _progress(args), connect(est.client):
+        with _progress(args), labelled("transform"), connect(est.client):
             signals = est.transform(
                 imgs if len(imgs) > 1 else imgs[0], confounds=args.confounds_resolved
             )

@@ -108,16 +108,28 @@ def test_fit_on_the_local_scheduler_draws_a_labelled_bar_per_computation(tmp_pat
     assert out.getvalue() == ""
 
 
-def _cli_fit(tmp_path: Path, name: str, terminal: bool) -> str:
-    """stderr of ``daskparcel fit`` on a local cluster file, on a pseudo-terminal or a pipe."""
+def _cluster_file(tmp_path: Path) -> Path:
     cluster = tmp_path / "local.yaml"
     cluster.write_text(
         "kind: local\nn_workers: 1\nthreads_per_worker: 2\nprocesses: false\nhost: 127.0.0.1\n"
         'dashboard_address: ":0"\n'
     )
-    args = [sys.executable, "-m", "daskparcel.cli", "fit", str(real_scan("nitime1")), "--method",
-            "ward", "--n-parcels", "20", "--n-components", "10", "--mask-strategy", "background",
-            "--cluster", str(cluster), "--out", str(tmp_path / name)]  # fmt: skip
+    return cluster
+
+
+def _cli_fit(tmp_path: Path, name: str, terminal: bool) -> str:
+    """stderr of ``daskparcel fit`` on a local cluster file, on a pseudo-terminal or a pipe."""
+    return _cli(
+        ["fit", str(real_scan("nitime1")), "--method", "ward", "--n-parcels", "20", "--n-components",
+         "10", "--mask-strategy", "background", "--cluster", str(_cluster_file(tmp_path)), "--out",
+         str(tmp_path / name)],
+        terminal,
+    )  # fmt: skip
+
+
+def _cli(cli_args: list[str], terminal: bool) -> str:
+    """stderr of ``daskparcel ARGS``, on a pseudo-terminal or a pipe."""
+    args = [sys.executable, "-m", "daskparcel.cli", *cli_args]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     if not terminal:
         proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
@@ -149,8 +161,20 @@ def test_cli_fit_on_a_cluster_shows_labelled_bars_on_a_terminal_timed_lines_othe
     for step in STEPS:
         bars = _bars(shown, step)
         assert bars and all(done == total for done, total in bars), shown
+    # between the bars: the dashboard link, each step's timed line, what the in-memory clustering does
     assert re.search(r"^dask dashboard \(.+\): http://127\.0\.0\.1:\d+/status$", shown, re.M), shown
-    assert "daskparcel.estimator INFO" not in shown  # the bars tell the steps on a terminal
+    for step in (*STEPS, "clustering"):
+        assert re.search(rf"^{step}: \d+\.\d s", shown, re.M), shown
+    assert re.search(r"^ward: clustering \d+ voxels into 20 parcels$", shown, re.M), shown
+    assert "daskparcel.estimator INFO" not in shown  # plain lines, once each
+    # the outputs' computations are labelled too (after the fit, on the local scheduler)
+    assert _bars(shown, "outputs") and "\rdask:" not in shown, shown
+    transformed = _cli(
+        ["transform", str(real_scan("nitime1")), "--labels", str(tmp_path / "tty"), "--out",
+         str(tmp_path / "signals.zarr")],
+        terminal=True,
+    )  # fmt: skip
+    assert _bars(transformed, "transform") and "\rdask:" not in transformed, transformed
     logged = _cli_fit(tmp_path, "pipe", terminal=False)
     assert "\r" not in logged and "[#" not in logged
     for step in STEPS:

@@ -366,11 +366,6 @@ class Runtime:
         if not self.dashboard:
             return
         logger.info("dask dashboard (%s): %s", where, self.dashboard_link)
-        out = bars_out()
-        if out is not None and not logger.isEnabledFor(
-            logging.INFO
-        ):  # a terminal shows the link too
-            out.write(f"dask dashboard ({where}): {self.dashboard_link}\n")
         if _in_notebook() and self.kind != "client":  # a client given or found shows its own link
             from IPython.display import HTML, display
 
