@@ -72,6 +72,17 @@ def images(notebook: object) -> list[dict]:
     ]
 
 
+def dashboard_displays(notebook: object) -> int:
+    """How many outputs are daskparcel's dashboard link display (shown when it starts or joins a cluster,
+    not at each fit on the notebook's own client)."""
+    return sum(
+        "dask dashboard: <a href" in "".join(output.get("data", {}).get("text/html", ""))
+        for cell in notebook.cells  # type: ignore[attr-defined]
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+
+
 def private_uses(source: str) -> list[str]:
     """What the code reaches of daskparcel beyond ``daskparcel.__all__``, and any ``_private`` attribute."""
     public = set(daskparcel.__all__)
@@ -130,6 +141,7 @@ def test_notebook_is_committed_executed_with_small_figures(path: Path) -> None:
         assert "error" not in kinds, cell.source[:60]
         assert not any(output.get("name") == "stderr" for output in cell.outputs), cell.source[:60]
     assert images(notebook), "no figure in the committed outputs"
+    assert dashboard_displays(notebook) == 0
     assert path.stat().st_size < MAX_BYTES
     # the stored outputs are the full sizes; the first code cell reads the quick mode of CI
     assert "DASKPARCEL_NOTEBOOK_QUICK" in code[0].source
@@ -203,6 +215,7 @@ def test_parcellation_tour_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert REAL_SCANS["rapidtide"].name in text
     # the figures were drawn: labels of each fit, two compressed comparisons, the size histograms
     assert len(images(notebook)) >= 8
+    assert dashboard_displays(notebook) == 0  # the notebook's client: its own repr shows the link
 
 
 @pytest.mark.slow
@@ -239,3 +252,4 @@ def test_cohort_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert "100% Completed" in text
     assert re.search(r"half A: \[.+\]\s+half B: \[.+\]", text)
     assert len(images(notebook)) >= 1
+    assert dashboard_displays(notebook) == 0
