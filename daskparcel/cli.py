@@ -7,7 +7,6 @@ Every subcommand exits 0 on success and 2 on bad input, with a one-line error on
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from daskparcel import __version__
+from daskparcel._log import labelled
 from daskparcel._warnings import one_line_warnings
 from daskparcel.errors import InputError, StoreLockedError
 
@@ -249,16 +249,17 @@ def _fit(args: argparse.Namespace) -> int:
         est.set_params(client=client)
         est.fit(imgs, confounds=args.confounds_resolved)
         t0 = time.perf_counter()
-        doc = write_fit_outputs(
-            est,
-            imgs,
-            out,
-            confounds=args.confounds_resolved,
-            inputs=[str(i) for i in args.inputs],
-            overwrite=args.overwrite,
-            connectomes=kinds,
-            argv=args.argv,
-        )
+        with labelled("outputs"):
+            doc = write_fit_outputs(
+                est,
+                imgs,
+                out,
+                confounds=args.confounds_resolved,
+                inputs=[str(i) for i in args.inputs],
+                overwrite=args.overwrite,
+                connectomes=kinds,
+                argv=args.argv,
+            )
         logger.info("outputs: %.1f s, written to %s", time.perf_counter() - t0, out)
     print(
         f"{est.method} {est.n_parcels} parcels on {doc['data']['n_runs']} run(s), "
@@ -365,7 +366,7 @@ def _transform(args: argparse.Namespace) -> int:
     shutil.rmtree(partial, ignore_errors=True)
     t0 = time.perf_counter()
     try:
-        with _progress(args), connect(est.client):
+        with _progress(args), labelled("transform"), connect(est.client):
             signals = est.transform(
                 imgs if len(imgs) > 1 else imgs[0], confounds=args.confounds_resolved
             )
@@ -483,13 +484,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _progress(args: argparse.Namespace) -> Any:
-    """dask's progress bar on stderr for local runs (a distributed cluster has its dashboard)."""
+    """A progress bar on stderr for each computation, labelled with its step, on a terminal (local or
+    distributed scheduler); without one, main() logs one timed line per step instead."""
+    from daskparcel._log import progress_bars
 
-    if getattr(args, "quiet", False) or not sys.stderr.isatty():
-        return contextlib.nullcontext()
-    from dask.diagnostics import ProgressBar
-
-    return ProgressBar(out=sys.stderr)
+    return progress_bars(not getattr(args, "quiet", False) and sys.stderr.isatty())
 
 
 # -------------------------------------------------------------------------------------------- demo

@@ -16,7 +16,8 @@ says it everywhere (library, CLI ``--scheduler`` / ``--cluster``, job files):
   or a ``LocalCluster``), connect, and close it all on exit. Examples live in ``deploy/``.
 
 The dashboard link is logged at INFO (and shown in a notebook) whenever a cluster starts or we connect
-to one.
+to one. Within :func:`daskparcel._log.progress_bars` (the CLI on a terminal) each computation on a
+distributed client draws a bar labelled with the step of the fit, from the scheduler's progress plugin.
 
 Why the local default is threads (with one BLAS thread each)
 ------------------------------------------------------------
@@ -55,6 +56,7 @@ from dask.utils import parse_timedelta
 
 from daskparcel import config
 from daskparcel._checks import is_int
+from daskparcel._log import ProgressScheduler, bars_out
 from daskparcel.errors import InputError
 from daskparcel.runtime.clusters import (
     ADDRESS_SCHEMES,
@@ -344,6 +346,8 @@ class Runtime:
         from daskparcel.runtime.workers import register
 
         register(self.client)  # every worker, now and later, logs who it is (fit.json's runtime)
+        if bars_out() is not None:  # the CLI on a terminal: a labelled bar per computation
+            stack.enter_context(dask.config.set(scheduler=ProgressScheduler(self.client).get))
         self.dashboard_link = self.client.dashboard_link
         self._report()
 
@@ -367,7 +371,7 @@ class Runtime:
         if not self.dashboard:
             return
         logger.info("dask dashboard (%s): %s", where, self.dashboard_link)
-        if _in_notebook():
+        if _in_notebook() and self.kind != "client":  # a client given or found shows its own link
             from IPython.display import HTML, display
 
             display(
