@@ -54,7 +54,9 @@ def gather_rows(tall: da.Array) -> np.ndarray:
 
 def _distributed_client() -> Any:
     """The distributed client dask computes on now, or None (a local scheduler)."""
-    scheduler = dask.base.get_scheduler()  # a distributed client's ``get`` where dask.compute goes to one
+    scheduler = (
+        dask.base.get_scheduler()
+    )  # a distributed client's ``get`` where dask.compute goes to one
     owner = getattr(scheduler, "__self__", None)
     client = getattr(owner, "client", owner)  # _log.ProgressScheduler draws bars for a client
     return client if type(client).__name__ == "Client" else None
