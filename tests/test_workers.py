@@ -7,6 +7,7 @@ import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterator
 
 import dask
 import distributed
@@ -18,8 +19,9 @@ from daskparcel._dask import from_numpy, shared
 from daskparcel.runtime.workers import IdentifyWorkers, describe, workers_seen
 
 
-@pytest.fixture(scope="module")
-def client():
+@contextlib.contextmanager
+def two_workers() -> Iterator[distributed.Client]:
+    """A LocalCluster of 2 single-thread worker processes on 127.0.0.1, and a client that is not the default."""
     with (
         distributed.LocalCluster(
             n_workers=2,
@@ -30,6 +32,12 @@ def client():
         ) as cluster,
         distributed.Client(cluster, set_as_default=False) as client,
     ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client():
+    with two_workers() as client:
         yield client
 
 
@@ -75,16 +83,7 @@ def test_a_fit_records_its_workers_and_equals_the_local_fit(client, tmp_path):
 
 def test_a_worker_that_left_is_kept_and_flagged(tmp_path):
     """A worker lost during the fit is still in the record (``left``), its replacement too."""
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-    ):
+    with two_workers() as client:
         client.register_plugin(IdentifyWorkers())
         since = time.time()
         first = sorted(client.scheduler_info()["workers"])
