@@ -487,6 +487,10 @@ def make_cluster(config: ClusterConfig | Mapping[str, Any] | str | os.PathLike[s
         if adapt is not None:
             cluster.adapt(minimum=adapt[0], maximum=adapt[1])
             logger.info("adaptive scaling: %d to %d workers", *adapt)
+            if config.kind == "slurm":
+                from daskparcel.runtime.site import replace_ended_jobs
+
+                replace_ended_jobs(cluster)
         elif config.scale is not None:
             cluster.scale(config.scale)
             logger.info("asked for %d workers", config.scale)

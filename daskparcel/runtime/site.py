@@ -11,13 +11,17 @@ here: their files are checked by :mod:`.clusters` alone.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
 import shutil
 import subprocess
+import time
+from typing import Any
 
-from dask.utils import parse_bytes
+import dask
+from dask.utils import parse_bytes, parse_timedelta
 
 from daskparcel.errors import InputError
 from daskparcel.runtime.clusters import ClusterConfig, walltime_seconds
@@ -156,3 +160,54 @@ def check_site(config: ClusterConfig) -> None:
                 f"{part.name!r} allows ({part.time_limit_s / 3600:g} h); shorten it"
             )
     logger.debug("%s fits partition %s (%s)", source, part.name, part)
+
+
+def _job_ended(job_id: str) -> bool:
+    """Whether SLURM has ended the job (``squeue`` no longer lists it as pending, running or completing)."""
+    try:
+        done = subprocess.run(
+            ["squeue", "-h", "-j", str(job_id), "-o", "%T"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False  # cannot tell: keep the job
+    if done.returncode != 0:
+        return "Invalid job id" in done.stderr  # purged already
+    return not done.stdout.strip()
+
+
+def replace_ended_jobs(cluster: Any, interval_s: float = 5.0) -> None:
+    """Have an adaptive SLURM cluster replace worker jobs that ended while its workers were gone.
+
+    dask-jobqueue forgets a job whose workers left only through the scheduler's removal message, after
+    ``distributed.deploy.lost-worker-timeout``; seen here, jobs that SLURM killed at their walltime were
+    replaced once and not the second time (dask/dask-jobqueue#611), and the fit then waited for workers
+    forever. Every ``interval_s`` on the cluster's event loop: a job none of whose workers is connected and
+    that ``squeue`` no longer lists is forgotten, so that adapt submits a new one under the same name.
+    """
+    from tornado.ioloop import PeriodicCallback
+
+    missing: dict[str, float] = {}  # job id -> when it was first seen without connected workers
+    grace = 2 * parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
+
+    async def reconcile() -> None:
+        connected = {str(w.get("name")) for w in cluster.scheduler_info.get("workers", {}).values()}
+        for name, job in list(cluster.workers.items()):
+            job_id = getattr(job, "job_id", None)
+            if not job_id or any(n == str(name) or n.startswith(f"{name}-") for n in connected):
+                missing.pop(str(job_id), None)
+                continue
+            # dask-jobqueue's own clean-up gets the first chance; a pending job is listed by squeue
+            if time.monotonic() - missing.setdefault(str(job_id), time.monotonic()) < grace:
+                continue
+            ended = await asyncio.get_running_loop().run_in_executor(None, _job_ended, job_id)
+            if ended and cluster.workers.get(name) is job:
+                logger.info("worker job %s (%s) has ended: adapt replaces it", job_id, name)
+                del cluster.workers[name]
+                missing.pop(str(job_id), None)
+
+    callback = PeriodicCallback(reconcile, interval_s * 1000)
+    cluster.periodic_callbacks["daskparcel-replace-ended-jobs"] = callback
+    cluster.loop.add_callback(callback.start)
