@@ -268,7 +268,10 @@ def _rena_connected(
     threshold: float,
     block_shape: tuple[int, int, int] | None,
     single_block_below: int,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
+    """ReNA of one connected graph: the mask's lattice, or ``edges`` (each once, ``rows < cols``; e.g. a
+    mesh's) with ``block_shape=None``."""
     n_vox = int(mask.sum())
     if n_clusters >= n_vox:
         return np.arange(n_vox, dtype=np.int64)
@@ -286,7 +289,7 @@ def _rena_connected(
         blocks = list(dask.persist(*blocks))  # on a cluster: each block goes to a worker once
     logger.debug("ReNA: %d voxels in %d spatial blocks", n_vox, n_blocks)
     level = _Level(home, blocks)
-    ei, ej = grid_edges(mask)
+    ei, ej = grid_edges(mask) if edges is None else edges
     labels = np.arange(n_vox, dtype=np.int64)
     n_nodes = n_vox
     # lattice edges of zero weight (identical features, e.g. air, constant or zeroed voxels) leave the
