@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from daskparcel.datasets import _ar1
+from daskparcel.datasets import ar1
 from daskparcel.errors import InputError
 from daskparcel.geometry.surface import SurfaceGeometry, mesh_edges
 
@@ -112,12 +112,12 @@ def synthetic_surface_run(
     sigma = baseline / rng.uniform(50, 120, size=n)
     amplitude = sigma * rng.uniform(0.6, 0.9, size=n)
     noise = np.sqrt(np.maximum(sigma**2 - amplitude**2, 1e-6))
-    courses = _ar1(rng, (n_parcels, n_volumes))
+    courses = ar1(rng, (n_parcels, n_volumes))
     drift = rng.normal(0, 0.01) * np.linspace(-1, 1, n_volumes)
     noise_rng = np.random.default_rng([random_state, subject, 2])
     data = (
         baseline[:, None] * (1 + drift[None, :])
         + amplitude[:, None] * courses[labels]
-        + noise[:, None] * _ar1(noise_rng, (n, n_volumes))
+        + noise[:, None] * ar1(noise_rng, (n, n_volumes))
     )
     return geometry.surface_image(data.astype(np.float32))

@@ -49,7 +49,7 @@ from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["auto_block_shape", "rena"]
+__all__ = ["auto_block_shape", "rena", "rena_on_edges"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,6 +377,22 @@ def _rena_connected(
         final = _union_find_merge(n_nodes, wi, wj, w, n_clusters)
         labels = final[labels]
     return labels
+
+
+def rena_on_edges(
+    features: np.ndarray,
+    n_clusters: int,
+    edges: tuple[np.ndarray, np.ndarray],
+    *,
+    n_iter: int = 10,
+    threshold: float = 1e-7,
+) -> np.ndarray:
+    """ReNA of the nodes of one connected graph given by its ``edges`` (each once, ``rows < cols``; e.g. a
+    mesh's), in one block: labels 0..n_clusters-1 (see :func:`rena` for the rounds and the exact-K merge)."""
+    mask = np.ones((len(features), 1, 1), dtype=bool)
+    return _rena_connected(
+        features, mask, int(n_clusters), int(n_iter), float(threshold), None, 20_000, edges=edges
+    )
 
 
 def _reorder_then_reduce(

@@ -10,7 +10,7 @@ import numpy as np
 from daskparcel._checks import check_n_clusters
 from daskparcel.clustering.agglomerative import allocate
 from daskparcel.clustering.connectivity import components
-from daskparcel.clustering.rena import _rena_connected
+from daskparcel.clustering.rena import rena_on_edges
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ def rena_on_graph(
         new_index[ids] = np.arange(len(ids))
         inside = comp[rows] == c
         sub_edges = (new_index[rows[inside]], new_index[cols[inside]])
-        sub = _rena_connected(
-            x[ids], np.ones((len(ids), 1, 1), dtype=bool), int(alloc[c]), int(n_iter),
-            float(threshold), None, 20_000, edges=sub_edges,
-        )  # fmt: skip
+        sub = rena_on_edges(x[ids], int(alloc[c]), sub_edges, n_iter=n_iter, threshold=threshold)
         labels[ids] = sub + offset
         offset += int(alloc[c])
     return labels
