@@ -13,8 +13,10 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
+import xarray as xr
 from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import adjusted_rand_score
 
@@ -291,3 +293,37 @@ def test_transform_of_another_kind_of_run_refused(run: Any, store: Path) -> None
     with pytest.raises(InputError) as excinfo:
         est.transform(volume)
     assert "fitted on the meshes" in one_line_error(excinfo)
+
+
+def test_fit_folder_of_a_surface_fit(run: Any, store: Path, tmp_path: Path) -> None:
+    """GIfTI label files per hemisphere with the look-up table, read back by nibabel and nilearn."""
+    from nilearn.surface import load_surf_data
+
+    from daskparcel.outputs.results import write_fit_outputs
+
+    est = fit(run, "ward", 12, store)
+    with pytest.raises(InputError) as excinfo:
+        write_fit_outputs(est, run, tmp_path / "refused", connectomes=["correlation"])
+    assert "connectomes" in one_line_error(excinfo)
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.partial").exists()
+    doc = write_fit_outputs(est, run, tmp_path / "out")
+    out = tmp_path / "out"
+    lut = pd.read_csv(out / "atlas-ward12_dseg.tsv", sep="\t")
+    assert lut["index"].tolist() == list(range(13))
+    labels = vertices(est.labels_img_)
+    assert lut["size"].tolist()[1:] == np.bincount(labels, minlength=13)[1:].tolist()
+    for part, hemi in zip(PARTS, "LR", strict=True):
+        path = out / f"atlas-ward12_hemi-{hemi}_dseg.label.gii"
+        image = nib.load(path)
+        values = np.asarray(est.labels_img_.data.parts[part])
+        np.testing.assert_array_equal(image.darrays[0].data, values)
+        np.testing.assert_array_equal(load_surf_data(path), values)
+        table = image.labeltable.get_labels_as_dict()
+        assert set(np.unique(values)) <= set(table)
+        assert {table[v] for v in np.unique(values)} == set(lut["name"][lut["hemisphere"] == hemi])
+        assert nib.load(out / f"r2_hemi-{hemi}.shape.gii").darrays[0].data.shape == values.shape
+    r2 = compression_r2(vertices(run), labels)
+    assert doc["metrics"]["compression_r2"] == pytest.approx(r2, abs=1e-4)
+    assert doc["metrics"]["contiguity"] == 1.0 and doc["data"]["vertices_in_mask"] == 20484
+    signals = xr.open_zarr(out / "parcel_signals.zarr", consolidated=False)["parcel_signals"]
+    np.testing.assert_allclose(signals.values, np.asarray(est.transform(run)), rtol=1e-6)
