@@ -119,6 +119,31 @@ def test_planted_parcellation_is_contiguous_on_the_mesh(
     assert not set(truth[:n_left]) & set(truth[n_left:])  # no planted parcel spans both hemispheres
 
 
+def test_mesh_edges_are_nilearns(run: Any) -> None:
+    """The edges of a masked surface geometry: nilearn's ``make_edges_surface`` within each hemisphere,
+    restricted to the mask, numbered in the kept vertices' order; the hemispheres are separate components."""
+    from nilearn.regions.rena_clustering import make_edges_surface
+
+    from daskparcel.geometry.surface import SurfaceGeometry
+
+    geometry = SurfaceGeometry.from_mesh(run.mesh)
+    keep = np.random.default_rng(0).random(20484) > 0.1
+    masked = geometry.with_mask(geometry.surface_image(keep, fill=False))
+    index = np.cumsum(keep) - 1
+    expected, start = set(), 0
+    for part in PARTS:
+        n = run.mesh.parts[part].n_vertices
+        edges, inside = make_edges_surface(run.mesh.parts[part].faces, keep[start : start + n])
+        for a, b in edges[:, inside].T + start:
+            expected.add((int(min(index[a], index[b])), int(max(index[a], index[b]))))
+        start += n
+    rows, cols = masked.edges()
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == expected
+    assert len(rows) == len(expected)  # each edge once
+    n_comp, comp = geometry.components()
+    assert n_comp == 2 and set(comp[:10242]) == {0} and set(comp[10242:]) == {1}
+
+
 @pytest.mark.parametrize(("method", "k"), [("ward", 100), ("kmeans", 50)])
 def test_ward_and_kmeans_against_nilearn(
     run: Any, truth: np.ndarray, graph: sp.csr_matrix, store: Path, method: str, k: int
@@ -217,6 +242,28 @@ def test_transform_is_parcel_means_and_inverse_gives_a_surface_image(run: Any, s
     np.testing.assert_allclose(vertices(compressed), reference[:, labels - 1].T, rtol=1e-5)
     both = est.inverse_transform([signals, np.asarray(signals)])
     assert [b.shape for b in both] == [run.shape, run.shape]
+
+
+def test_cleaning_as_nilearn_surface_labels_masker(run: Any, store: Path) -> None:
+    """Detrending, confounds and z-scoring of a surface fit: the fitted vertex signals are nilearn's
+    ``signal.clean`` of the run's, and ``transform`` is nilearn's ``SurfaceLabelsMasker`` with the same
+    cleaning."""
+    from nilearn.maskers import SurfaceLabelsMasker
+    from nilearn.signal import clean
+
+    confounds = np.random.default_rng(0).standard_normal((N_TIME, 2))
+    params = {"detrend": True, "standardize": "zscore_sample"}
+    est = Parcellations(
+        method="kmeans", n_parcels=20, smoothing_fwhm=None, store=store, **params
+    ).fit(run, confounds=confounds)
+    fitted = np.asarray(est.store_.signals("cleaned"))
+    expected = clean(vertices(run).T.astype(np.float64), confounds=confounds, **params).T
+    np.testing.assert_allclose(fitted, expected, atol=2e-4)
+    masker = SurfaceLabelsMasker(est.labels_img_, **params)
+    theirs = masker.fit_transform(run, confounds=confounds)
+    np.testing.assert_allclose(
+        np.asarray(est.transform(run, confounds=confounds)), theirs, atol=2e-4
+    )
 
 
 def test_several_runs_and_a_gifti_pair(run: Any, store: Path, tmp_path: Path) -> None:
