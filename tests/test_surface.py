@@ -374,3 +374,13 @@ def test_fit_folder_of_a_surface_fit(run: Any, store: Path, tmp_path: Path) -> N
     assert doc["metrics"]["contiguity"] == 1.0 and doc["data"]["vertices_in_mask"] == 20484
     signals = xr.open_zarr(out / "parcel_signals.zarr", consolidated=False)["parcel_signals"]
     np.testing.assert_allclose(signals.values, np.asarray(est.transform(run)), rtol=1e-6)
+    # the meshes are kept, and the report draws the parcels and the R^2 on them
+    for part, hemi in zip(PARTS, "LR", strict=True):
+        mesh = nib.load(out / f"mesh_hemi-{hemi}.surf.gii")
+        np.testing.assert_allclose(
+            mesh.darrays[0].data, run.mesh.parts[part].coordinates, rtol=1e-6
+        )
+        np.testing.assert_array_equal(mesh.darrays[1].data, run.mesh.parts[part].faces)
+    html = (out / "report.html").read_text()
+    assert "Parcels on the mesh" in html and "Figure not drawn" not in html
+    assert html.count('<img src="data:image/png;base64,') == 2

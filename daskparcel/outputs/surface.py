@@ -6,13 +6,16 @@
     ``atlas-<L>_hemi-R_dseg.label.gii``  the same, right hemisphere
     ``atlas-<L>_dseg.tsv``               the look-up table: index, name, color, size (vertices), hemisphere
     ``r2_hemi-L.shape.gii`` / ``_hemi-R``  per-vertex compression R^2
+    ``mesh_hemi-L.surf.gii`` / ``_hemi-R``  the meshes of the runs (what the figures are drawn on)
     ``parcel_signals.zarr``              parcel signals (time, parcel) of every run, as for volumes
     ``fit.json``                         parameters, versions, data, timings, quality figures (as for volumes;
                                          ``data`` holds ``mesh`` and ``vertices_in_mask``; contiguity is on the mesh)
+    ``report.html``                      the report, its figures drawn on the meshes (nilearn's ``plot_surf_roi``
+                                         and ``plot_surf_stat_map``, lateral and medial views)
     ``dataset_description.json``         a BIDS derivative description
 
 ``<L>`` is the atlas label (e.g. ``ward100``). Written to ``DIR.partial`` and moved into place at the end. The
-report (``report.html``) and the per-run BIDS tables are not written for surfaces yet.
+per-run BIDS tables and connectomes are not written for surfaces yet.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from daskparcel.outputs.bids import (
 from daskparcel.outputs.record import FitRecord, command_record, describe_input_files
 from daskparcel.store.runs import replace_dir
 
-__all__ = ["mesh_contiguity", "surface_look_up_table", "write_surface_outputs"]
+__all__ = ["mesh_contiguity", "surface_figures", "surface_look_up_table", "write_surface_outputs"]
 
 HEMI = {"left": "L", "right": "R"}
 
@@ -105,6 +108,69 @@ def _shape_gifti(values: np.ndarray) -> nib.gifti.GiftiImage:
     return image
 
 
+def _mesh_gifti(geometry: Any, part: str) -> nib.gifti.GiftiImage:
+    i = geometry.parts.index(part)
+    image = nib.gifti.GiftiImage()
+    for data, intent in ((geometry.coordinates[i], "NIFTI_INTENT_POINTSET"), (geometry.faces[i], "NIFTI_INTENT_TRIANGLE")):  # fmt: skip
+        dtype = "NIFTI_TYPE_FLOAT32" if intent.endswith("POINTSET") else "NIFTI_TYPE_INT32"
+        array = data.astype(np.float32 if intent.endswith("POINTSET") else np.int32)
+        image.add_gifti_data_array(nib.gifti.GiftiDataArray(array, intent=intent, datatype=dtype))
+    return image
+
+
+def surface_figures(figures: Any) -> str:
+    """The report's figures of a surface fit folder (called by :class:`daskparcel.outputs.figures.Figures`):
+    the parcels and the per-vertex compression R^2 on each hemisphere's mesh, lateral and medial views."""
+    from daskparcel.outputs.plotting import label_colormap
+
+    folder, files = figures.folder, figures.files
+    hemis = [h for h in ("L", "R") if f"labels_{h}" in files]
+    n_parcels = int(figures.doc.get("metrics", {}).get("n_parcels", 1))
+    method = str(figures.doc.get("parameters", {}).get("method", ""))
+
+    def draw(key: str, roi: bool) -> Any:
+        import matplotlib.pyplot as plt
+        from nilearn.plotting import plot_surf_roi, plot_surf_stat_map
+        from nilearn.surface import load_surf_data
+
+        fig, axes = plt.subplots(
+            1, 2 * len(hemis), subplot_kw={"projection": "3d"}, figsize=(5 * len(hemis), 3.2)
+        )
+        for h, hemi in enumerate(hemis):
+            mesh = str(folder / files[f"mesh_{hemi}"])
+            values = load_surf_data(str(folder / files[f"{key}_{hemi}"]))
+            side = "left" if hemi == "L" else "right"
+            for v, view in enumerate(("lateral", "medial")):
+                ax = axes[2 * h + v]
+                if roi:
+                    plot_surf_roi(
+                        mesh, values, hemi=side, view=view, axes=ax, figure=fig, colorbar=False,
+                        cmap=label_colormap(n_parcels), vmin=1, vmax=max(n_parcels, 2),
+                    )  # fmt: skip
+                else:
+                    plot_surf_stat_map(
+                        mesh, np.clip(values, 0, 1), hemi=side, view=view, axes=ax, figure=fig,
+                        colorbar=v == 1 and h == len(hemis) - 1, cmap="inferno", vmin=0, vmax=1,
+                    )  # fmt: skip
+                ax.set_title(f"{hemi} {view}", fontsize=9)
+        return fig
+
+    return "\n".join(
+        [
+            figures._figure(
+                "Parcels on the mesh", (), lambda: draw("labels", True),
+                "Each parcel one colour, on the mesh the runs were sampled on (lateral and medial views of "
+                "each hemisphere).", f"{method} parcels on the cortical surface",
+            ),
+            figures._figure(
+                "Compression R\u00b2 per vertex", (), lambda: draw("r2", False),
+                "The fraction of each vertex's signal variance explained by its parcel's mean (negative "
+                "values shown as 0).", "map of the per-vertex compression R squared on the surface",
+            ),
+        ]
+    )  # fmt: skip
+
+
 def _per_part(geometry: Any, values: np.ndarray, fill: float) -> dict[str, np.ndarray]:
     full = np.full(len(geometry.mask), fill, dtype=values.dtype)
     full[geometry.mask] = values
@@ -122,6 +188,7 @@ def write_surface_outputs(
     argv: Any = None,
     job: Any = None,
     connectomes: list[str] | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Write the fit folder of a surface fit (the layout of the module docstring) and return ``fit.json``.
 
@@ -171,6 +238,8 @@ def write_surface_outputs(
             nib.save(_label_gifti(values, table), partial / files[f"labels_{hemi}"])
             files[f"r2_{hemi}"] = f"r2_hemi-{hemi}.shape.gii"
             nib.save(_shape_gifti(r2_parts[part]), partial / files[f"r2_{hemi}"])
+            files[f"mesh_{hemi}"] = f"mesh_hemi-{hemi}.surf.gii"
+            nib.save(_mesh_gifti(geometry, part), partial / files[f"mesh_{hemi}"])
         files["fit"] = "fit.json"
         sizes = parcel_sizes(codes, est.n_parcels)
         fraction, broken = mesh_contiguity(geometry, codes)
@@ -208,7 +277,13 @@ def write_surface_outputs(
             command=command_record(argv, job),
             input_files=describe_input_files(items),
         )
+        if report:
+            record.files["report"] = "report.html"
         record.write(partial)
+        if report:
+            from daskparcel.outputs.report import write_report
+
+            write_report(partial)
         replace_dir(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
