@@ -216,7 +216,6 @@ def test_agglomerations_on_a_surface_mask_against_nilearn(
 
 def test_transform_is_parcel_means_and_inverse_gives_a_surface_image(run: Any, store: Path) -> None:
     from nilearn.maskers import SurfaceLabelsMasker
-    from nilearn.surface import SurfaceImage
 
     est = fit(run, "ward", 30, store)
     labels = vertices(est.labels_img_)
@@ -236,6 +235,12 @@ def test_transform_is_parcel_means_and_inverse_gives_a_surface_image(run: Any, s
         np.stack([other_data[labels == p].mean(axis=0) for p in range(1, 31)], axis=1),
         rtol=1e-5,
     )
+    # the same data on the inflated surfaces (same vertices and faces) are read with the same labels
+    from nilearn.datasets import load_fsaverage
+    from nilearn.surface import SurfaceImage
+
+    inflated = SurfaceImage(load_fsaverage("fsaverage5")["inflated"], dict(run.data.parts))
+    np.testing.assert_allclose(np.asarray(est.transform(inflated)), reference, rtol=1e-5)
     compressed = est.inverse_transform(signals)
     assert isinstance(compressed, SurfaceImage)
     assert compressed.shape == run.shape

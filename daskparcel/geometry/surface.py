@@ -85,16 +85,17 @@ class SurfaceGeometry:
         return np.eye(4)
 
     def token(self) -> str:
-        """A hash of the meshes (not of the mask): runs on the same meshes share it."""
+        """A hash of the meshes' topology (parts, vertex counts, faces; not the coordinates nor the mask): the
+        pial, white and inflated surfaces of a subject share it, and so do the runs on them."""
         digest = hashlib.sha256()
-        for part, coords, faces in zip(self.parts, self.coordinates, self.faces, strict=True):
-            digest.update(part.encode())
-            digest.update(np.ascontiguousarray(coords).tobytes())
-            digest.update(np.ascontiguousarray(faces).tobytes())
+        for part, n, faces in zip(self.parts, self.n_vertices, self.faces, strict=True):
+            digest.update(f"{part}:{n}".encode())
+            digest.update(np.ascontiguousarray(faces, dtype=np.int64).tobytes())
         return digest.hexdigest()[:20]
 
     def same_mesh(self, other: Any) -> bool:
-        """Whether ``other`` is a surface geometry on the same meshes."""
+        """Whether ``other`` is a surface geometry on the same meshes (the same topology: neighbours, components
+        and parcels do not depend on the coordinates)."""
         return isinstance(other, SurfaceGeometry) and other.token() == self.token()
 
     def describe(self) -> str:
