@@ -271,7 +271,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
                 maps_dataset(imgs) if is_maps(imgs, 2) else imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
                 confounds_columns=self.confounds_columns,
             )  # fmt: skip
-            geometry = fit_geometry(runs, self.mask)  # None: volume runs
+            geometry = fit_geometry(runs, self.get_params())  # None: volume runs
             affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
             params = self._clean_params(runs)
             cache = Path(self.store) if self.store is not None else default_cache_dir()

@@ -389,3 +389,17 @@ def test_fit_folder_of_a_surface_fit(run: Any, store: Path, tmp_path: Path) -> N
     html = (out / "report.html").read_text()
     assert "Parcels on the mesh" in html and "Figure not drawn" not in html
     assert html.count('<img src="data:image/png;base64,') == 2
+
+
+@pytest.mark.parametrize("method", ["ward", "rena"])
+def test_fewer_parcels_than_hemispheres_refused_before_anything_is_written(
+    run: Any, tmp_path: Path, method: str
+) -> None:
+    with pytest.raises(InputError) as excinfo:
+        Parcellations(method=method, n_parcels=1, smoothing_fwhm=None, store=tmp_path).fit(run)
+    assert "n_parcels>=2" in one_line_error(excinfo)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError) as excinfo:
+        Parcellations(method=method, n_parcels=30000, smoothing_fwhm=None, store=tmp_path).fit(run)
+    assert "20484" in one_line_error(excinfo)
+    assert list(tmp_path.iterdir()) == []

@@ -42,12 +42,27 @@ def check_surface_params(params: dict[str, Any], imgs: Any) -> None:
         )
 
 
-def fit_geometry(runs: Any, mask: Any) -> SurfaceGeometry | None:
-    """The fitted geometry of the runs: their meshes with ``mask`` (None: every vertex), or None for volumes."""
+def fit_geometry(runs: Any, params: dict[str, Any]) -> SurfaceGeometry | None:
+    """The fitted geometry of the runs: their meshes with the ``mask`` of ``params`` (None: every vertex), or
+    None for volumes. ``n_parcels`` is checked against it before any data is read: at most its vertices, and
+    for a connected method at least one parcel per component (hemisphere, island of the mask)."""
+    from daskparcel._checks import check_n_clusters
+    from daskparcel.clustering import METHODS
+
     geometry = getattr(runs[0], "geometry", None)
     if geometry is None:
         return None
-    result: SurfaceGeometry = geometry.with_mask(mask)
+    result: SurfaceGeometry = geometry.with_mask(params.get("mask"))
+    k = check_n_clusters(params["n_parcels"], result.n_elements, "n_parcels")
+    method = METHODS[str(params["method"])]
+    if method.is_tree or method.name == "rena":
+        n_comp = result.components()[0]
+        if k < n_comp:
+            raise InputError(
+                f"n_parcels={k}: the surface ({result.describe()}, {result.n_elements} kept) has {n_comp} "
+                f"separate components and every {method.name} parcel is one connected region; pass "
+                f"n_parcels>={n_comp}"
+            )
     return result
 
 
