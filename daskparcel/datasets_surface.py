@@ -21,12 +21,54 @@ from daskparcel.datasets import ar1
 from daskparcel.errors import InputError
 from daskparcel.geometry.surface import SurfaceGeometry, mesh_edges
 
-__all__ = ["planted_surface_parcellation", "surface_mesh", "synthetic_surface_run"]
+__all__ = ["icosphere", "planted_surface_parcellation", "surface_mesh", "synthetic_surface_run"]
+
+
+def icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
+    """An icosahedron subdivided ``subdivisions`` times, on the unit sphere: (coordinates, faces).
+
+    Each subdivision splits every triangle into four at its edges' midpoints: ``10 * 4**n + 2`` vertices (n = 5:
+    10,242, fsaverage5's count; n = 6: 40,962, more than fs_LR's 32,492 per hemisphere).
+    """
+    t = (1 + 5**0.5) / 2
+    coords = np.array(
+        [[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t],
+         [0, -1, -t], [0, 1, -t], [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]], dtype=np.float64,
+    )  # fmt: skip
+    faces = np.array(
+        [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4],
+         [11, 10, 2], [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9],
+         [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]], dtype=np.int64,
+    )  # fmt: skip
+    for _ in range(int(subdivisions)):
+        n = len(coords)
+        a, b, c = faces[:, 0], faces[:, 1], faces[:, 2]
+        pairs = np.stack([np.concatenate([a, b, c]), np.concatenate([b, c, a])])
+        key = np.minimum(*pairs) * n + np.maximum(*pairs)
+        unique, inverse = np.unique(key, return_inverse=True)
+        mid = n + inverse.reshape(3, -1)  # the midpoint of (a, b), (b, c), (c, a) of each face
+        coords = np.concatenate([coords, (coords[unique // n] + coords[unique % n]) / 2])
+        ab, bc, ca = mid
+        faces = np.concatenate(
+            [np.stack(f, axis=1) for f in ((a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca))]
+        )
+    return coords / np.linalg.norm(coords, axis=1, keepdims=True), faces
 
 
 @functools.lru_cache(maxsize=2)
 def surface_mesh(mesh: str = "fsaverage5") -> Any:
-    """nilearn's ``PolyMesh`` of ``mesh`` (its pial surfaces), shipped with nilearn for fsaverage5."""
+    """A ``PolyMesh`` (left and right): nilearn's fsaverage ``mesh`` (its pial surfaces; fsaverage5 ships with
+    nilearn), or ``"ico<n>"``: two icospheres of radius 70 mm subdivided n times, side by side (for runs at
+    scale: ``"ico6"`` has 40,962 vertices per hemisphere)."""
+    if mesh.startswith("ico") and mesh[3:].isdigit():
+        from nilearn.surface import InMemoryMesh, PolyMesh
+
+        coords, faces = icosphere(int(mesh[3:]))
+        shift = np.array([75.0, 0.0, 0.0])
+        return PolyMesh(
+            left=InMemoryMesh(coords * 70 - shift, faces),
+            right=InMemoryMesh(coords * 70 + shift, faces),
+        )
     from nilearn.datasets import load_fsaverage
 
     return load_fsaverage(mesh)["pial"]
@@ -100,7 +142,7 @@ def synthetic_surface_run(
     random_state : int
         Seed of everything.
     mesh : str
-        A nilearn fsaverage mesh (``"fsaverage5"`` ships with nilearn).
+        A nilearn fsaverage mesh (``"fsaverage5"`` ships with nilearn) or ``"ico<n>"`` (:func:`surface_mesh`).
     """
     if n_volumes < 2:
         raise InputError(f"n_volumes={n_volumes}: a run needs at least 2 time points")

@@ -314,6 +314,11 @@ def test_mixed_runs_refused_before_any_file_is_read(run: Any, tmp_path: Path) ->
     message = one_line_error(excinfo)
     assert "SurfaceImage" in message and "separately" in message
     assert list(tmp_path.iterdir()) == []
+    volume = nib.Nifti1Image(np.zeros((4, 4, 4, 5), dtype=np.float32), np.eye(4))
+    with pytest.raises(InputError) as excinfo:  # a surface mask for volume runs
+        Parcellations(method="ward", mask=run, store=tmp_path).fit(volume)
+    assert "mask: a SurfaceImage for volume runs" in one_line_error(excinfo)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_mesh_and_data_of_different_sizes_refused(run: Any, tmp_path: Path) -> None:
@@ -403,3 +408,30 @@ def test_fewer_parcels_than_hemispheres_refused_before_anything_is_written(
         Parcellations(method=method, n_parcels=30000, smoothing_fwhm=None, store=tmp_path).fit(run)
     assert "20484" in one_line_error(excinfo)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_icosphere_meshes_for_scale_runs(tmp_path: Path) -> None:
+    """Closed triangulated spheres (V - E + F = 2, every edge in two faces, outward faces) of 10 * 4**n + 2
+    vertices; a planted run on them is parcellated into connected parcels."""
+    from daskparcel.datasets_surface import icosphere
+
+    for n in range(4):
+        coords, faces = icosphere(n)
+        assert len(coords) == 10 * 4**n + 2 and len(faces) == 20 * 4**n
+        sides = np.sort(
+            np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1
+        )
+        _, counts = np.unique(sides, axis=0, return_counts=True)
+        assert set(counts.tolist()) == {2}
+        assert len(coords) - len(counts) + len(faces) == 2
+        normals = np.cross(
+            coords[faces[:, 1]] - coords[faces[:, 0]], coords[faces[:, 2]] - coords[faces[:, 0]]
+        )
+        assert np.all(np.einsum("ij,ij->i", normals, coords[faces].mean(axis=1)) > 0)
+    small = synthetic_surface_run(20, n_parcels=20, mesh="ico3")
+    assert small.shape == (2 * 642, 20)
+    labels = vertices(fit(small, "ward", 20, tmp_path).labels_img_)
+    assert np.array_equal(np.unique(labels), np.arange(1, 21))
+    assert disconnected(labels, mesh_graph(small)) == []
+    truth = vertices(planted_surface_parcellation(20, mesh="ico3"))
+    assert adjusted_rand_score(truth, labels) > 0.9
