@@ -39,13 +39,14 @@ from daskparcel._checks import (
     positive_or_none,
 )
 from daskparcel._log import timed, verbosity
-from daskparcel.atlas import label_images, label_parcels, load_atlas
+from daskparcel.atlas import label_parcels, load_atlas
 from daskparcel.clustering import METHODS, ClusterJob, run_method
 from daskparcel.errors import InputError
 from daskparcel.features import is_maps, maps_dataset, transform_maps
 from daskparcel.geometry.fitting import (
     check_surface_params,
     fit_geometry,
+    fitted_images,
     inverse_items,
     transform_grid,
 )
@@ -303,13 +304,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
                 )
                 with step("clustering", logger):
                     labels = self._cluster(features, mask, store, geometry)
-        self._set_fitted(labels, mask, affine, features, store, runs, timings)
-        if geometry is not None:  # surface runs: SurfaceImages
-            self.labels_img_, self.mask_img_ = (
-                geometry.labels_image(labels + 1),
-                geometry.mask_image(),
-            )
-        self.geometry_ = geometry
+        self._set_fitted(labels, mask, affine, features, store, runs, timings, geometry)
         return self
 
     def _cluster(self, features: np.ndarray, mask: np.ndarray, store: SignalsStore, geometry: Any = None) -> np.ndarray:  # fmt: skip
@@ -324,8 +319,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         labels, self.tree_ = run_method(method, job, cache=store, key=key)
         return labels
 
-    def _set_fitted(self, labels: np.ndarray, mask: np.ndarray, affine: np.ndarray, features: np.ndarray, store: SignalsStore | None, runs: Sequence[RunInput], timings: dict[str, float]) -> None:  # fmt: skip
-        self._set_labels(np.asarray(labels, dtype=np.int64) + 1, mask, affine)
+    def _set_fitted(self, labels: np.ndarray, mask: np.ndarray, affine: np.ndarray, features: np.ndarray, store: SignalsStore | None, runs: Sequence[RunInput], timings: dict[str, float], geometry: Any = None) -> None:  # fmt: skip
+        self._set_labels(np.asarray(labels, dtype=np.int64) + 1, mask, affine, geometry=geometry)
         self.components_ = features.T
         self.store_ = store
         self.signals_store_: Path | None = None if store is None else store.path
@@ -333,13 +328,13 @@ class Parcellations(TransformerMixin, BaseEstimator):
         self.runs_ = [r.name for r in runs]
         self._fitted_identities = {r.identity: r.name for r in runs}
 
-    def _set_labels(self, values: np.ndarray, mask: np.ndarray, affine: np.ndarray, atlas: Any = None) -> None:  # fmt: skip
+    def _set_labels(self, values: np.ndarray, mask: np.ndarray, affine: np.ndarray, atlas: Any = None, geometry: Any = None) -> None:  # fmt: skip
         """``labels_`` (1..K of the mask's voxels), ``labels_img_`` (the atlas's values if given), ``mask_img_``,
         ``n_elements_``, ``atlas_``; no runs nor store (``fit`` sets them after)."""
-        self.labels_, self.labels_img_, self.mask_img_ = label_images(values, mask, affine, atlas)
+        self.labels_, self.labels_img_, self.mask_img_ = fitted_images(values, mask, affine, atlas, geometry)  # fmt: skip
         self.n_elements_ = int(self.n_parcels)
         self.atlas_, self.store_, self.signals_store_, self.runs_ = atlas, None, None, []
-        self._fitted_identities, self.geometry_ = {}, None
+        self._fitted_identities, self.geometry_ = {}, geometry
 
     @classmethod
     def from_labels(cls, labels_img: Any, mask_img: Any = None, lut: Any = None, **params: Any) -> Parcellations:  # fmt: skip

@@ -435,3 +435,15 @@ def test_icosphere_meshes_for_scale_runs(tmp_path: Path) -> None:
     assert disconnected(labels, mesh_graph(small)) == []
     truth = vertices(planted_surface_parcellation(20, mesh="ico3"))
     assert adjusted_rand_score(truth, labels) > 0.9
+
+
+def test_more_vertices_than_a_nifti_axis_holds(tmp_path: Path) -> None:
+    """81,924 vertices (two ico6 spheres): no NIfTI image of the pseudo-grid is made (nibabel warns beyond
+    32,767 voxels along an axis); labels_ name the kept vertices."""
+    big = synthetic_surface_run(10, n_parcels=40, mesh="ico6")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = fit(big, "rena", 40, tmp_path)
+    assert not [w for w in caught if "Freesurfer" in str(w.message)]
+    assert np.array_equal(est.labels_["vertex"].values, np.arange(81924))
+    assert np.array_equal(np.unique(vertices(est.labels_img_)), np.arange(1, 41))

@@ -18,6 +18,7 @@ from daskparcel.ingest.surface import is_surface_image
 __all__ = [
     "check_surface_params",
     "fit_geometry",
+    "fitted_images",
     "inverse_items",
     "inverse_surface",
     "transform_grid",
@@ -122,3 +123,23 @@ def inverse_items(est: Any, signals: Any) -> Any:
             for s in items
         ]
     return out[0] if single else out
+
+
+def fitted_images(
+    codes: np.ndarray, mask: np.ndarray, affine: np.ndarray, atlas: Any = None, geometry: Any = None
+) -> tuple[Any, Any, Any]:
+    """``labels_`` (codes 1..K of the mask's elements), ``labels_img_`` and ``mask_img_``: NIfTI images
+    (:func:`daskparcel.atlas.label_images`), or ``SurfaceImage`` s for a surface ``geometry`` (no NIfTI image of
+    its pseudo-grid is made: nibabel cannot write more than 32,767 voxels along an axis)."""
+    import xarray as xr
+
+    from daskparcel.atlas import label_images
+
+    if geometry is None:
+        return label_images(codes, mask, affine, atlas)
+    vertex = np.flatnonzero(geometry.mask)
+    labels = xr.DataArray(
+        np.asarray(codes, dtype=np.int32), dims=("voxel",), coords={"vertex": ("voxel", vertex)},
+        name="labels",
+    )  # fmt: skip
+    return labels, geometry.labels_image(codes), geometry.mask_image()
