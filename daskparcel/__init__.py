@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "StoreLockedError": "daskparcel.errors",
     "open_nifti": "daskparcel.ingest.nifti",
     "find_bids_runs": "daskparcel.ingest.bids",
+    "gifti_run": "daskparcel.ingest.surface",
     "convert": "daskparcel.ingest.convert",
     "open_store": "daskparcel.store.runs",
     "to_nifti": "daskparcel.store.runs",

@@ -134,7 +134,7 @@ def _subject_maps(spec: _Subject) -> dict[str, np.ndarray]:
     sigma = baseline / tsnr  # total temporal std of a voxel
     amplitude = sigma * rng.uniform(0.6, 0.9, size=labels.size)  # parcel signal part
     noise = np.sqrt(np.maximum(sigma**2 - amplitude**2, 1e-6))
-    courses = _ar1(rng, (spec.n_parcels, spec.n_volumes))  # unit-variance AR(1) course per parcel
+    courses = ar1(rng, (spec.n_parcels, spec.n_volumes))  # unit-variance AR(1) course per parcel
     drift = rng.normal(0, 0.01) * np.linspace(-1, 1, spec.n_volumes)
     return {
         "labels": labels - 1,
@@ -146,7 +146,7 @@ def _subject_maps(spec: _Subject) -> dict[str, np.ndarray]:
     }
 
 
-def _ar1(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+def ar1(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """Unit-variance AR(1) series along the last axis, started in the stationary distribution."""
     out = np.empty(shape)
     scale = np.sqrt(1 - AR1**2)
@@ -163,7 +163,7 @@ def _block(spec: _Subject, start: int, stop: int) -> np.ndarray:
     maps = _subject_maps(spec)
     n = stop - start
     rng = np.random.default_rng([spec.random_state, spec.subject, 2, start])
-    noise = _ar1(rng, (maps["labels"].size, n)).astype(np.float32) * maps["noise"][:, None]
+    noise = ar1(rng, (maps["labels"].size, n)).astype(np.float32) * maps["noise"][:, None]
     signal = maps["courses"][maps["labels"], start:stop] * maps["amplitude"][:, None]
     inside = maps["baseline"][:, None] * (1 + maps["drift"][None, start:stop]) + signal + noise
     out = np.empty((*mask.shape, n), dtype=np.float32)

@@ -39,10 +39,17 @@ from daskparcel._checks import (
     positive_or_none,
 )
 from daskparcel._log import timed, verbosity
-from daskparcel.atlas import label_images, label_parcels, load_atlas, run_grid
+from daskparcel.atlas import label_parcels, load_atlas
 from daskparcel.clustering import METHODS, ClusterJob, run_method
 from daskparcel.errors import InputError
 from daskparcel.features import is_maps, maps_dataset, transform_maps
+from daskparcel.geometry.fitting import (
+    check_surface_params,
+    fit_geometry,
+    fitted_images,
+    inverse_items,
+    transform_grid,
+)
 from daskparcel.ingest.resolve import per_run, prepare_runs, repetition_time, run_confounds
 from daskparcel.parcels import parcel_signals, size_scale
 from daskparcel.preprocessing.masking import MASK_STRATEGIES
@@ -156,6 +163,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
     tree_ : MergeTree or None
         The merge tree of ward / complete / average, kept in the signals store: a fit with another
         ``n_parcels`` cuts it again without rebuilding, in this process or a later one.
+    geometry_ : SurfaceGeometry or None
+        The meshes and vertex mask of a fit on SurfaceImages (then labels_img_ and mask_img_ are SurfaceImages).
     atlas_ : daskparcel.atlas.Atlas or None
         The atlas of :meth:`from_labels` (label values, names); None when fitted.
     """
@@ -255,6 +264,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         from daskparcel.runtime import connect, workers
 
         self._validate_params()
+        check_surface_params(self.get_params(), imgs)
         timings: dict[str, float] = {}
         step = partial(timed, timings)
         with step("total"):
@@ -262,13 +272,14 @@ class Parcellations(TransformerMixin, BaseEstimator):
                 maps_dataset(imgs) if is_maps(imgs, 2) else imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
                 confounds_columns=self.confounds_columns,
             )  # fmt: skip
+            geometry = fit_geometry(runs, self.get_params())  # None: volume runs
             affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
             params = self._clean_params(runs)
             cache = Path(self.store) if self.store is not None else default_cache_dir()
             since = workers.now()  # workers_: the workers of this fit, also those lost on the way
             with connect(self.client) as client, verbosity(self.verbose):
                 with step("mask", logger) as notes:
-                    mask = run_mask(
+                    mask = geometry.grid_mask() if geometry else run_mask(
                         runs, affine, cache, mask=self.mask, strategy=self.mask_strategy,
                         mask_args=self.mask_args,
                     )  # fmt: skip
@@ -293,25 +304,25 @@ class Parcellations(TransformerMixin, BaseEstimator):
                     self.n_parcels,
                 )
                 with step("clustering", logger):
-                    labels = self._cluster(features, mask, store)
+                    labels = self._cluster(features, mask, store, geometry)
                 self.workers_ = workers.workers_seen(client, since)
-        self._set_fitted(labels, mask, affine, features, store, runs, timings)
+        self._set_fitted(labels, mask, affine, features, store, runs, timings, geometry)
         return self
 
-    def _cluster(self, features: np.ndarray, mask: np.ndarray, store: SignalsStore) -> np.ndarray:
+    def _cluster(self, features: np.ndarray, mask: np.ndarray, store: SignalsStore, geometry: Any = None) -> np.ndarray:  # fmt: skip
         """Labels 0..K-1 over the mask's voxels, by the registered method (trees kept in the store)."""
         method = METHODS[str(self.method)]
         options = {name: getattr(self, name) for name in (*method.options, "weighting")}
         job = ClusterJob(
             features, int(self.n_parcels), mask, int(self.random_state), options, self.connectivity,
-            store.signals("cleaned"),
+            store.signals("cleaned"), geometry,
         )  # fmt: skip
         key = store.features_group(self.n_components, self.random_state)
         labels, self.tree_ = run_method(method, job, cache=store, key=key)
         return labels
 
-    def _set_fitted(self, labels: np.ndarray, mask: np.ndarray, affine: np.ndarray, features: np.ndarray, store: SignalsStore | None, runs: Sequence[RunInput], timings: dict[str, float]) -> None:  # fmt: skip
-        self._set_labels(np.asarray(labels, dtype=np.int64) + 1, mask, affine)
+    def _set_fitted(self, labels: np.ndarray, mask: np.ndarray, affine: np.ndarray, features: np.ndarray, store: SignalsStore | None, runs: Sequence[RunInput], timings: dict[str, float], geometry: Any = None) -> None:  # fmt: skip
+        self._set_labels(np.asarray(labels, dtype=np.int64) + 1, mask, affine, geometry=geometry)
         self.components_ = features.T
         self.store_ = store
         self.signals_store_: Path | None = None if store is None else store.path
@@ -319,13 +330,13 @@ class Parcellations(TransformerMixin, BaseEstimator):
         self.runs_ = [r.name for r in runs]
         self._fitted_identities = {r.identity: r.name for r in runs}
 
-    def _set_labels(self, values: np.ndarray, mask: np.ndarray, affine: np.ndarray, atlas: Any = None) -> None:  # fmt: skip
+    def _set_labels(self, values: np.ndarray, mask: np.ndarray, affine: np.ndarray, atlas: Any = None, geometry: Any = None) -> None:  # fmt: skip
         """``labels_`` (1..K of the mask's voxels), ``labels_img_`` (the atlas's values if given), ``mask_img_``,
         ``n_elements_``, ``atlas_``; no runs nor store (``fit`` sets them after)."""
-        self.labels_, self.labels_img_, self.mask_img_ = label_images(values, mask, affine, atlas)
+        self.labels_, self.labels_img_, self.mask_img_ = fitted_images(values, mask, affine, atlas, geometry)  # fmt: skip
         self.n_elements_ = int(self.n_parcels)
         self.atlas_, self.store_, self.signals_store_, self.runs_ = atlas, None, None, []
-        self._fitted_identities = {}
+        self._fitted_identities, self.geometry_ = {}, geometry
 
     @classmethod
     def from_labels(cls, labels_img: Any, mask_img: Any = None, lut: Any = None, **params: Any) -> Parcellations:  # fmt: skip
@@ -396,8 +407,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         stored = None
         if fitted is not None and self.store_ is not None:
             stored = self.store_.run_signals("smoothed")[self.store_.runs.index(fitted)]
-        codes, mask, affine = run_grid(self, run)
-        voxels = run_voxel_signals(run, mask, affine, self.smoothing_fwhm, stored)
+        codes, mask, affine, fwhm = transform_grid(self, run)
+        voxels = run_voxel_signals(run, mask, affine, fwhm, stored)
         conf = (
             run_confounds(confounds, run, self.confounds_columns) if confounds is not None else None
         )
@@ -414,7 +425,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         self.fit(imgs, confounds=confounds, **fit_params)
         return self.transform(imgs, confounds=confounds)
 
-    def inverse_transform(self, signals: Any) -> xr.DataArray | list[xr.DataArray]:
+    def inverse_transform(self, signals: Any) -> Any:
         """Images in which each voxel takes its parcel's signal (the "compressed representation"), lazily.
 
         Parameters
@@ -427,23 +438,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         xarray.DataArray ("x", "y", "z", "t") or a list of them
             Lazy, chunked in whole volumes, with the ``affine`` attribute and the ``t_r`` of the signals
             (``transform`` gives the run's; else the ``t_r`` parameter): write it with
-            :func:`daskparcel.to_nifti` (streamed) or ``.to_zarr``.
+            :func:`daskparcel.to_nifti` (streamed) or ``.to_zarr``. For surface runs: a nilearn
+            ``SurfaceImage`` (vertex, time) or a list of them.
         """
-        from daskparcel.parcels import to_voxel_volumes
-
         self._check_fitted()
-        single = not isinstance(signals, list | tuple)
-        values = None if getattr(self, "atlas_", None) is None else self.atlas_.values
-        out = [
-            to_voxel_volumes(
-                s,
-                self.labels_.values,
-                self.n_parcels,
-                self.mask_img_,
-                self._scale(),
-                values,
-                t_r=self.t_r,
-            )
-            for s in ([signals] if single else list(signals))
-        ]
-        return out[0] if single else out
+        return inverse_items(self, signals)

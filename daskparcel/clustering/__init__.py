@@ -34,6 +34,8 @@ class ClusterJob:
     options: Mapping[str, Any] = field(default_factory=dict)
     connectivity: Any = None  # a voxel x voxel graph replacing the mask's lattice, or None
     signals: Any = None  # the cleaned voxel signals (voxel, time), lazy: to judge starts by R^2
+    #: A non-lattice geometry (a SurfaceGeometry: mesh edges), whose graph replaces the mask's lattice.
+    geometry: Any = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,12 @@ def _hierarchical_kmeans(job: ClusterJob) -> np.ndarray:
 def _rena(job: ClusterJob) -> np.ndarray:
     from daskparcel.clustering.rena import auto_block_shape, rena
 
+    if job.geometry is not None:
+        from daskparcel.geometry.clustering import rena_on_graph
+
+        return rena_on_graph(
+            job.features, job.n_clusters, job.geometry, n_iter=int(job.options.get("n_iter", 10))
+        )
     return rena(
         job.features, job.n_clusters, mask=job.mask, n_iter=int(job.options.get("n_iter", 10)),
         block_shape=auto_block_shape(job.mask),
@@ -98,11 +106,12 @@ def _agglomerative_tree(linkage: str) -> Callable[[ClusterJob], MergeTree]:
         from daskparcel.clustering.connectivity import check_connectivity, grid_connectivity
 
         n_voxels = int(job.mask.sum())
-        conn = (
-            grid_connectivity(job.mask)
-            if job.connectivity is None
-            else check_connectivity(job.connectivity, n_voxels)
-        )
+        if job.connectivity is not None:
+            conn = check_connectivity(job.connectivity, n_voxels)
+        elif job.geometry is not None:
+            conn = job.geometry.connectivity()
+        else:
+            conn = grid_connectivity(job.mask)
         return build_tree(job.features, conn, linkage=linkage)
 
     return build

@@ -50,7 +50,7 @@ from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["auto_block_shape", "rena"]
+__all__ = ["auto_block_shape", "rena", "rena_on_edges"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -269,7 +269,10 @@ def _rena_connected(
     threshold: float,
     block_shape: tuple[int, int, int] | None,
     single_block_below: int,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
+    """ReNA of one connected graph: the mask's lattice, or ``edges`` (each once, ``rows < cols``; e.g. a
+    mesh's) with ``block_shape=None``."""
     n_vox = int(mask.sum())
     if n_clusters >= n_vox:
         return np.arange(n_vox, dtype=np.int64)
@@ -287,7 +290,7 @@ def _rena_connected(
         blocks = list(dask.persist(*blocks))  # on a cluster: each block goes to a worker once
     logger.debug("ReNA: %d voxels in %d spatial blocks", n_vox, n_blocks)
     level = _Level(home, blocks)
-    ei, ej = grid_edges(mask)
+    ei, ej = grid_edges(mask) if edges is None else edges
     labels = np.arange(n_vox, dtype=np.int64)
     n_nodes = n_vox
     # lattice edges of zero weight (identical features, e.g. air, constant or zeroed voxels) leave the
@@ -375,6 +378,22 @@ def _rena_connected(
         final = _union_find_merge(n_nodes, wi, wj, w, n_clusters)
         labels = final[labels]
     return labels
+
+
+def rena_on_edges(
+    features: np.ndarray,
+    n_clusters: int,
+    edges: tuple[np.ndarray, np.ndarray],
+    *,
+    n_iter: int = 10,
+    threshold: float = 1e-7,
+) -> np.ndarray:
+    """ReNA of the nodes of one connected graph given by its ``edges`` (each once, ``rows < cols``; e.g. a
+    mesh's), in one block: labels 0..n_clusters-1 (see :func:`rena` for the rounds and the exact-K merge)."""
+    mask = np.ones((len(features), 1, 1), dtype=bool)
+    return _rena_connected(
+        features, mask, int(n_clusters), int(n_iter), float(threshold), None, 20_000, edges=edges
+    )
 
 
 def _reorder_then_reduce(

@@ -23,6 +23,12 @@ import xarray as xr
 from daskparcel._checks import expand_glob, same_grid, sample_mask_indices
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import is_nifti_path, open_nifti, run_name
+from daskparcel.ingest.surface import (
+    check_not_mixed,
+    check_one_geometry,
+    is_surface_image,
+    surface_run,
+)
 from daskparcel.store.signals import RunInput
 
 
@@ -123,6 +129,7 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
     items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
     if not items:
         raise InputError("imgs is empty; give one or more BOLD runs")
+    check_not_mixed(items)  # before any file is hashed or read
     prefetch_sha256(
         [
             i.path if isinstance(i, BidsRun) else i
@@ -170,6 +177,8 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
                 runs.append(nifti_run(path, chunk_volumes))
         elif isinstance(item, nib.spatialimages.SpatialImage):
             runs.append(_run_from_image(item, len(runs), chunk_volumes))
+        elif is_surface_image(item):
+            runs.append(surface_run(item, len(runs), chunk_volumes))
         elif isinstance(item, xr.Dataset):
             if (
                 "bold" not in item
@@ -194,8 +203,9 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
         else:
             raise InputError(
                 f"imgs: cannot use a {type(item).__name__} as a run; give NIfTI paths, globs, nibabel images, "
-                "xarray Datasets, stores or a BIDS folder"
+                "xarray Datasets, stores, a BIDS folder or nilearn SurfaceImages"
             )
+    check_one_geometry(runs)
     # the same data twice would count a run twice: refused, as convert does
     seen: dict[str, RunInput] = {}
     for run in runs:

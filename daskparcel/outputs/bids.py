@@ -146,7 +146,7 @@ def common_space(inputs: Sequence[Any]) -> str | None:
     return None
 
 
-def _colors(n: int) -> list[str]:
+def parcel_colors(n: int) -> list[str]:
     """``n`` distinct colours (hues spread by the golden ratio, two brightness levels), as ``#rrggbb``."""
     out = []
     for i in range(n):
@@ -189,7 +189,7 @@ def look_up_table(labels_img: nib.spatialimages.SpatialImage) -> pd.DataFrame:
         {
             "index": np.concatenate([[0], present]).astype(int),
             "name": ["Background", *parcel_names(present)],
-            "color": ["#000000", *_colors(len(present))],
+            "color": ["#000000", *parcel_colors(len(present))],
             "size": np.concatenate([[background], counts[present]]).astype(int),
             "x": np.concatenate([[np.nan], xyz[:, 0]]),
             "y": np.concatenate([[np.nan], xyz[:, 1]]),

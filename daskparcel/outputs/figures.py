@@ -84,6 +84,10 @@ class Figures:
         params = _mapping(self.doc.get("parameters"))
         metrics = _mapping(self.doc.get("metrics"))
         data = _mapping(self.doc.get("data"))
+        if data.get("mesh"):  # a surface fit: its figures are drawn on the meshes
+            from daskparcel.outputs.surface import surface_figures
+
+            return surface_figures(self)
         method = str(params.get("method", ""))
         n_parcels = _fmt_int(metrics.get("n_parcels", params.get("n_parcels")))
         n_voxels = _fmt_int(data.get("voxels_in_mask"))

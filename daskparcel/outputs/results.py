@@ -160,6 +160,12 @@ def write_fit_outputs(
             "est: has no signals store (made by from_labels); fit it on runs before writing a fit folder"
         )
     kinds = check_kinds(connectomes, name="connectomes")
+    if (
+        getattr(est, "geometry_", None) is not None
+    ):  # surface runs: GIfTI labels, figures on the mesh
+        from daskparcel.outputs.surface import write_surface_outputs
+
+        return write_surface_outputs(est, imgs, out, confounds=confounds, inputs=inputs, argv=argv, job=job, connectomes=kinds, report=report)  # fmt: skip
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)

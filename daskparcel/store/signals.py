@@ -106,6 +106,9 @@ class RunInput:
     #: The NIfTI file that ``data["bold"]`` reads, untouched (as :func:`open_nifti` made it); when it is gzipped,
     #: the smoothing pass reads it in one sequential stream instead of block by block.
     nifti: str | None = None
+    #: The run's geometry when it is not a voxel grid (a :class:`~daskparcel.geometry.surface.SurfaceGeometry`:
+    #: ``bold`` is then its vertices as a (vertex, 1, 1, time) pseudo-grid); None for volumes.
+    geometry: Any = None
 
     @property
     def n_time(self) -> int:

@@ -1,0 +1,291 @@
+"""The fit folder of a surface fit (``Parcellations`` fitted on ``SurfaceImage`` s).
+
+``DIR/``
+    ``atlas-<L>_hemi-L_dseg.label.gii``  the labels of the left hemisphere's vertices (int32, 0 = out of the
+                                         mask), with the look-up table as the GIfTI label table
+    ``atlas-<L>_hemi-R_dseg.label.gii``  the same, right hemisphere
+    ``atlas-<L>_dseg.tsv``               the look-up table: index, name, color, size (vertices), hemisphere
+    ``r2_hemi-L.shape.gii`` / ``_hemi-R``  per-vertex compression R^2
+    ``mesh_hemi-L.surf.gii`` / ``_hemi-R``  the meshes of the runs (what the figures are drawn on)
+    ``parcel_signals.zarr``              parcel signals (time, parcel) of every run, as for volumes
+    ``fit.json``                         parameters, versions, data, timings, quality figures (as for volumes;
+                                         ``data`` holds ``mesh`` and ``vertices_in_mask``; contiguity is on the mesh)
+    ``report.html``                      the report, its figures drawn on the meshes (nilearn's ``plot_surf_roi``
+                                         and ``plot_surf_stat_map``, lateral and medial views)
+    ``dataset_description.json``         a BIDS derivative description
+
+``<L>`` is the atlas label (e.g. ``ward100``). Written to ``DIR.partial`` and moved into place at the end. The
+per-run BIDS tables and connectomes are not written for surfaces yet.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import dask
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from daskparcel import __version__
+from daskparcel.outputs.bids import (
+    atlas_label,
+    parcel_colors,
+    parcel_names,
+    write_dataset_description,
+)
+from daskparcel.outputs.record import FitRecord, command_record, describe_input_files
+from daskparcel.store.runs import replace_dir
+
+__all__ = ["mesh_contiguity", "surface_figures", "surface_look_up_table", "write_surface_outputs"]
+
+HEMI = {"left": "L", "right": "R"}
+
+
+def surface_look_up_table(geometry: Any, codes: np.ndarray, n_parcels: int) -> pd.DataFrame:
+    """The look-up table of a surface parcellation: one row per label (0 = the unlabelled vertices first) with
+    its name, colour, size in vertices and hemisphere (``L``, ``R``)."""
+    counts = np.bincount(codes, minlength=n_parcels + 1)
+    part_of = np.repeat(np.arange(len(geometry.parts)), geometry.n_vertices)[geometry.mask]
+    first = np.full(n_parcels + 1, -1)
+    first[codes[::-1]] = part_of[::-1]  # the hemisphere of each parcel (parcels never span two)
+    present = np.arange(1, n_parcels + 1)
+    return pd.DataFrame(
+        {
+            "index": np.arange(n_parcels + 1),
+            "name": ["Background", *parcel_names(present)],
+            "color": ["#000000", *parcel_colors(n_parcels)],
+            "size": [int(len(geometry.mask) - geometry.n_elements), *counts[1:].tolist()],
+            "hemisphere": ["n/a", *(HEMI[geometry.parts[p]] for p in first[1:])],
+        }
+    )
+
+
+def mesh_contiguity(geometry: Any, codes: np.ndarray) -> tuple[float, list[int]]:
+    """The fraction of parcels that are one connected region of the mesh, and the others."""
+    from scipy.sparse.csgraph import connected_components
+
+    graph = geometry.connectivity()
+    broken = []
+    parcels = np.unique(codes)
+    for value in parcels:
+        ids = np.flatnonzero(codes == value)
+        if connected_components(graph[ids][:, ids], directed=False)[0] != 1:
+            broken.append(int(value))
+    return 1 - len(broken) / len(parcels), broken
+
+
+def _label_gifti(values: np.ndarray, table: pd.DataFrame) -> nib.gifti.GiftiImage:
+    labels = nib.gifti.GiftiLabelTable()
+    for index, name, color in zip(table["index"], table["name"], table["color"], strict=True):
+        rgb = [int(color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        label = nib.gifti.GiftiLabel(
+            key=int(index), red=rgb[0], green=rgb[1], blue=rgb[2], alpha=1.0 if index else 0.0
+        )
+        setattr(label, "label", str(name))  # noqa: B010 (an attribute nibabel's class does not declare)
+        labels.labels.append(label)
+    image = nib.gifti.GiftiImage(labeltable=labels)
+    image.add_gifti_data_array(
+        nib.gifti.GiftiDataArray(
+            values.astype(np.int32), intent="NIFTI_INTENT_LABEL", datatype="NIFTI_TYPE_INT32"
+        )
+    )
+    return image
+
+
+def _shape_gifti(values: np.ndarray) -> nib.gifti.GiftiImage:
+    image = nib.gifti.GiftiImage()
+    image.add_gifti_data_array(
+        nib.gifti.GiftiDataArray(
+            values.astype(np.float32), intent="NIFTI_INTENT_NONE", datatype="NIFTI_TYPE_FLOAT32"
+        )
+    )
+    return image
+
+
+def _mesh_gifti(geometry: Any, part: str) -> nib.gifti.GiftiImage:
+    i = geometry.parts.index(part)
+    image = nib.gifti.GiftiImage()
+    for data, intent in ((geometry.coordinates[i], "NIFTI_INTENT_POINTSET"), (geometry.faces[i], "NIFTI_INTENT_TRIANGLE")):  # fmt: skip
+        dtype = "NIFTI_TYPE_FLOAT32" if intent.endswith("POINTSET") else "NIFTI_TYPE_INT32"
+        array = data.astype(np.float32 if intent.endswith("POINTSET") else np.int32)
+        image.add_gifti_data_array(nib.gifti.GiftiDataArray(array, intent=intent, datatype=dtype))
+    return image
+
+
+def surface_figures(figures: Any) -> str:
+    """The report's figures of a surface fit folder (called by :class:`daskparcel.outputs.figures.Figures`):
+    the parcels and the per-vertex compression R^2 on each hemisphere's mesh, lateral and medial views."""
+    from daskparcel.outputs.plotting import label_colormap
+
+    folder, files = figures.folder, figures.files
+    hemis = [h for h in ("L", "R") if f"labels_{h}" in files]
+    n_parcels = int(figures.doc.get("metrics", {}).get("n_parcels", 1))
+    method = str(figures.doc.get("parameters", {}).get("method", ""))
+
+    def draw(key: str, roi: bool) -> Any:
+        import matplotlib.pyplot as plt
+        from nilearn.plotting import plot_surf_roi, plot_surf_stat_map
+        from nilearn.surface import load_surf_data
+
+        fig, axes = plt.subplots(
+            1, 2 * len(hemis), subplot_kw={"projection": "3d"}, figsize=(5 * len(hemis), 3.2)
+        )
+        for h, hemi in enumerate(hemis):
+            mesh = str(folder / files[f"mesh_{hemi}"])
+            values = load_surf_data(str(folder / files[f"{key}_{hemi}"]))
+            side = "left" if hemi == "L" else "right"
+            for v, view in enumerate(("lateral", "medial")):
+                ax = axes[2 * h + v]
+                if roi:
+                    plot_surf_roi(
+                        mesh, values, hemi=side, view=view, axes=ax, figure=fig, colorbar=False,
+                        cmap=label_colormap(n_parcels), vmin=1, vmax=max(n_parcels, 2),
+                    )  # fmt: skip
+                else:
+                    plot_surf_stat_map(
+                        mesh, np.clip(values, 0, 1), hemi=side, view=view, axes=ax, figure=fig,
+                        colorbar=v == 1 and h == len(hemis) - 1, cmap="inferno", vmin=0, vmax=1,
+                    )  # fmt: skip
+                ax.set_title(f"{hemi} {view}", fontsize=9)
+        return fig
+
+    return "\n".join(
+        [
+            figures._figure(
+                "Parcels on the mesh", (), lambda: draw("labels", True),
+                "Each parcel one colour, on the mesh the runs were sampled on (lateral and medial views of "
+                "each hemisphere).", f"{method} parcels on the cortical surface",
+            ),
+            figures._figure(
+                "Compression R\u00b2 per vertex", (), lambda: draw("r2", False),
+                "The fraction of each vertex's signal variance explained by its parcel's mean (negative "
+                "values shown as 0).", "map of the per-vertex compression R squared on the surface",
+            ),
+        ]
+    )  # fmt: skip
+
+
+def _per_part(geometry: Any, values: np.ndarray, fill: float) -> dict[str, np.ndarray]:
+    full = np.full(len(geometry.mask), fill, dtype=values.dtype)
+    full[geometry.mask] = values
+    bounds = np.cumsum([0, *geometry.n_vertices])
+    return {p: full[bounds[i] : bounds[i + 1]] for i, p in enumerate(geometry.parts)}
+
+
+def write_surface_outputs(
+    est: Any,
+    imgs: Any,
+    out: Path,
+    *,
+    confounds: Any = None,
+    inputs: list[str] | None = None,
+    argv: Any = None,
+    job: Any = None,
+    connectomes: list[str] | None = None,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Write the fit folder of a surface fit (the layout of the module docstring) and return ``fit.json``.
+
+    ``out`` is checked by the caller (:func:`daskparcel.outputs.results.write_fit_outputs`).
+    """
+    from daskparcel.errors import InputError
+
+    if connectomes:
+        raise InputError(
+            f"connectomes={connectomes}: not written for surface fits yet; pass connectomes=None and compute "
+            "them from parcel_signals.zarr (daskparcel.connectome)"
+        )
+    from daskparcel.metrics import compression_r2, homogeneity, parcel_sizes, r2_map
+    from daskparcel.outputs.results import json_parameters, versions
+    from daskparcel.parcels import parcel_means
+
+    geometry, store = est.geometry_, est.store_
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        t0 = time.perf_counter()
+        codes = np.asarray(est.labels_.values)
+        signals = store.signals("cleaned")
+        items = imgs if isinstance(imgs, list | tuple) else [imgs]
+        runs_signals = est.transform(list(items), confounds=confounds)
+        combined = xr.concat(runs_signals, dim="time") if len(runs_signals) > 1 else runs_signals[0]
+        combined.to_dataset(name="parcel_signals").to_zarr(
+            partial / "parcel_signals.zarr", mode="w", zarr_format=3, consolidated=False
+        )
+        (means,) = dask.compute(parcel_means(signals, codes, est.n_parcels))
+        r2_value, r2_v, homogeneity_value = dask.compute(
+            compression_r2(signals, codes, parcel_signals=means, compute=False),
+            r2_map(signals, codes, parcel_signals=means, compute=False),
+            homogeneity(signals, codes, n_parcels=est.n_parcels, compute=False),
+        )
+        label = atlas_label(str(est.method), int(est.n_parcels))
+        table = surface_look_up_table(geometry, codes, int(est.n_parcels))
+        write_dataset_description(partial, f"daskparcel {est.method} surface parcellation")
+        table.to_csv(partial / f"atlas-{label}_dseg.tsv", sep="\t", index=False)
+        files = {"lut": f"atlas-{label}_dseg.tsv", "parcel_signals": "parcel_signals.zarr"}
+        r2_parts = _per_part(geometry, np.nan_to_num(np.asarray(r2_v, dtype=np.float32)), 0.0)
+        for part, values in _per_part(geometry, codes.astype(np.int32), 0).items():
+            hemi = HEMI[part]
+            files[f"labels_{hemi}"] = f"atlas-{label}_hemi-{hemi}_dseg.label.gii"
+            nib.save(_label_gifti(values, table), partial / files[f"labels_{hemi}"])
+            files[f"r2_{hemi}"] = f"r2_hemi-{hemi}.shape.gii"
+            nib.save(_shape_gifti(r2_parts[part]), partial / files[f"r2_{hemi}"])
+            files[f"mesh_{hemi}"] = f"mesh_hemi-{hemi}.surf.gii"
+            nib.save(_mesh_gifti(geometry, part), partial / files[f"mesh_{hemi}"])
+        files["fit"] = "fit.json"
+        sizes = parcel_sizes(codes, est.n_parcels)
+        fraction, broken = mesh_contiguity(geometry, codes)
+        timings = {**est.timings_, "outputs": time.perf_counter() - t0}
+        record = FitRecord(
+            daskparcel_version=__version__,
+            versions=versions(),
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            inputs=inputs or [type(i).__name__ for i in items],
+            parameters=json_parameters(est),
+            data={
+                "mesh": geometry.describe(),
+                "t_r": store.params.t_r,
+                "n_runs": len(store.runs),
+                "runs": list(store.runs),
+                "n_volumes": [int(r.sizes["time"]) for r in store.run_signals("cleaned")],
+                "vertices_in_mask": geometry.n_elements,
+            },
+            timings={k: round(float(v), 3) for k, v in timings.items()},
+            metrics={
+                "compression_r2": float(r2_value),
+                "homogeneity": float(homogeneity_value),
+                "n_parcels": int(est.n_parcels),
+                "sizes": {
+                    "cv": float(sizes.cv),
+                    "largest": int(sizes.largest),
+                    "smallest": int(sizes.sizes.min()),
+                    "median": float(np.median(sizes.sizes)),
+                    "singletons": int(sizes.n_singletons),
+                },
+                "contiguity": float(fraction),
+                "disconnected_parcels": broken,
+            },
+            files=files,
+            command=command_record(argv, job),
+            input_files=describe_input_files(items),
+        )
+        if report:
+            record.files["report"] = "report.html"
+        record.write(partial)
+        if report:
+            from daskparcel.outputs.report import write_report
+
+            write_report(partial)
+        replace_dir(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return record.to_dict()
