@@ -10,6 +10,7 @@ and the ratios to the local fit. Needs a running SLURM (``../shared/slurm/start.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -68,12 +69,8 @@ def fit_slurm(
     phases["shutdown"] = time.perf_counter() - t0
     phases["total"] = time.perf_counter() - start
     jobs = sorted({w.get("slurm_job_id", "") for w in est.workers_} - {""})
-    return {
-        "phases": phases,
-        "timings": dict(est.timings_),
-        "jobs": jobs,
-        "labels": est.labels_.values.tolist(),
-    }
+    labels = hashlib.sha256(est.labels_.values.astype("int64").tobytes()).hexdigest()
+    return {"seconds": phases, "timings": dict(est.timings_), "jobs": jobs, "labels_sha256": labels}
 
 
 def slurm_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -> None:
@@ -108,8 +105,8 @@ def slurm_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -> 
                 timeout_s=opts.timeout, kill_above=opts.kill_above,
             )  # fmt: skip
             shutil.rmtree(store, ignore_errors=True)
-            phases, timings = m.result.get("phases", {}), m.result.get("timings", {})
-            labels[where] = m.result.get("labels")
+            phases, timings = m.result.get("seconds", {}), m.result.get("timings", {})
+            labels[where] = m.result.get("labels_sha256")
             rows.append(
                 {"config": name, "input": inp.name, "where": where, "status": m.status,
                  "jobs": ", ".join(m.result.get("jobs", [])), "peak_gib": m.peak_rss / run.GIB, "error": m.error,
