@@ -1,4 +1,4 @@
-"""The ``daskparcel`` command: convert, fit, transform, report, run, demo.
+"""The ``daskparcel`` command: convert, fit, transform, report, run, demo (and stability: :mod:`daskparcel.cli_stability`).
 
 Every subcommand exits 0 on success and 2 on bad input, with a one-line error on stderr (no traceback);
 ``--debug`` shows the traceback instead.
@@ -119,6 +119,8 @@ def _add_parameters(p: argparse.ArgumentParser, command: str) -> None:
     for param in PARAMETERS:
         if command == "transform" and not (param.preprocessing or param.transform):
             continue
+        if command == "stability" and param.name == "n_parcels":
+            continue  # several K: daskparcel.cli_stability's own --n-parcels
         kwargs: dict[str, Any] = {"help": param.help, "default": None}
         if param.kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -531,8 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    from daskparcel.cli_stability import add_stability
+
     for add in (_add_convert, _add_fit, _add_transform, _add_report, _add_run, _add_demo):
         add(sub)
+    add_stability(sub)
     return parser
 
 

@@ -1,0 +1,186 @@
+"""The outputs of a stability run: its table (TSV, JSON), its figure, and its record in a fit folder.
+
+``daskparcel stability ... --out DIR`` writes ``stability.tsv`` (one row per K), ``stability.json`` (the same
+table with the run's settings and samples) and ``stability.png`` (accuracy and reproducibility against K, as
+in Thirion et al. 2014). With ``--fit FITDIR`` it also writes ``FITDIR/stability.json`` and records the ARI at
+the fit's K in ``FITDIR/fit.json``'s metrics (``stability``), which the report shows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from daskparcel.errors import InputError
+
+__all__ = [
+    "STABILITY_FILES",
+    "record_in_fit",
+    "stability_doc",
+    "stability_figure",
+    "write_stability",
+]
+
+STABILITY_FILES = {"table": "stability.tsv", "json": "stability.json", "figure": "stability.png"}
+
+ACCURACY_LABELS = {"r2": "held-out compression R\u00b2", "homogeneity": "held-out homogeneity"}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float | np.floating):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def stability_doc(table: pd.DataFrame, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The JSON record of a stability table: its settings (``table.attrs``) and one mapping per K."""
+    from daskparcel import __version__
+
+    rows = [
+        {str(key): _json_value(value) for key, value in row.items()}
+        for row in table.to_dict(orient="records")
+    ]
+    return {
+        "kind": "stability",
+        "version": __version__,
+        "command": list(argv) if argv is not None else None,
+        **{str(key): _json_value(value) for key, value in table.attrs.items()},
+        "table": rows,
+    }
+
+
+def stability_figure(rows: Sequence[Mapping[str, Any]], method: str, accuracy: str) -> Any:
+    """Accuracy and reproducibility (ARI, AMI) against K, side by side, with their standard deviations.
+
+    Parameters
+    ----------
+    rows : sequence of mappings
+        The table's rows (``n_parcels``, ``ari_mean``, ``ari_sd``, ``ami_mean``, ``ami_sd``,
+        ``accuracy_mean``, ``accuracy_sd``), as :func:`stability_doc` records them.
+    method, accuracy : str
+        For the titles.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    def column(name: str) -> np.ndarray:
+        return np.array([np.nan if r.get(name) is None else float(r[name]) for r in rows])
+
+    ks = column("n_parcels")
+    fig = Figure(figsize=(9, 3.4), dpi=100, layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.errorbar(ks, column("accuracy_mean"), yerr=column("accuracy_sd"), marker="o", capsize=3)
+    left.set_ylabel(ACCURACY_LABELS.get(accuracy, accuracy))
+    left.set_title("accuracy")
+    right.errorbar(
+        ks, column("ari_mean"), yerr=column("ari_sd"), marker="o", capsize=3, label="ARI"
+    )
+    right.errorbar(
+        ks, column("ami_mean"), yerr=column("ami_sd"), marker="s", capsize=3, label="AMI"
+    )
+    right.set_ylabel("agreement between samples")
+    right.set_title("reproducibility")
+    right.legend(loc="best")
+    for ax in (left, right):
+        ax.set_xlabel("number of parcels K")
+        if len(ks) > 1 and np.nanmax(ks) / max(np.nanmin(ks), 1) >= 8:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{method}: stability and accuracy against K")
+    return fig
+
+
+def write_stability(
+    table: pd.DataFrame, out: str | os.PathLike[str], argv: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Write ``stability.tsv``, ``stability.json`` and ``stability.png`` into the folder ``out``.
+
+    Returns
+    -------
+    dict
+        The JSON record written (see :func:`stability_doc`).
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = stability_doc(table, argv)
+    table.to_csv(folder / STABILITY_FILES["table"], sep="\t", index=False, float_format="%.6g")
+    _write_json(folder / STABILITY_FILES["json"], doc)
+    fig = stability_figure(doc["table"], str(doc.get("method")), str(doc.get("accuracy")))
+    fig.savefig(folder / STABILITY_FILES["figure"])
+    return doc
+
+
+def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def fit_summary(doc: Mapping[str, Any], n_parcels: Any) -> dict[str, Any]:
+    """What fit.json's metrics keep of a stability record: the row at the fit's K (None where absent)."""
+    row = next((r for r in doc.get("table", []) if r.get("n_parcels") == n_parcels), None)
+    keys = ("ari_mean", "ari_sd", "ami_mean", "ami_sd", "accuracy_mean", "accuracy_sd")
+    out = {
+        "ari": None if row is None else row.get("ari_mean"),
+        **({} if row is None else {k: row.get(k) for k in keys}),
+        "resampling": doc.get("resampling"),
+        "accuracy": doc.get("accuracy"),
+        "n_samples": None if row is None else row.get("n_samples"),
+        "n_parcels": [r.get("n_parcels") for r in doc.get("table", [])],
+    }
+    return out
+
+
+def check_fit_folder(fit_dir: str | os.PathLike[str], method: Any) -> dict[str, Any]:
+    """A fit folder's fit.json, checked to be of ``method`` (a stability run of another method is not this
+    fit's); a one-line InputError otherwise."""
+    path = Path(fit_dir) / "fit.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"--fit {fit_dir}: no readable fit.json ({exc}); give a `daskparcel fit --out` folder"
+        ) from exc
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    fitted = params.get("method") if isinstance(params, dict) else None
+    if fitted != method:
+        raise InputError(
+            f"--fit {fit_dir}: a {fitted} fit, but --method is {method}; pass --method {fitted} (the stability "
+            "of the fit's own method)"
+        )
+    return dict(doc)
+
+
+def record_in_fit(fit_dir: str | os.PathLike[str], stability: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep a stability record in a fit folder: ``stability.json``, ``fit.json``'s ``metrics.stability``
+    (the ARI, AMI and accuracy at the fit's K) and the report, rewritten.
+
+    Returns
+    -------
+    dict
+        The ``metrics.stability`` mapping written.
+    """
+    from daskparcel.outputs.report import write_report
+
+    folder = Path(fit_dir)
+    doc = json.loads((folder / "fit.json").read_text())
+    metrics = doc.setdefault("metrics", {})
+    n_parcels = metrics.get("n_parcels", doc.get("parameters", {}).get("n_parcels"))
+    summary = fit_summary(stability, n_parcels)
+    metrics["stability"] = summary
+    _write_json(folder / STABILITY_FILES["json"], stability)
+    _write_json(folder / "fit.json", doc)
+    write_report(folder)
+    return summary
