@@ -12,20 +12,19 @@ from typing import Any
 
 from daskparcel.cli import (
     EXIT_OK,
-    _add_inputs,
-    _add_parameters,
-    _add_where,
-    _check_out,
-    _inputs,
-    _parameters,
-    _progress,
-    _where,
-    command,
+    add_inputs,
+    add_parameters,
+    add_where,
+    check_out,
+    progress_bar,
+    read_inputs,
+    read_parameters,
+    read_where,
 )
 
 
-@command("stability")
-def _stability(args: argparse.Namespace) -> int:
+def run_stability(args: argparse.Namespace) -> int:
+    """``daskparcel stability``: check, resample, refit, write the table and the figure (and the fit's record)."""
     from daskparcel.estimator import Parcellations
     from daskparcel.jobs import check_writable, estimator_kwargs
     from daskparcel.metrics.stability import check_stability_args, stability
@@ -34,17 +33,17 @@ def _stability(args: argparse.Namespace) -> int:
     ks = check_stability_args(
         args.stability_n_parcels, args.n_samples, args.resampling, args.n_blocks, args.accuracy
     )
-    out = _check_out(args.out, overwrite=args.overwrite)
+    out = check_out(args.out, overwrite=args.overwrite)
     if args.store is not None:
         check_writable(args.store, "--store")
-    params = _parameters(args, "fit")
+    params = read_parameters(args, "fit")
     if args.fit is not None:
         check_fit_folder(args.fit, params["method"])
-    where = _where(args)
+    where = read_where(args)
     est = Parcellations(**estimator_kwargs(params), store=args.store, client=where)
     est.set_params(n_parcels=ks[0])._validate_params()
-    imgs = _inputs(args)
-    with _progress(args):
+    imgs = read_inputs(args)
+    with progress_bar(args):
         table = stability(
             est, imgs, ks, n_samples=args.n_samples, resampling=args.resampling,
             n_blocks=args.n_blocks, accuracy=args.accuracy, random_state=args.seed,
@@ -82,7 +81,7 @@ def add_stability(sub: argparse._SubParsersAction) -> None:
             "stability.tsv, stability.json and stability.png in --out."
         ),
     )
-    _add_inputs(p)
+    add_inputs(p)
     p.add_argument("--out", "--output", dest="out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--store", help="folder of the cached stores (a fit's --store is reused)")
@@ -108,5 +107,5 @@ def add_stability(sub: argparse._SubParsersAction) -> None:
         help="a `daskparcel fit` folder of the same method: stability.json and the ARI at its K are "
         "recorded there and its report rewritten",
     )  # fmt: skip
-    _add_parameters(p, "stability")
-    _add_where(p)
+    add_parameters(p, "stability")
+    add_where(p)

@@ -341,7 +341,7 @@ def stability(
 
     ks = check_stability_args(n_parcels, n_samples, resampling, n_blocks, accuracy)
     check_int("random_state", random_state, 0)
-    est = clone(estimator).set_params(n_parcels=ks[0])
+    est = clone(estimator).set_params(n_parcels=ks[0], distance_threshold=None)
     est._validate_params()
     from daskparcel.ingest.resolve import resolve_runs
 

@@ -25,6 +25,7 @@ __all__ = [
     "record_in_fit",
     "stability_doc",
     "stability_figure",
+    "stability_sections",
     "write_stability",
 ]
 
@@ -122,9 +123,9 @@ def write_stability(
     return doc
 
 
-def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
+def _write_json(path: Path, doc: Mapping[str, Any], indent: int = 2) -> None:
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    partial.write_text(json.dumps(doc, indent=indent) + "\n", encoding="utf-8")
     os.replace(partial, path)
 
 
@@ -181,6 +182,51 @@ def record_in_fit(fit_dir: str | os.PathLike[str], stability: Mapping[str, Any])
     summary = fit_summary(stability, n_parcels)
     metrics["stability"] = summary
     _write_json(folder / STABILITY_FILES["json"], stability)
-    _write_json(folder / "fit.json", doc)
+    _write_json(folder / "fit.json", doc, indent=1)
     write_report(folder)
     return summary
+
+
+def stability_sections(folder: Path, n_parcels: Any) -> list[tuple[str, str, str]]:
+    """The report's stability section of a fit folder (none without ``stability.json``): the table, the fit's
+    K marked, and the figure."""
+    from daskparcel.outputs._html import e, fmt_float, note
+    from daskparcel.outputs.plotting import figure_to_data_uri
+
+    path = folder / STABILITY_FILES["json"]
+    if not path.is_file():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+        rows = list(doc["table"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        return [("stability", "Stability", note(f"{path.name} could not be read: {exc}"))]
+    head = "".join(
+        f"<th>{e(h)}</th>"
+        for h in ("K", "ARI", "ARI sd", "AMI", "AMI sd", "accuracy", "accuracy sd", "samples")
+    )
+    body = "".join(
+        "<tr"
+        + (' class="fit"' if r.get("n_parcels") == n_parcels else "")
+        + ">"
+        + f"<td>{e(r.get('n_parcels'))}{' (this fit)' if r.get('n_parcels') == n_parcels else ''}</td>"
+        + "".join(
+            f"<td>{fmt_float(r.get(k))}</td>"
+            for k in ("ari_mean", "ari_sd", "ami_mean", "ami_sd", "accuracy_mean", "accuracy_sd")
+        )
+        + f"<td>{e(r.get('n_samples'))}</td></tr>"
+        for r in rows
+    )
+    accuracy = str(doc.get("accuracy"))
+    intro = (
+        f"<p>{e(doc.get('method'))}: {e(doc.get('resampling'))} resampling, the pairwise agreement of the "
+        f"refits' parcels (ARI, AMI) and their {e(ACCURACY_LABELS.get(accuracy, accuracy))} on the data each "
+        "sample left out (Thirion et al. 2014), from stability.json.</p>"
+    )
+    try:
+        uri = figure_to_data_uri(stability_figure(rows, str(doc.get("method")), accuracy), dpi=100)
+        figure = f'<figure><img src="{uri}" alt="accuracy and ARI against K"></figure>'
+    except Exception as exc:  # a figure failing must not lose the report
+        figure = note(f"Figure not drawn: {type(exc).__name__}: {exc}")
+    html_table = f"<table><tr>{head}</tr>{body}</table>"
+    return [("stability", "Stability and the choice of K", intro + html_table + figure)]
