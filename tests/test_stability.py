@@ -18,7 +18,7 @@ from daskparcel.cli import main
 from daskparcel.clustering.agglomerative import agglomerate
 from daskparcel.errors import InputError
 from daskparcel.metrics import stability
-from daskparcel.metrics.stability import COLUMNS, _sample_labels, draw_samples
+from daskparcel.metrics.stability import COLUMNS, ClusterSpec, _sample_labels, draw_samples
 
 N_PLANTED = 12
 
@@ -66,7 +66,9 @@ def test_tree_cut_at_each_k_equals_a_refit_at_each_k(cohort, box_mask, tmp_path)
         est.fit(paths[0])
         features = est.components_.T
         ks = [3, 10, 40]
-        cut = _sample_labels(est, features, ks, mask, est.store_, f"stability/test-{linkage}")
+        group = est.store_.features_group(8, 0)  # the fit's features, read by the task
+        key = f"stability/test-{linkage}"
+        cut = _sample_labels(ClusterSpec.of(est), est.store_, group, key, ks)
         for k in ks:  # a fresh tree per K
             refit = agglomerate(features, k, mask=mask, linkage=linkage)
             np.testing.assert_array_equal(cut[k], refit)

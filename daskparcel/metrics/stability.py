@@ -195,9 +195,10 @@ def _parts(
 
 def _sample_features(
     store: SignalsStore, est: Parcellations, sample: Sample, signals: list[xr.DataArray]
-) -> tuple[str, np.ndarray]:
-    """The reduction of a sample's fitted parts (kept in the store as ``stability/<token>``), weighted as the
-    estimator's method clusters them."""
+) -> tuple[str, str]:
+    """The reduction of a sample's fitted parts, written to the store (``stability/<token>``) and weighted as
+    the estimator's method clusters them (``stability/<token>-weighted``): the sample's key and the group of
+    the features to cluster (the clustering task reads them from there: no array travels in the graph)."""
     import zarr
 
     from daskparcel.clustering import METHODS
@@ -222,33 +223,52 @@ def _sample_features(
         return features
 
     features = store.derived(name, compute)
-    if METHODS[str(est.method)].weighted and est.weighting:
-        from daskparcel.clustering.weights import weigh_components
+    if not (METHODS[str(est.method)].weighted and est.weighting):
+        return name, name
+    from daskparcel.clustering.weights import weigh_components
 
-        joined = xr.concat(parts, dim="time") if len(parts) > 1 else parts[0]
-        features = store.derived(
-            name + "-weighted", lambda: np.asarray(weigh_components(features, joined))
-        )
-    return name, features
+    joined = xr.concat(parts, dim="time") if len(parts) > 1 else parts[0]
+    store.derived(name + "-weighted", lambda: np.asarray(weigh_components(features, joined)))
+    return name, name + "-weighted"
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What a sample's clustering task needs of the estimator (not the estimator: no fitted arrays, no
+    client travel with the tasks)."""
+
+    method: str
+    options: dict[str, Any]
+    random_state: int
+    connectivity: Any = None
+
+    @classmethod
+    def of(cls, est: Parcellations) -> ClusterSpec:
+        from daskparcel.clustering import METHODS
+
+        options = {name: getattr(est, name) for name in METHODS[str(est.method)].options}
+        options["weighting"] = False  # the features are weighted already
+        return cls(str(est.method), options, int(est.random_state), est.connectivity)
 
 
 def _sample_labels(
-    est: Parcellations,
-    features: np.ndarray,
-    ks: Sequence[int],
-    mask: np.ndarray,
-    store: SignalsStore,
-    key: str,
+    spec: ClusterSpec, store: SignalsStore, features_group: str, key: str, ks: Sequence[int]
 ) -> dict[int, np.ndarray]:
-    """Labels 0..K-1 of a sample for every K: a tree method's tree (built once, kept in the store) cut at each
-    K; a partition method run at each K. Runs as one dask task."""
-    from daskparcel.clustering import METHODS, ClusterJob, run_method
+    """Labels 0..K-1 of a sample for every K: a tree method's tree (built once, kept in the store under
+    ``key``) cut at each K; a partition method run at each K. Runs as one dask task, reading the sample's
+    features from the store."""
+    import zarr
 
-    method = METHODS[str(est.method)]
-    options = {name: getattr(est, name) for name in method.options}
-    options["weighting"] = False  # the features are weighted already
+    from daskparcel.clustering import METHODS, ClusterJob, run_method
+    from daskparcel.store.runs import quiet_zarr
+
+    with quiet_zarr():
+        features = np.asarray(
+            zarr.open_array(str(store.path), path=features_group, mode="r", zarr_format=3)[...]
+        )
+    method = METHODS[spec.method]
     job = ClusterJob(
-        features, int(ks[0]), mask, int(est.random_state), options, est.connectivity, None
+        features, int(ks[0]), store.mask, spec.random_state, spec.options, spec.connectivity, None
     )
     labels, tree = run_method(method, job, cache=store, key=key)
     out = {int(ks[0]): labels}
@@ -362,21 +382,11 @@ def stability(
     from daskparcel.runtime import connect
 
     with connect(est.client):
-        keys, tasks = [], []
+        spec, tasks = ClusterSpec.of(est), []
         for sample in samples:  # each reduction is its own graph over the store (parallel inside)
-            key, features = _sample_features(store, est, sample, signals)
-            keys.append(key)
-            tasks.append(
-                dask.delayed(_sample_labels, pure=False)(
-                    est,
-                    features,
-                    ks,
-                    store.mask,
-                    store,
-                    key,
-                    dask_key_name=f"stability-labels-{key}",
-                )
-            )
+            key, group = _sample_features(store, est, sample, signals)
+            label = dask.delayed(_sample_labels, pure=False)
+            tasks.append(label(spec, store, group, key, ks, dask_key_name=f"labels-{key}"))
         labels: list[dict[int, np.ndarray]] = list(
             dask.compute(*tasks)
         )  # the clusterings, in parallel
