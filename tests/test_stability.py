@@ -229,3 +229,35 @@ def test_cli_bootstrap_of_one_subject_exits_2(cohort, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "bootstrap" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not list((tmp_path / "cache").glob("signals-*"))
+
+
+def test_cli_fit_with_a_distance_threshold(cohort, box_mask, tmp_path):
+    paths, _ = cohort
+    path, _ = box_mask
+    common = ["--method", "average", "--n-components", "6", "--mask", str(path)]
+    store = ["--store", str(tmp_path / "cache")]
+    assert (
+        main(["fit", paths[0], *common, "--n-parcels", "4", "--out", str(tmp_path / "k"), *store])
+        == 0
+    )
+    est = Parcellations(
+        method="average", n_parcels=4, n_components=6, mask=path, store=tmp_path / "cache"
+    )
+    threshold = float(np.sort(est.fit(paths[0]).distances_)[-9])  # 9 merges at or above: 10 parcels
+    out = tmp_path / "d"
+    argv = [
+        "fit",
+        paths[0],
+        *common,
+        "--distance-threshold",
+        repr(threshold),
+        "--out",
+        str(out),
+        *store,
+    ]
+    assert main(argv) == 0
+    doc = json.loads((out / "fit.json").read_text())
+    assert (
+        doc["metrics"]["n_parcels"] == 10 and doc["parameters"]["distance_threshold"] == threshold
+    )
+    assert doc["parameters"]["n_parcels"] is None
