@@ -99,6 +99,11 @@ def main() -> None:
     if m.error:
         lines += ["", "```", m.error, "```"]
     save("stability", {"measurement": m.to_dict(), "argv": argv}, "\n".join(lines))
+    if m.result.get("table"):  # the figure of the table (README: benchmarks/figures/)
+        from daskparcel.outputs.stability import stability_figure
+
+        figure = stability_figure(m.result["table"], f"{opts.method}, {name}", "r2")
+        figure.savefig(RESULTS / "stability-latest.png")
     print("\n".join(lines))
 
 
