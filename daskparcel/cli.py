@@ -341,7 +341,7 @@ def _transform(args: argparse.Namespace) -> int:
             raise InputError(
                 f"{labels}: not a daskparcel fit folder (no fit.json); give labels.nii.gz or a fit folder"
             )
-        saved, source = _saved_parameters(fit_json), str(fit_json)
+        saved, source = saved_parameters(fit_json), str(fit_json)
         mask = mask or str(labels / "mask.nii.gz")
         labels = labels / "labels.nii.gz"
     if not labels.exists():
@@ -385,21 +385,20 @@ def _transform(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _saved_parameters(fit_json: Path) -> dict[str, Any]:
-    """The ``parameters`` of a fit folder's fit.json; a one-line InputError when it cannot be read."""
+def saved_parameters(fit_json: Path, fix: str = "or give --labels labels.nii.gz") -> dict[str, Any]:
+    """The ``parameters`` of a fit folder's fit.json; a one-line InputError (ending with ``fix``) when it
+    cannot be read."""
     import json
 
     try:
         doc = json.loads(fit_json.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(
-            f"{fit_json}: not a readable fit.json ({exc}); re-run `daskparcel fit`, or give --labels labels.nii.gz"
+            f"{fit_json}: not a readable fit.json ({exc}); re-run `daskparcel fit`, {fix}"
         ) from exc
     params = doc.get("parameters") if isinstance(doc, dict) else None
     if not isinstance(params, dict):
-        raise InputError(
-            f"{fit_json}: has no 'parameters' mapping; re-run `daskparcel fit`, or give --labels labels.nii.gz"
-        )
+        raise InputError(f"{fit_json}: has no 'parameters' mapping; re-run `daskparcel fit`, {fix}")
     return params
 
 

@@ -20,7 +20,9 @@ from daskparcel.cli import (
     read_inputs,
     read_parameters,
     read_where,
+    saved_parameters,
 )
+from daskparcel.errors import InputError
 
 
 def run_stability(args: argparse.Namespace) -> int:
@@ -28,7 +30,7 @@ def run_stability(args: argparse.Namespace) -> int:
     from daskparcel.estimator import Parcellations
     from daskparcel.jobs import check_writable, estimator_kwargs
     from daskparcel.metrics.stability import check_stability_args, stability
-    from daskparcel.outputs.stability import check_fit_folder, record_in_fit, write_stability
+    from daskparcel.outputs.stability import record_in_fit, write_stability
 
     ks = check_stability_args(
         args.stability_n_parcels, args.n_samples, args.resampling, args.n_blocks, args.accuracy
@@ -38,7 +40,14 @@ def run_stability(args: argparse.Namespace) -> int:
         check_writable(args.store, "--store")
     params = read_parameters(args, "fit")
     if args.fit is not None:
-        check_fit_folder(args.fit, params["method"])
+        fitted = saved_parameters(Path(args.fit) / "fit.json", "or give another --fit").get(
+            "method"
+        )
+        if fitted != params["method"]:
+            raise InputError(
+                f"--fit {args.fit}: a {fitted} fit, but --method is {params['method']}; pass --method {fitted} "
+                "(the stability of the fit's own method)"
+            )
     where = read_where(args)
     est = Parcellations(**estimator_kwargs(params), store=args.store, client=where)
     est.set_params(n_parcels=ks[0])._validate_params()

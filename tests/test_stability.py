@@ -261,3 +261,14 @@ def test_cli_fit_with_a_distance_threshold(cohort, box_mask, tmp_path):
         doc["metrics"]["n_parcels"] == 10 and doc["parameters"]["distance_threshold"] == threshold
     )
     assert doc["parameters"]["n_parcels"] is None
+
+
+def test_cli_fit_of_another_method_exits_2(tmp_path, capsys):
+    fit = tmp_path / "fit"
+    fit.mkdir()
+    (fit / "fit.json").write_text(json.dumps({"parameters": {"method": "kmeans"}}))
+    out = tmp_path / "out"
+    argv = ["stability", "/nonexistent/run.nii.gz", "--method", "ward", "--n-parcels", "5"]
+    assert main([*argv, "--out", str(out), "--fit", str(fit)]) == 2
+    err = capsys.readouterr().err
+    assert "a kmeans fit, but --method is ward; pass --method kmeans" in err and not out.exists()

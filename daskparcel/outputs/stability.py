@@ -18,8 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from daskparcel.errors import InputError
-
 __all__ = [
     "STABILITY_FILES",
     "record_in_fit",
@@ -142,26 +140,6 @@ def fit_summary(doc: Mapping[str, Any], n_parcels: Any) -> dict[str, Any]:
         "n_parcels": [r.get("n_parcels") for r in doc.get("table", [])],
     }
     return out
-
-
-def check_fit_folder(fit_dir: str | os.PathLike[str], method: Any) -> dict[str, Any]:
-    """A fit folder's fit.json, checked to be of ``method`` (a stability run of another method is not this
-    fit's); a one-line InputError otherwise."""
-    path = Path(fit_dir) / "fit.json"
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"--fit {fit_dir}: no readable fit.json ({exc}); give a `daskparcel fit --out` folder"
-        ) from exc
-    params = doc.get("parameters") if isinstance(doc, dict) else None
-    fitted = params.get("method") if isinstance(params, dict) else None
-    if fitted != method:
-        raise InputError(
-            f"--fit {fit_dir}: a {fitted} fit, but --method is {method}; pass --method {fitted} (the stability "
-            "of the fit's own method)"
-        )
-    return dict(doc)
 
 
 def record_in_fit(fit_dir: str | os.PathLike[str], stability: Mapping[str, Any]) -> dict[str, Any]:
