@@ -272,3 +272,21 @@ def test_cli_fit_of_another_method_exits_2(tmp_path, capsys):
     assert main([*argv, "--out", str(out), "--fit", str(fit)]) == 2
     err = capsys.readouterr().err
     assert "a kmeans fit, but --method is ward; pass --method kmeans" in err and not out.exists()
+
+
+def test_kmeans_refits_and_samples_kept_in_the_store(cohort, box_mask, tmp_path):
+    import zarr
+
+    paths, _ = cohort
+    path, _ = box_mask
+    for method in ("kmeans", "ward"):
+        est = Parcellations(method=method, n_components=6, mask=path, store=tmp_path)
+        table = stability(est, paths, [3, 6], n_samples=2, random_state=1)
+        assert np.isfinite(table[["ari_mean", "ami_mean", "accuracy_mean"]].to_numpy()).all()
+    root = zarr.open_group(table.attrs["signals_store"], mode="r")
+    kept = sorted(name for name, _ in root["stability"].members())
+    assert any(k.endswith("-weighted") for k in kept)  # kmeans clusters the weighted reduction
+    distinct = {json.dumps(sample["fit"]) for sample in table.attrs["samples"]}
+    assert sum(k.endswith("-ward") for k in kept) == len(
+        distinct
+    )  # one tree a sample, cut at both K
