@@ -1,4 +1,4 @@
-"""The ``daskparcel`` command: convert, fit, transform, report, run, demo.
+"""The ``daskparcel`` command: convert, fit, transform, report, run, demo (and stability: :mod:`daskparcel.cli_stability`).
 
 Every subcommand exits 0 on success and 2 on bad input, with a one-line error on stderr (no traceback);
 ``--debug`` shows the traceback instead.
@@ -105,7 +105,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------------- fit / transform
-def _add_parameters(p: argparse.ArgumentParser, command: str) -> None:
+def add_parameters(p: argparse.ArgumentParser, command: str) -> None:
     """One flag per estimator parameter of the table shared with job files (``daskparcel.jobs.PARAMETERS``).
 
     Every flag defaults to None, "not given": the estimator's default applies, or for ``transform --labels
@@ -119,6 +119,8 @@ def _add_parameters(p: argparse.ArgumentParser, command: str) -> None:
     for param in PARAMETERS:
         if command == "transform" and not (param.preprocessing or param.transform):
             continue
+        if command == "stability" and param.name == "n_parcels":
+            continue  # several K: daskparcel.cli_stability's own --n-parcels
         kwargs: dict[str, Any] = {"help": param.help, "default": None}
         if param.kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -132,7 +134,7 @@ def _add_parameters(p: argparse.ArgumentParser, command: str) -> None:
     g.add_argument("--confounds", nargs="*", help="confounds TSV files, one per input run")
 
 
-def _parameters(
+def read_parameters(
     args: argparse.Namespace, command: str, saved: dict[str, Any] | None = None, source: str = ""
 ) -> dict[str, Any]:
     """The parameters given on the command line, checked; for ``transform``, the fit's saved preprocessing
@@ -166,7 +168,7 @@ def _check_not_cwd(out: str) -> None:
         )
 
 
-def _check_out(out: str, *, overwrite: bool) -> Path:
+def check_out(out: str, *, overwrite: bool) -> Path:
     """An output location: not the current folder, not a file, empty unless --overwrite, writable."""
     from daskparcel.jobs import check_writable
     from daskparcel.outputs.results import check_out_dir
@@ -177,13 +179,13 @@ def _check_out(out: str, *, overwrite: bool) -> Path:
     return path
 
 
-def _add_where(p: argparse.ArgumentParser) -> None:
+def add_where(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("where graphs run (default: this machine)")
     g.add_argument("--scheduler", help="a dask scheduler address, e.g. tcp://host:8786")
     g.add_argument("--cluster", help="a cluster YAML file (SLURM, PBS, Kubernetes: see deploy/)")
 
 
-def _add_inputs(p: argparse.ArgumentParser) -> None:
+def add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs", nargs="*", help="4D NIfTI runs, globs, stores, or a BIDS derivatives folder"
     )
@@ -195,7 +197,7 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--space", nargs="*", help="BIDS filter: space labels")
 
 
-def _inputs(args: argparse.Namespace) -> list[Any]:
+def read_inputs(args: argparse.Namespace) -> list[Any]:
     items: list[Any] = list(args.inputs)
     confounds = list(args.confounds) if args.confounds else None
     if args.bids is not None:
@@ -213,7 +215,7 @@ def _inputs(args: argparse.Namespace) -> list[Any]:
     return items
 
 
-def _where(args: argparse.Namespace) -> Any:
+def read_where(args: argparse.Namespace) -> Any:
     if args.scheduler and args.cluster:
         raise InputError("--scheduler and --cluster: give one of them")
     if (
@@ -234,18 +236,18 @@ def _fit(args: argparse.Namespace) -> int:
     from daskparcel.outputs.results import write_fit_outputs
     from daskparcel.runtime.connect import performance_report, performance_report_path
 
-    out = _check_out(args.out, overwrite=args.overwrite)
+    out = check_out(args.out, overwrite=args.overwrite)
     if args.store is not None:
         check_writable(args.store, "--store")
     kinds = _connectome_kinds(args)
-    where = _where(args)
+    where = read_where(args)
     report = performance_report_path(args.performance_report, where, "--performance-report")
     est = Parcellations(
-        **estimator_kwargs(_parameters(args, "fit")), store=args.store, client=where
+        **estimator_kwargs(read_parameters(args, "fit")), store=args.store, client=where
     )
     est._validate_params()
-    imgs = _inputs(args)
-    with _progress(args), performance_report(report, where) as client:
+    imgs = read_inputs(args)
+    with progress_bar(args), performance_report(report, where) as client:
         est.set_params(client=client)
         est.fit(imgs, confounds=args.confounds_resolved)
         t0 = time.perf_counter()
@@ -262,7 +264,7 @@ def _fit(args: argparse.Namespace) -> int:
             )
         logger.info("outputs: %.1f s, written to %s", time.perf_counter() - t0, out)
     print(
-        f"{est.method} {est.n_parcels} parcels on {doc['data']['n_runs']} run(s), "
+        f"{est.method} {est.n_elements_} parcels on {doc['data']['n_runs']} run(s), "
         f"{doc['data']['voxels_in_mask']} voxels: fit {doc['timings']['total']:.1f} s, "
         f"{summary_line(doc['metrics'])}\nwritten to {out} (labels.nii.gz, report.html, fit.json, ...)"
     )
@@ -275,15 +277,15 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         help="learn a parcellation and write labels, mask, parcel signals, fit.json and report.html",
         description="Fit daskparcel.Parcellations on runs and write its outputs to --out.",
     )
-    _add_inputs(p)
+    add_inputs(p)
     p.add_argument(
         "--store", help="folder of the cached stores (reused by later fits; default: temporary)"
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_parameters(p, "fit")
-    _add_where(p)
+    add_parameters(p, "fit")
+    add_where(p)
     p.add_argument(
         "--performance-report",
         metavar="FILE.html",
@@ -335,7 +337,7 @@ def _transform(args: argparse.Namespace) -> int:
     from daskparcel.jobs import estimator_kwargs
     from daskparcel.store.runs import replace_dir
 
-    out = _check_out(args.out, overwrite=args.overwrite)
+    out = check_out(args.out, overwrite=args.overwrite)
     kinds = _connectome_kinds(args)
     labels = Path(args.labels)
     mask = args.mask
@@ -347,26 +349,26 @@ def _transform(args: argparse.Namespace) -> int:
             raise InputError(
                 f"{labels}: not a daskparcel fit folder (no fit.json); give labels.nii.gz or a fit folder"
             )
-        saved, source = _saved_parameters(fit_json), str(fit_json)
+        saved, source = saved_parameters(fit_json), str(fit_json)
         mask = mask or str(labels / "mask.nii.gz")
         labels = labels / "labels.nii.gz"
     if not labels.exists():
         raise InputError(
             f"{labels}: no such labels image; give the labels.nii.gz of `daskparcel fit`"
         )
-    params = _parameters(args, "transform", saved, source)
+    params = read_parameters(args, "transform", saved, source)
     # any atlas (label values with gaps, --lut names); on another grid than the runs it is resampled (a warning)
     est = Parcellations.from_labels(
-        labels, mask, lut=args.lut, **estimator_kwargs(params), client=_where(args)
+        labels, mask, lut=args.lut, **estimator_kwargs(params), client=read_where(args)
     )
-    imgs = _inputs(args)
+    imgs = read_inputs(args)
     from daskparcel.runtime import connect
 
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     t0 = time.perf_counter()
     try:
-        with _progress(args), labelled("transform"), connect(est.client):
+        with progress_bar(args), labelled("transform"), connect(est.client):
             signals = est.transform(
                 imgs if len(imgs) > 1 else imgs[0], confounds=args.confounds_resolved
             )
@@ -387,25 +389,24 @@ def _transform(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    print(f"parcel signals of {len(runs)} run(s), {est.n_parcels} parcels, written to {out}")
+    print(f"parcel signals of {len(runs)} run(s), {est.n_elements_} parcels, written to {out}")
     return EXIT_OK
 
 
-def _saved_parameters(fit_json: Path) -> dict[str, Any]:
-    """The ``parameters`` of a fit folder's fit.json; a one-line InputError when it cannot be read."""
+def saved_parameters(fit_json: Path, fix: str = "or give --labels labels.nii.gz") -> dict[str, Any]:
+    """The ``parameters`` of a fit folder's fit.json; a one-line InputError (ending with ``fix``) when it
+    cannot be read."""
     import json
 
     try:
         doc = json.loads(fit_json.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(
-            f"{fit_json}: not a readable fit.json ({exc}); re-run `daskparcel fit`, or give --labels labels.nii.gz"
+            f"{fit_json}: not a readable fit.json ({exc}); re-run `daskparcel fit`, {fix}"
         ) from exc
     params = doc.get("parameters") if isinstance(doc, dict) else None
     if not isinstance(params, dict):
-        raise InputError(
-            f"{fit_json}: has no 'parameters' mapping; re-run `daskparcel fit`, or give --labels labels.nii.gz"
-        )
+        raise InputError(f"{fit_json}: has no 'parameters' mapping; re-run `daskparcel fit`, {fix}")
     return params
 
 
@@ -415,7 +416,7 @@ def _add_transform(sub: argparse._SubParsersAction) -> None:
         help="mean signal of each parcel of runs, written to a zarr store",
         description="Parcel signals (time, parcel) of runs with a labels image (or a fit folder).",
     )
-    _add_inputs(p)
+    add_inputs(p)
     p.add_argument(
         "--labels",
         required=True,
@@ -430,8 +431,8 @@ def _add_transform(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the zarr store to write")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_parameters(p, "transform")
-    _add_where(p)
+    add_parameters(p, "transform")
+    add_where(p)
     _add_tables(p, transform=True)
 
 
@@ -483,7 +484,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job", help="the job YAML file")
 
 
-def _progress(args: argparse.Namespace) -> Any:
+def progress_bar(args: argparse.Namespace) -> Any:
     """A progress bar on stderr for each computation, labelled with its step, on a terminal (local or
     distributed scheduler); without one, main() logs one timed line per step instead."""
     from daskparcel._log import progress_bars
@@ -537,8 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    from daskparcel.cli_stability import add_stability, run_stability
+
+    _COMMANDS["stability"] = run_stability  # here, not by import: `python -m daskparcel.cli` too
     for add in (_add_convert, _add_fit, _add_transform, _add_report, _add_run, _add_demo):
         add(sub)
+    add_stability(sub)
     return parser
 
 

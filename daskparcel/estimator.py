@@ -38,9 +38,10 @@ from daskparcel._checks import (
     one_of,
     positive_or_none,
 )
+from daskparcel._fit_cluster import check_k_or_threshold, cluster, k_or_none
 from daskparcel._log import timed, verbosity
 from daskparcel.atlas import label_parcels, load_atlas
-from daskparcel.clustering import METHODS, ClusterJob, run_method
+from daskparcel.clustering import METHODS
 from daskparcel.errors import InputError
 from daskparcel.features import is_maps, maps_dataset, transform_maps
 from daskparcel.geometry.fitting import (
@@ -61,7 +62,7 @@ logger = logging.getLogger(__name__)
 #: The check of each parameter that has one (the others are checked where they are used: imgs, mask, store).
 PARAMETER_CHECKS: dict[str, Check] = {
     "method": member_of(METHODS),
-    "n_parcels": integer(1),
+    "n_parcels": k_or_none,  # None with distance_threshold (daskparcel._fit_cluster)
     "n_components": integer(1),
     "n_iter": integer(1),
     "smoothing_fwhm": fwhm,
@@ -77,6 +78,7 @@ PARAMETER_CHECKS: dict[str, Check] = {
     "kmeans_method": one_of("minibatch", "lloyd"),
     "n_init": integer(1),
     "weighting": boolean,
+    "distance_threshold": positive_or_none,
 }
 
 
@@ -90,8 +92,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         ward, complete and average are agglomerations constrained by the mask's 6-neighbour lattice (each
         parcel one connected region), exactly scikit-learn's; rena is recursive nearest-neighbour agglomeration,
         run blockwise.
-    n_parcels : int, default=50
-        Number of parcels: exactly this many are returned, for every method.
+    n_parcels : int or None, default=50
+        Number of parcels: exactly this many are returned, for every method (None with ``distance_threshold``).
     random_state : int, default=0
         Seed of the reduction and of kmeans; the same seed gives the same labels on any scheduler.
     mask : nibabel image or path, optional
@@ -140,6 +142,9 @@ class Parcellations(TransformerMixin, BaseEstimator):
         kmeans / hierarchical_kmeans: cluster the reduction's components weighted by the signal variance
         they carry, so that kmeans minimises what compression R^2 judges (False: nilearn's features, and
         with ``n_init=1`` nilearn's labels).
+    distance_threshold : float, optional
+        ward / complete / average: cut the merge tree where merges reach this linkage distance instead of at
+        ``n_parcels`` (which must then be None), as scikit-learn's ``AgglomerativeClustering``.
 
     Attributes
     ----------
@@ -160,6 +165,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         The names of the fitted runs.
     timings_ : dict
         Seconds spent in each step of the last fit.
+    children_, distances_ : numpy.ndarray (n_merges, 2), (n_merges,)
+        ward / complete / average: the merge tree as scikit-learn's (leaves numbered as ``labels_``).
     tree_ : MergeTree or None
         The merge tree of ward / complete / average, kept in the signals store: a fit with another
         ``n_parcels`` cuts it again without rebuilding, in this process or a later one.
@@ -197,6 +204,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         confounds_columns: Sequence[str] | None = None,
         n_init: int = 1,
         weighting: bool = True,
+        distance_threshold: float | None = None,
     ) -> None:
         self.method = method
         self.n_parcels = n_parcels
@@ -224,12 +232,14 @@ class Parcellations(TransformerMixin, BaseEstimator):
         self.confounds_columns = confounds_columns
         self.n_init = n_init
         self.weighting = weighting
+        self.distance_threshold = distance_threshold
 
     # ------------------------------------------------------------------------------------ validation
     def _validate_params(self) -> None:
         """Every parameter check, declared in :data:`PARAMETER_CHECKS`; run by ``fit`` before any data is
         read."""
         check_params(self.get_params(), PARAMETER_CHECKS)
+        check_k_or_threshold(self.get_params())
         if self.scaling and self.method != "rena":
             raise InputError(
                 f"scaling=True: only used by method='rena' (method={self.method!r}); pass scaling=False"
@@ -284,7 +294,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
                         mask_args=self.mask_args,
                     )  # fmt: skip
                     notes.append(f"{int(mask.sum())} voxels")
-                check_n_clusters(self.n_parcels, int(mask.sum()), "n_parcels")
+                if self.n_parcels is not None:
+                    check_n_clusters(self.n_parcels, int(mask.sum()), "n_parcels")
                 logger.debug("signals: %d run(s), %s, into %s", len(runs), params, cache)
                 with step("signals", logger) as notes:
                     store = write_signals(
@@ -298,28 +309,16 @@ class Parcellations(TransformerMixin, BaseEstimator):
                     features = store.features(self.n_components, self.random_state, reduce)
                     notes.append(f"{features.shape[1]} components")
                 logger.info(
-                    "%s: clustering %d voxels into %d parcels",
+                    "%s: clustering %d voxels into %s parcels",
                     self.method,
                     len(features),
-                    self.n_parcels,
+                    self.n_parcels or f"distance {self.distance_threshold}",
                 )
                 with step("clustering", logger):
-                    labels = self._cluster(features, mask, store, geometry)
+                    labels = cluster(self, features, mask, store, geometry)
                 self.workers_ = workers.workers_seen(client, since)
         self._set_fitted(labels, mask, affine, features, store, runs, timings, geometry)
         return self
-
-    def _cluster(self, features: np.ndarray, mask: np.ndarray, store: SignalsStore, geometry: Any = None) -> np.ndarray:  # fmt: skip
-        """Labels 0..K-1 over the mask's voxels, by the registered method (trees kept in the store)."""
-        method = METHODS[str(self.method)]
-        options = {name: getattr(self, name) for name in (*method.options, "weighting")}
-        job = ClusterJob(
-            features, int(self.n_parcels), mask, int(self.random_state), options, self.connectivity,
-            store.signals("cleaned"), geometry,
-        )  # fmt: skip
-        key = store.features_group(self.n_components, self.random_state)
-        labels, self.tree_ = run_method(method, job, cache=store, key=key)
-        return labels
 
     def _set_fitted(self, labels: np.ndarray, mask: np.ndarray, affine: np.ndarray, features: np.ndarray, store: SignalsStore | None, runs: Sequence[RunInput], timings: dict[str, float], geometry: Any = None) -> None:  # fmt: skip
         self._set_labels(np.asarray(labels, dtype=np.int64) + 1, mask, affine, geometry=geometry)
@@ -334,7 +333,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         """``labels_`` (1..K of the mask's voxels), ``labels_img_`` (the atlas's values if given), ``mask_img_``,
         ``n_elements_``, ``atlas_``; no runs nor store (``fit`` sets them after)."""
         self.labels_, self.labels_img_, self.mask_img_ = fitted_images(values, mask, affine, atlas, geometry)  # fmt: skip
-        self.n_elements_ = int(self.n_parcels)
+        self.n_elements_ = int(self.n_parcels or values.max())
         self.atlas_, self.store_, self.signals_store_, self.runs_ = atlas, None, None, []
         self._fitted_identities, self.geometry_ = {}, geometry
 
@@ -413,7 +412,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
             run_confounds(confounds, run, self.confounds_columns) if confounds is not None else None
         )
         result = parcel_signals(
-            voxels, codes, self.n_parcels, self._clean_params([run]), conf,
+            voxels, codes, self.n_elements_, self._clean_params([run]), conf,
             scale=self._scale(), run=run.name, t_r=run.t_r,
         )  # fmt: skip
         return label_parcels(result, getattr(self, "atlas_", None))

@@ -136,6 +136,6 @@ def transform_maps(est: Any, imgs: Any, confounds: Any = None, *, scale: Any = N
     for run in resolve_runs(source, chunk_volumes=est.chunk_volumes):
         codes, mask, affine = run_grid(est, run)
         voxels = run_voxel_signals(run, mask, affine, est.smoothing_fwhm)
-        means = np.asarray(parcel_means(voxels, codes, est.n_parcels).values, dtype=np.float64)
+        means = np.asarray(parcel_means(voxels, codes, est.n_elements_).values, dtype=np.float64)
         out.append(means if scale is None else means * scale[None, :])
     return np.concatenate(out)

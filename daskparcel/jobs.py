@@ -243,6 +243,7 @@ PARAMETERS: tuple[Param, ...] = (
     ),
     Param("n_init", "int", "kmeans family: starts, the best by R^2 kept (default 1)", minimum=1),
     Param("weighting", "bool", "kmeans family: weigh components by their signal (default: yes)"),
+    Param("distance_threshold", "float", "ward/complete/average: cut the tree at this distance"),
     Param(
         "confounds_columns",
         "strings",
@@ -256,6 +257,10 @@ PARAMETER_NAMES = {p.name: p for p in PARAMETERS}
 def estimator_kwargs(values: dict[str, Any]) -> dict[str, Any]:
     """Checked parameter values as ``Parcellations`` keyword arguments (a connectivity file loaded)."""
     kwargs = dict(values)
+    if kwargs.get("distance_threshold") is not None and "n_parcels" not in kwargs:
+        kwargs["n_parcels"] = (
+            None  # the tree is cut at the distance (scikit-learn's n_clusters=None)
+        )
     path = kwargs.get("connectivity")
     if path is not None:
         import scipy.sparse
@@ -561,7 +566,7 @@ def run_job(path: str | os.PathLike[str]) -> int:
         )
         logger.info("job done: %s", out / "fit")
         print(
-            f"job done: {job.parcellation.get('method')} {est.n_parcels} parcels on {len(runs)} run(s), "
+            f"job done: {job.parcellation.get('method')} {est.n_elements_} parcels on {len(runs)} run(s), "
             f"compression R2 {doc['metrics']['compression_r2']:.3f}; outputs in {out / 'fit'}"
         )
         return 0

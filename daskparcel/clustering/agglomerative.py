@@ -187,6 +187,32 @@ class MergeTree:
         )
         return np.asarray(labels)
 
+    def cut_at_distance(self, distance_threshold: float) -> np.ndarray:
+        """Labels of the leaves when no merge at or above ``distance_threshold`` is made (scikit-learn's
+        ``AgglomerativeClustering(n_clusters=None, distance_threshold=...)``).
+
+        As scikit-learn, the number of clusters of a tree is one plus its merges with a distance
+        ``>= distance_threshold``, and the tree is cut there (its last merges undone); each tree of a forest
+        is cut so.
+
+        Parameters
+        ----------
+        distance_threshold : float
+            The linkage distance (as :attr:`distances`) at or above which clusters are not merged.
+
+        Returns
+        -------
+        ndarray of int64, shape (n_leaves,)
+            Labels 0..K-1 (K found from the threshold), numbered by first appearance in leaf order.
+        """
+        n_comp = self.n_components
+        above = np.bincount(
+            self.merge_component[self.distances >= distance_threshold], minlength=n_comp
+        )
+        leaves = np.bincount(self.component_labels, minlength=n_comp)
+        keep = (leaves - 1 - above).astype(np.int64)
+        return np.asarray(cut(self.children, self.n_leaves, self.merge_component, keep))
+
 
 def _check_linkage(linkage: Any) -> str:
     if linkage not in LINKAGES:

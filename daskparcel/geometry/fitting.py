@@ -115,11 +115,11 @@ def inverse_items(est: Any, signals: Any) -> Any:
     geometry = getattr(est, "geometry_", None)
     labels, scale = est.labels_.values, est._scale()
     if geometry is not None:
-        out = [inverse_surface(geometry, s, labels, est.n_parcels, scale) for s in items]
+        out = [inverse_surface(geometry, s, labels, est.n_elements_, scale) for s in items]
     else:
         values = None if getattr(est, "atlas_", None) is None else est.atlas_.values
         out = [
-            to_voxel_volumes(s, labels, est.n_parcels, est.mask_img_, scale, values, t_r=est.t_r)
+            to_voxel_volumes(s, labels, est.n_elements_, est.mask_img_, scale, values, t_r=est.t_r)
             for s in items
         ]
     return out[0] if single else out

@@ -11,7 +11,9 @@ by how well parcel means approximate the voxels. This module gives:
 * :func:`parcel_sizes`: size balance (sizes, coefficient of variation, largest, singletons);
 * :func:`contiguity`: fraction of parcels that are one connected region (6-connectivity);
 * :func:`adjusted_rand`: agreement of two parcellations (split-half reproducibility, or accuracy
-  against a planted ground truth), and :func:`split_half_reproducibility`.
+  against a planted ground truth), and :func:`split_half_reproducibility`;
+* :func:`stability`: reproducibility (ARI / AMI across bootstrap samples of subjects or split halves of
+  time) and held-out accuracy, for one or several K (Thirion et al. 2014).
 
 Labels follow the image convention: ``1..K`` for parcels, ``0`` for voxels in no parcel.
 """
@@ -25,6 +27,7 @@ from daskparcel.metrics.labels import (
     split_half_reproducibility,
 )
 from daskparcel.metrics.signals import compression_r2, homogeneity, r2_map, r2_per_parcel
+from daskparcel.metrics.stability import stability
 
 __all__ = [
     "Contiguity",
@@ -37,4 +40,5 @@ __all__ = [
     "r2_map",
     "r2_per_parcel",
     "split_half_reproducibility",
+    "stability",
 ]

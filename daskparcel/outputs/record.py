@@ -75,6 +75,14 @@ METRICS: tuple[Metric, ...] = (
         "homogeneity",
         "the size-weighted mean correlation between the voxels of a parcel (Schaefer et al. 2018)",
     ),
+    Metric(
+        "stability.ari",
+        "stability (ARI between resampled fits)",
+        _float(3),
+        "stability ARI",
+        "the mean adjusted Rand index of the parcels of refits on bootstrap samples of subjects or split "
+        "halves of time, at this K (`daskparcel stability --fit`; Thirion et al. 2014)",
+    ),
     Metric("sizes.cv", "parcel size: coefficient of variation", _float(2), "size cv"),
     Metric("sizes.largest", "largest parcel (voxels)", _int),
     Metric("sizes.smallest", "smallest parcel (voxels)", _int),

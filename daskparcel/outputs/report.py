@@ -41,6 +41,7 @@ from daskparcel.outputs._html import rows as _rows
 from daskparcel.outputs.figures import Figures
 from daskparcel.outputs.parcel_table import parcel_table, read_parcel_table
 from daskparcel.outputs.record import FILES, METRICS, FitRecord, shown
+from daskparcel.outputs.stability import stability_sections
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def render_report(out_dir: str | os.PathLike[str]) -> str:
         ("summary", "Summary", _warnings_box(doc) + _summary(doc)),
         ("figures", "Figures", figures.html()),
         ("metrics", "Quality of the parcellation", _metrics_section(metrics)),
+        *stability_sections(folder, metrics.get("n_parcels")),
         (
             "parcels",
             "Parcels",

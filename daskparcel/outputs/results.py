@@ -193,7 +193,7 @@ def write_fit_outputs(
             consolidated=False,
             compute=False,
         )
-        means = parcel_means(signals, labels, est.n_parcels)
+        means = parcel_means(signals, labels, est.n_elements_)
         mean_v, means_v, _ = dask.compute(mean_voxels.data, means, write)
         # the R^2 figures need the parcel means of the signals first: given them (a small time x
         # parcel table), they are a second streaming read; in the same compute as the means, dask
@@ -201,14 +201,14 @@ def write_fit_outputs(
         r2_value, r2_v, homogeneity_value = dask.compute(
             compression_r2(signals, labels, parcel_signals=means_v, compute=False),
             r2_map(signals, labels, parcel_signals=means_v, compute=False),
-            homogeneity(signals, labels, n_parcels=est.n_parcels, compute=False),
+            homogeneity(signals, labels, n_parcels=est.n_elements_, compute=False),
         )
         r2_v = r2_v.values
         timings = dict(est.timings_)
         timings["transform"] = time.perf_counter() - t_transform
         mean_v = np.asarray(mean_v, dtype=np.float32)
-        sums = np.bincount(labels, weights=mean_v, minlength=est.n_parcels + 1)
-        counts = np.bincount(labels, minlength=est.n_parcels + 1)
+        sums = np.bincount(labels, weights=mean_v, minlength=est.n_elements_ + 1)
+        counts = np.bincount(labels, minlength=est.n_elements_ + 1)
         compressed = (sums / np.maximum(counts, 1))[labels].astype(np.float32)
 
         def volume(values: np.ndarray, dtype: Any = np.float32) -> nib.Nifti1Image:
@@ -225,7 +225,7 @@ def write_fit_outputs(
         nib.save(volume(np.nan_to_num(np.asarray(r2_v, dtype=np.float32))), partial / FILES["r2"])
         table = parcel_table(labels, mask, affine, np.asarray(r2_v, dtype=np.float64))
         write_parcel_table(table, partial / FILES["parcels"])
-        sizes = parcel_sizes(labels, est.n_parcels)
+        sizes = parcel_sizes(labels, est.n_elements_)
         contig = contiguity(np.asarray(est.labels_img_.dataobj))
         runs = store.runs
         ds_runs = store.run_signals("cleaned")
@@ -249,7 +249,7 @@ def write_fit_outputs(
             metrics={
                 "compression_r2": float(r2_value),
                 "homogeneity": float(homogeneity_value),
-                "n_parcels": int(est.n_parcels),
+                "n_parcels": int(est.n_elements_),
                 "sizes": {
                     "cv": float(sizes.cv),
                     "largest": int(sizes.largest),
