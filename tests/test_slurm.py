@@ -386,9 +386,7 @@ def _submit_driver(job: Path, folder: Path) -> str:
     return done.stdout.strip().split(";")[0]
 
 
-def test_sbatch_driver_job_runs_the_fit_and_resumes_after_a_scancel(
-    slurm, inputs, local_labels, tmp_path
-):
+def test_sbatch_driver_job_runs_the_fit_and_resumes_after_a_scancel(slurm, inputs, tmp_path):
     """The client runs in its own allocation and its workers in others; cancelled mid-fit and submitted again,
     the job resumes: the converted runs, the mask and the signals store are reused, not recomputed."""
     imgs, _ = inputs["cohort"]
@@ -426,7 +424,10 @@ def test_sbatch_driver_job_runs_the_fit_and_resumes_after_a_scancel(
     worker_jobs = {w["slurm_job_id"] for w in record["runtime"]["workers"]}
     assert worker_jobs and second not in worker_jobs and first not in worker_jobs
     labels = np.asarray(nib.load(fit / FILES["labels"]).dataobj)
-    np.testing.assert_array_equal(labels, local_labels("cohort", "ward"))
+    reference = Parcellations(
+        method="ward", n_parcels=COHORT["n_parcels"], store=tmp_path / "local"
+    )
+    np.testing.assert_array_equal(labels, np.asarray(reference.fit(imgs).labels_img_.dataobj))
 
 
 # ------------------------------------------------------------------------------------------------ bad cluster files
