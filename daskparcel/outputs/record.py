@@ -252,3 +252,37 @@ def describe_input_files(items: Iterable[Any]) -> list[dict[str, Any]]:
                 if isinstance(s, dict)
             ]
     return out
+
+
+def quality_metrics(
+    r2: float,
+    homogeneity: float,
+    n_parcels: int,
+    sizes: Any,
+    contiguity: float,
+    disconnected: Iterable[Any],
+) -> dict[str, Any]:
+    """The quality part of ``fit.json``'s ``metrics``, the same for voxel and surface fits."""
+    from numpy import median
+
+    return {
+        "compression_r2": float(r2),
+        "homogeneity": float(homogeneity),
+        "n_parcels": int(n_parcels),
+        "sizes": {
+            "cv": float(sizes.cv),
+            "largest": int(sizes.largest),
+            "smallest": int(sizes.sizes.min()),
+            "median": float(median(sizes.sizes)),
+            "singletons": int(sizes.n_singletons),
+        },
+        "contiguity": float(contiguity),
+        "disconnected_parcels": [int(p) for p in disconnected],
+    }
+
+
+def runtime_record(est: Any) -> dict[str, Any]:
+    """``fit.json``'s ``runtime``: where the client ran, and every dask worker the fit had."""
+    from daskparcel.runtime.workers import client_identity
+
+    return {"client": client_identity(), "workers": list(getattr(est, "workers_", []))}

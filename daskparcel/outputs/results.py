@@ -50,7 +50,14 @@ from daskparcel import __version__
 from daskparcel.errors import InputError
 from daskparcel.estimator import Parcellations
 from daskparcel.outputs.parcel_table import parcel_table, write_parcel_table
-from daskparcel.outputs.record import FILES, FitRecord, command_record, describe_input_files
+from daskparcel.outputs.record import (
+    FILES,
+    FitRecord,
+    command_record,
+    describe_input_files,
+    quality_metrics,
+    runtime_record,
+)
 from daskparcel.store.runs import replace_dir
 
 logger = logging.getLogger(__name__)
@@ -150,7 +157,6 @@ def write_fit_outputs(
     from daskparcel.metrics import compression_r2, contiguity, homogeneity, parcel_sizes, r2_map
     from daskparcel.outputs.connectomes import check_kinds
     from daskparcel.parcels import parcel_means
-    from daskparcel.runtime.workers import client_identity
 
     out = check_out_dir(out, overwrite=overwrite)
     est._check_fitted()
@@ -247,22 +253,18 @@ def write_fit_outputs(
             },
             timings={k: round(float(v), 3) for k, v in timings.items()},
             metrics={
-                "compression_r2": float(r2_value),
-                "homogeneity": float(homogeneity_value),
-                "n_parcels": int(est.n_elements_),
-                "sizes": {
-                    "cv": float(sizes.cv),
-                    "largest": int(sizes.largest),
-                    "smallest": int(sizes.sizes.min()),
-                    "median": float(np.median(sizes.sizes)),
-                    "singletons": int(sizes.n_singletons),
-                },
-                "contiguity": float(contig.fraction),
-                "disconnected_parcels": [int(p) for p in contig.disconnected],
+                **quality_metrics(
+                    r2_value,
+                    homogeneity_value,
+                    est.n_elements_,
+                    sizes,
+                    contig.fraction,
+                    contig.disconnected,
+                ),
                 "nan_r2_voxels": int(table["nan_r2_voxels"].sum()),
             },
             command=command_record(argv, job),
-            runtime={"client": client_identity(), "workers": list(getattr(est, "workers_", []))},
+            runtime=runtime_record(est),
             input_files=describe_input_files(
                 [*(imgs if isinstance(imgs, list | tuple) else [imgs]), *_mask_file(est)]
             ),

@@ -39,7 +39,13 @@ from daskparcel.outputs.bids import (
     parcel_names,
     write_dataset_description,
 )
-from daskparcel.outputs.record import FitRecord, command_record, describe_input_files
+from daskparcel.outputs.record import (
+    FitRecord,
+    command_record,
+    describe_input_files,
+    quality_metrics,
+    runtime_record,
+)
 from daskparcel.store.runs import replace_dir
 
 __all__ = ["mesh_contiguity", "surface_figures", "surface_look_up_table", "write_surface_outputs"]
@@ -259,22 +265,12 @@ def write_surface_outputs(
                 "vertices_in_mask": geometry.n_elements,
             },
             timings={k: round(float(v), 3) for k, v in timings.items()},
-            metrics={
-                "compression_r2": float(r2_value),
-                "homogeneity": float(homogeneity_value),
-                "n_parcels": int(est.n_parcels),
-                "sizes": {
-                    "cv": float(sizes.cv),
-                    "largest": int(sizes.largest),
-                    "smallest": int(sizes.sizes.min()),
-                    "median": float(np.median(sizes.sizes)),
-                    "singletons": int(sizes.n_singletons),
-                },
-                "contiguity": float(fraction),
-                "disconnected_parcels": broken,
-            },
+            metrics=quality_metrics(
+                r2_value, homogeneity_value, est.n_parcels, sizes, fraction, broken
+            ),
             files=files,
             command=command_record(argv, job),
+            runtime=runtime_record(est),
             input_files=describe_input_files(items),
         )
         if report:
