@@ -271,17 +271,21 @@ def write_fit_outputs(
         )
         doc = record.to_dict()
         record.bids = _write_bids(est, inputs or imgs, doc, partial, parcel_signals, kinds)
-        record.write(partial)
-        doc = record.to_dict()
-        if report:
-            from daskparcel.outputs.report import write_report
-
-            write_report(partial)
-        replace_dir(partial, out)
+        publish(record, partial, out, report)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return doc
+    return record.to_dict()
+
+
+def publish(record: FitRecord, partial: Path, out: Path, report: bool) -> None:
+    """Write ``fit.json`` (and the report that reads it) into the partial folder, then swap it in as ``out``."""
+    record.write(partial)
+    if report:
+        from daskparcel.outputs.report import write_report
+
+        write_report(partial)
+    replace_dir(partial, out)
 
 
 def _mask_file(est: Parcellations) -> list[Any]:

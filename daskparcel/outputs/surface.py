@@ -46,7 +46,6 @@ from daskparcel.outputs.record import (
     quality_metrics,
     runtime_record,
 )
-from daskparcel.store.runs import replace_dir
 
 __all__ = ["mesh_contiguity", "surface_figures", "surface_look_up_table", "write_surface_outputs"]
 
@@ -208,7 +207,7 @@ def write_surface_outputs(
             "them from parcel_signals.zarr (daskparcel.connectome)"
         )
     from daskparcel.metrics import compression_r2, homogeneity, parcel_sizes, r2_map
-    from daskparcel.outputs.results import json_parameters, versions
+    from daskparcel.outputs.results import json_parameters, publish, versions
     from daskparcel.parcels import parcel_means
 
     geometry, store = est.geometry_, est.store_
@@ -275,12 +274,7 @@ def write_surface_outputs(
         )
         if report:
             record.files["report"] = "report.html"
-        record.write(partial)
-        if report:
-            from daskparcel.outputs.report import write_report
-
-            write_report(partial)
-        replace_dir(partial, out)
+        publish(record, partial, out, report)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
