@@ -68,10 +68,14 @@ def shared(value: Any, *, name: str | None = None) -> Any:
     Computed on a distributed cluster, the value is scattered to the workers once and the graphs refer to it
     by its key: they stay small (distributed warns "Sending large graph" above 10 MB, and ships the graph
     through the scheduler) and no copy travels with each graph. On the local schedulers it is a delayed.
+
+    Each call scatters under a new key (``hash=False``): under a key hashed from the data, an array scattered
+    again right after its previous copy was released (hierarchical kmeans between its two levels, two fits of
+    the same features) could meet that release on the worker, and the tasks failed with "lost dependencies".
     """
     client = _distributed_client()
     if client is not None and getattr(value, "nbytes", 0) > SCATTER_BYTES:
-        return client.scatter(value, hash=True)
+        return client.scatter(value, hash=False)
     return dask.delayed(value, pure=True, name=name)
 
 
@@ -84,7 +88,7 @@ def from_numpy(arr: np.ndarray, chunks: Any = "auto") -> da.Array:
         return x
     bounds = np.cumsum((0, *x.chunks[0]))
     pieces = [arr[a:b] for a, b in itertools.pairwise(bounds)]
-    futures = client.scatter(pieces, hash=True)
+    futures = client.scatter(pieces, hash=False)
     blocks = [
         da.from_delayed(dask.delayed(f), shape=p.shape, dtype=arr.dtype)
         for f, p in zip(futures, pieces, strict=True)

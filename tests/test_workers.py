@@ -66,6 +66,36 @@ def test_from_numpy_scatters_the_blocks_and_equals_numpy(client, chunks):
     np.testing.assert_array_equal(local.compute(scheduler="threads"), arr)
 
 
+def test_the_same_array_shared_again_right_after_its_release_is_not_lost():
+    """One worker, the same array scattered, dropped and scattered again (hierarchical kmeans does it between
+    its two levels; two fits of the same features do it too). Scattered under a key hashed from the data, the
+    second copy met the first one's release on the worker ("lost dependencies", 2 fits in 5 on SLURM)."""
+    arr = np.arange(400_000, dtype=np.float32)  # 1.5 MiB: above the scatter threshold
+    with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as one,
+        one.as_current(),
+    ):
+        for _ in range(10):
+            for _ in range(2):
+                value = shared(arr)
+                sums = dask.compute(*[dask.delayed(_plus, pure=True)(value, i) for i in range(4)])
+                assert sums == tuple(float(arr.sum()) + i for i in range(4))
+                del value
+            for _ in range(2):
+                assert from_numpy(arr, chunks=100_000).sum().compute() == arr.sum()
+
+
+def _plus(a: np.ndarray, i: int) -> float:
+    return float(a.sum()) + i
+
+
 def test_a_fit_records_its_workers_and_equals_the_local_fit(client, tmp_path):
     run = datasets.synthetic_run(4, 24, n_parcels=8).isel(
         x=slice(14, 30), y=slice(18, 36), z=slice(14, 30)
