@@ -68,6 +68,40 @@ def slurm() -> Iterator[None]:
         subprocess.run(["scancel", "--name", name], capture_output=True, check=False)
 
 
+@pytest.fixture(scope="session")
+def slots(slurm) -> int:
+    """How many worker-shaped jobs (1 core, 2 GiB) this SLURM runs at once: 1 or 2.
+
+    Measured, not read off ``nproc``: a node of 2 CPUs that are one core's two hyperthreads runs one such job at
+    a time under ``SelectTypeParameters=CR_Core`` (each job gets a whole core), and so does a node short of
+    memory. The tests size their clusters to it (and skip the one that needs two jobs at once, with the reason).
+    """
+    ids = []
+    for _ in range(2):
+        done = subprocess.run(
+            ["sbatch", "--parsable", f"--job-name={WORKER_JOB}", "--partition=debug", "--cpus-per-task=1",
+             "--mem=2G", "--time=00:02:00", "--output=/dev/null", "--wrap", "sleep 120"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        ids.append(done.stdout.strip().split(";")[0])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            states = [job_info(i) for i in ids]
+            running = sum(s.get("JobState") == "RUNNING" for s in states)
+            held = [
+                s
+                for s in states
+                if s.get("JobState") == "PENDING" and s.get("Reason") == "Resources"
+            ]
+            if running == 2 or (running == 1 and held) or time.monotonic() > deadline:
+                return max(running, 1)
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["scancel", *ids], capture_output=True, check=False)
+        wait_for(lambda: not any(active(i) for i in ids), 60, "the probe jobs to end")
+
+
 def cluster_doc(folder: Path, **changes: Any) -> dict[str, Any]:
     """A SLURM cluster file for this machine: 1-core worker jobs, loopback only, this venv."""
     doc: dict[str, Any] = {
@@ -185,17 +219,21 @@ def test_cli_fit_on_slurm_submits_worker_jobs_and_equals_the_local_fit(
 
 # ------------------------------------------------------------------------------------------------ every method
 @pytest.fixture(scope="class")
-def slurm_client(slurm, tmp_path_factory) -> Iterator[Any]:
-    """One SLURM cluster for the module: 2 worker jobs kept by adapt."""
+def slurm_client(slurm, slots, tmp_path_factory) -> Iterator[Any]:
+    """One SLURM cluster for the class: as many worker jobs as run at once (2 here, 1 on a one-slot node), kept
+    by adapt."""
     import distributed
 
     from daskparcel.runtime import make_cluster
 
     folder = tmp_path_factory.mktemp("slurm-module")
-    cluster = make_cluster(write_cluster(folder, scale=None, adapt={"minimum": 2, "maximum": 2}))
+    cluster = make_cluster(
+        write_cluster(folder, scale=None, adapt={"minimum": slots, "maximum": slots})
+    )
     try:
         with distributed.Client(cluster, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=120)
+            client.wait_for_workers(slots, timeout=120)
+            client.slots = slots
             client.fits = []  # (workers_ of each fit)
             client.folder = folder
             yield client
@@ -266,7 +304,7 @@ class TestOnOneCluster:
         )
         # adapt replaced the cancelled job
         wait_for(
-            lambda: len(slurm_client.scheduler_info()["workers"]) == 2,
+            lambda: len(slurm_client.scheduler_info()["workers"]) == slurm_client.slots,
             180,
             "a replacement worker job",
         )
@@ -275,7 +313,7 @@ class TestOnOneCluster:
 
 
 def test_workers_killed_at_their_walltime_are_replaced_and_the_fit_completes(
-    slurm, inputs, local_labels, tmp_path
+    slurm, slots, inputs, local_labels, tmp_path
 ):
     """Worker jobs with a 1-minute walltime and a longer --lifetime: SLURM kills them (state TIMEOUT) while fits
     run; the cluster submits new jobs and every fit equals the local default. Fits go on until a worker was
@@ -286,11 +324,12 @@ def test_workers_killed_at_their_walltime_are_replaced_and_the_fit_completes(
 
     imgs, params = inputs["rapidtide"]
     doc = {"walltime": "00:01:00", "worker_extra_args": ["--lifetime", "1h"], "scale": None}
-    cluster = make_cluster(write_cluster(tmp_path, adapt={"minimum": 2, "maximum": 2}, **doc))
+    adapt = {"minimum": slots, "maximum": slots}
+    cluster = make_cluster(write_cluster(tmp_path, adapt=adapt, **doc))
     killed: list[str] = []
     try:
         with distributed.Client(cluster, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=120)
+            client.wait_for_workers(slots, timeout=120)
             client.fits = []
             deadline = time.monotonic() + 300
             n = 0
@@ -308,7 +347,9 @@ def test_workers_killed_at_their_walltime_are_replaced_and_the_fit_completes(
                 ]
                 n += 1
             wait_for(
-                lambda: len(client.scheduler_info()["workers"]) == 2, 180, "replacement worker jobs"
+                lambda: len(client.scheduler_info()["workers"]) == slots,
+                180,
+                "replacement worker jobs",
             )
             now = client.run(lambda: os.environ["SLURM_JOB_ID"])
             assert not set(killed) & set(now.values())
@@ -386,9 +427,14 @@ def _submit_driver(job: Path, folder: Path) -> str:
     return done.stdout.strip().split(";")[0]
 
 
-def test_sbatch_driver_job_runs_the_fit_and_resumes_after_a_scancel(slurm, inputs, tmp_path):
+def test_sbatch_driver_job_runs_the_fit_and_resumes_after_a_scancel(slurm, slots, inputs, tmp_path):
     """The client runs in its own allocation and its workers in others; cancelled mid-fit and submitted again,
     the job resumes: the converted runs, the mask and the signals store are reused, not recomputed."""
+    if slots < 2:
+        pytest.skip(
+            "this SLURM node runs one 1-core job at a time (one core's two hyperthreads under CR_Core, or too "
+            "little memory): a driver job and its worker job cannot run together"
+        )
     imgs, _ = inputs["cohort"]
     out = tmp_path / "out"
     cluster = write_cluster(tmp_path / "cluster", scale=1, death_timeout=10)
