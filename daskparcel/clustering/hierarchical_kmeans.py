@@ -17,7 +17,6 @@ from typing import Any
 import dask
 import numpy as np
 import xarray as xr
-from sklearn.cluster import MiniBatchKMeans
 
 from daskparcel import config
 from daskparcel._checks import check_int, check_n_clusters
@@ -108,20 +107,18 @@ def _fine_cluster(
     """Second-level clustering of one coarse cluster, exactly ``n_small`` labels."""
     if n_small == 1:
         return np.zeros(x.shape[0], dtype=np.int64)
-    mbk = MiniBatchKMeans(
-        n_clusters=n_small,
-        init="k-means++",
-        batch_size=batch_size,
-        n_init=n_init,
-        max_no_improvement=max_no_improvement,
+    labels, d2, _ = minibatch_in_memory(  # scikit-learn's MiniBatchKMeans defaults, as nilearn's
+        x,
+        n_small,
         random_state=random_state,
-    ).fit(x)
-    labels = np.asarray(mbk.labels_, dtype=np.int64)
-    counts = np.bincount(labels, minlength=n_small)
-    if (counts == 0).any():
-        diff = np.asarray(x, dtype=np.float64) - mbk.cluster_centers_[labels]
-        labels, _ = reseed_empty(labels, np.einsum("ij,ij->i", diff, diff), n_small)
-    return labels
+        n_init=n_init,
+        max_iter=100,
+        tol=0.0,
+        batch_size=batch_size,
+        max_no_improvement=max_no_improvement,
+        init="k-means++",
+    )
+    return reseed_empty(labels, d2, n_small)[0]
 
 
 def _coarse_starts(
