@@ -1,0 +1,199 @@
+"""CIFTI-2 dense time series (``*.dtseries.nii``) -> runs with their CIFTI geometry, read lazily.
+
+A ``.dtseries.nii`` path in ``imgs`` is a run without meshes (kmeans and hierarchical kmeans only);
+:func:`cifti_run` pairs a path with the cortex's meshes (what ward, complete, average and rena need). Only the
+header is read when the runs are resolved: the brain model, the series' step, and the meshes' vertex counts are
+checked before any data. The data are a dask array whose blocks read frames ``dataobj[a:b]`` of the file (the
+whole file is never in memory), laid out as the surface runs are: a (grayordinate, 1, 1, time) pseudo-grid
+(:mod:`daskparcel.geometry.cifti`). A run's identity is its file's sha256 (the meshes do not change its signals).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from daskparcel.errors import InputError
+from daskparcel.geometry.cifti import CiftiGeometry
+from daskparcel.store.signals import RunInput
+
+__all__ = ["CiftiRun", "cifti_run", "is_cifti", "is_cifti_path", "open_cifti_run"]
+
+CIFTI_SUFFIX = ".dtseries.nii"
+
+
+def is_cifti_path(item: Any) -> bool:
+    """Whether ``item`` is a path with a CIFTI dense time series name (``.dtseries.nii``)."""
+    return isinstance(item, str | os.PathLike) and str(item).endswith(CIFTI_SUFFIX)
+
+
+def is_cifti(item: Any) -> bool:
+    """Whether ``item`` is a CIFTI run: a :class:`CiftiRun` or a ``.dtseries.nii`` path."""
+    return isinstance(item, CiftiRun) or is_cifti_path(item)
+
+
+def load_cifti_header(path: str | os.PathLike[str], name: str = "imgs") -> Any:
+    """The ``Cifti2Image`` of a dense time series (header only), or an InputError saying why it is not one."""
+    import nibabel as nib
+    from nibabel import cifti2
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{name}: {path}: no such file; check the path")
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        raise InputError(
+            f"{name}: {path}: not a readable CIFTI-2 file ({type(exc).__name__}: {exc}); give a .dtseries.nii"
+        ) from exc
+    if not isinstance(img, cifti2.Cifti2Image):
+        raise InputError(
+            f"{name}: {path}: a {type(img).__name__}, not CIFTI-2; give a CIFTI-2 dense time series"
+        )
+    axes = [img.header.get_axis(i) for i in range(len(img.shape))]
+    if len(axes) != 2 or not isinstance(axes[0], cifti2.SeriesAxis) or not isinstance(axes[1], cifti2.BrainModelAxis):  # fmt: skip
+        kinds = " x ".join(type(a).__name__ for a in axes)
+        raise InputError(
+            f"{name}: {path}: its axes are {kinds}; give a dense time series (SeriesAxis x BrainModelAxis, "
+            "a .dtseries.nii)"
+        )
+    return img
+
+
+@dataclass(frozen=True, eq=False)
+class CiftiRun:
+    """A dense time series and the cortex's meshes: what :func:`cifti_run` gives (pass it, or a list of them,
+    to :meth:`daskparcel.Parcellations.fit`)."""
+
+    path: Path
+    geometry: CiftiGeometry
+
+
+def cifti_run(path: str | os.PathLike[str], meshes: Any = None) -> CiftiRun:
+    """A CIFTI-2 dense time series with the meshes of its cortical structures.
+
+    Parameters
+    ----------
+    path : path
+        A ``*.dtseries.nii`` (only its header is read here).
+    meshes : nilearn PolyMesh or dict, optional
+        ``{"left": mesh, "right": mesh}`` (nilearn meshes or GIfTI ``surf.gii`` paths), the meshes the data
+        were sampled on (e.g. fs_LR 32k midthickness). Each must have the vertex count the brain model declares
+        for ``CIFTI_STRUCTURE_CORTEX_LEFT`` / ``_RIGHT``. Without them only kmeans and hierarchical kmeans fit.
+
+    Returns
+    -------
+    CiftiRun
+        Pass it (or a list of them) as ``imgs`` to :meth:`daskparcel.Parcellations.fit` or ``transform``.
+    """
+    img = load_cifti_header(path, "path")
+    axis = img.header.get_axis(1)
+    geometry = CiftiGeometry.from_axis(axis, meshes, _step(img))
+    return CiftiRun(Path(path), geometry)
+
+
+def _step(img: Any) -> float:
+    series = img.header.get_axis(0)
+    scale = {"SECOND": 1.0}.get(str(series.unit).upper(), 1.0)
+    step = float(series.step) * scale
+    return step if np.isfinite(step) and step > 0 else 1.0
+
+
+@functools.lru_cache(maxsize=8)
+def _proxy(path: str, mtime_ns: int) -> Any:
+    # one header parse per file per process: each block then reads its frames through the proxy
+    import nibabel as nib
+
+    img: Any = nib.load(path)
+    return img.dataobj
+
+
+class CiftiFrames:
+    """An array-like (grayordinate, 1, 1, time) over a dense time series, read by frames on demand (what
+    ``da.from_array`` wraps); only the path and the shape are pickled into the graph."""
+
+    def __init__(self, path: str | os.PathLike[str], shape: tuple[int, int]) -> None:
+        self.path = str(Path(path).resolve())
+        self.mtime_ns = os.stat(self.path).st_mtime_ns
+        n_time, n_elements = shape
+        self.shape = (int(n_elements), 1, 1, int(n_time))
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 4
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = (*key, *([slice(None)] * (4 - len(key))))
+        elements, y, z, frames = key
+        try:
+            block = np.asarray(_proxy(self.path, self.mtime_ns)[frames, elements], dtype=np.float32)
+        except (EOFError, ValueError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
+            raise InputError(
+                f"{self.path}: could not read its frames ({type(exc).__name__}: {exc}); the file is "
+                "truncated or corrupt: copy or export it again"
+            ) from exc
+        out = block.T  # (element, time)
+        return out[:, None, None, :][:, y, z, :]
+
+
+def open_cifti_run(item: Any, index: int, chunk_volumes: int | None = None) -> RunInput:
+    """A :class:`CiftiRun` or a ``.dtseries.nii`` path as a run with its CIFTI geometry (header read only).
+
+    Parameters
+    ----------
+    item : CiftiRun or path
+    index : int
+        Position among the runs (for messages).
+    chunk_volumes : int, optional
+        Frames per chunk (default: about ``daskparcel.chunk-mb`` MB).
+    """
+    from daskparcel.ingest.nifti import run_name, volumes_per_chunk
+    from daskparcel.store.runs import file_sha256
+
+    path = Path(item.path if isinstance(item, CiftiRun) else item)
+    img = load_cifti_header(path, f"imgs[{index}]")
+    if isinstance(item, CiftiRun):
+        geometry = item.geometry
+    else:
+        geometry = CiftiGeometry.from_axis(img.header.get_axis(1), None, _step(img))
+    frames = CiftiFrames(path, img.shape)
+    if frames.shape[3] < 1:
+        raise InputError(f"imgs[{index}]: {path}: no frames; give a dense time series with frames")
+    n = chunk_volumes or volumes_per_chunk(frames.shape)
+    bold = da.from_array(frames, chunks=(*frames.shape[:3], n), meta=np.empty((0, 0, 0, 0), np.float32))  # fmt: skip
+    name = run_name(path).removesuffix(".dtseries")
+    ds = xr.Dataset(
+        {"bold": (("x", "y", "z", "t"), bold)},
+        attrs={
+            "affine": np.eye(4).tolist(),
+            "geometry": "cifti",
+            "brain_model": geometry.describe(),
+            "source": str(path),
+            "t_r": geometry.t_r,
+        },
+    )
+    identity = f"cifti:sha256:{file_sha256(path)}"
+    return RunInput(name, ds, identity, name, t_r=geometry.t_r, geometry=geometry)
+
+
+def check_one_brain_model(runs: list[RunInput]) -> None:
+    """Refuse CIFTI runs whose brain models differ (other grayordinates, or other ones in another order)."""
+    cifti = [r for r in runs if isinstance(r.geometry, CiftiGeometry)]
+    if not cifti:
+        return
+    ref = cifti[0]
+    for run in cifti[1:]:
+        if not ref.geometry.same_mesh(run.geometry):
+            raise InputError(
+                f"imgs: {run.data.attrs['source']} has another brain model ({run.geometry.describe()}) than "
+                f"{ref.data.attrs['source']} ({ref.geometry.describe()}), or other meshes; give runs on one "
+                "brain model (resample them, e.g. with wb_command -cifti-resample)"
+            )
