@@ -167,6 +167,12 @@ def write_fit_outputs(
         )
     kinds = check_kinds(connectomes, name="connectomes")
     if (
+        getattr(getattr(est, "geometry_", None), "kind", None) == "cifti"
+    ):  # a dlabel, the cortex drawn
+        from daskparcel.outputs.cifti import write_cifti_outputs
+
+        return write_cifti_outputs(est, imgs, out, confounds=confounds, inputs=inputs, argv=argv, job=job, connectomes=kinds, report=report)  # fmt: skip
+    if (
         getattr(est, "geometry_", None) is not None
     ):  # surface runs: GIfTI labels, figures on the mesh
         from daskparcel.outputs.surface import write_surface_outputs

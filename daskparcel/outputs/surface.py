@@ -21,6 +21,7 @@ per-run BIDS tables and connectomes are not written for surfaces yet.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -46,6 +47,8 @@ from daskparcel.outputs.record import (
     quality_metrics,
     runtime_record,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["mesh_contiguity", "surface_figures", "surface_look_up_table", "write_surface_outputs"]
 
@@ -130,6 +133,15 @@ def surface_figures(figures: Any) -> str:
 
     folder, files = figures.folder, figures.files
     hemis = [h for h in ("L", "R") if f"labels_{h}" in files]
+    if not hemis:  # a CIFTI fit without meshes: nothing to draw the parcels on
+        from daskparcel.outputs._html import note
+
+        logger.info(
+            "report: no mesh in %s (CIFTI runs given without meshes): no brain figure", folder
+        )
+        return note(
+            "No brain figure: the runs came without meshes (pass them with daskparcel.cifti_run)."
+        )
     n_parcels = int(figures.doc.get("metrics", {}).get("n_parcels", 1))
     method = str(figures.doc.get("parameters", {}).get("method", ""))
 
