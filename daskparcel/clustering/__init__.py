@@ -187,7 +187,11 @@ def run_method(
         job = dataclasses.replace(job, features=weighted)
     if method.tree is None:
         assert method.labels is not None
-        return _exactly_k(np.asarray(method.labels(job)), job.n_clusters, method.name), None
+        split = getattr(
+            job.geometry, "partition_by_structure", None
+        )  # CIFTI: structure by structure
+        labels = split(method.labels, job) if split is not None else method.labels(job)
+        return _exactly_k(np.asarray(labels), job.n_clusters, method.name), None
     from daskparcel.clustering.agglomerative import MergeTree
 
     name = f"{key.replace('reduced/', 'trees/')}-{method.name}"

@@ -6,7 +6,8 @@ structure after the other (e.g. ``CIFTI_STRUCTURE_CORTEX_LEFT``, ``_CORTEX_RIGHT
 Neighbours join elements of one structure only: the mesh edges between the vertices a surface structure keeps
 (the medial wall is not in the brain model), and the 6-neighbour lattice between the voxels of a subcortical
 structure. The structures are therefore separate components (at least one each): ward, complete, average and
-rena share K among them in proportion and no parcel spans two structures.
+rena share K among them in proportion and no parcel spans two structures; kmeans and hierarchical kmeans
+run on each structure with its share of K (:meth:`CiftiGeometry.partition_by_structure`) for the same reason.
 
 The meshes do not travel inside a dense time series: they are given with the run
 (:func:`daskparcel.ingest.cifti.cifti_run`). Without them kmeans and hierarchical kmeans work (no neighbours
@@ -19,6 +20,7 @@ look-up table as its label axis), ``dscalar`` / ``dtseries`` for values.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,8 @@ import scipy.sparse as sp
 
 from daskparcel.errors import InputError
 from daskparcel.geometry.surface import SurfaceGeometry, mesh_edges
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["HEMISPHERES", "CiftiGeometry", "lattice_edges"]
 
@@ -250,6 +254,40 @@ class CiftiGeometry:
         out = np.empty(self.n_elements, dtype=np.int64)
         for i, (_, span, _) in enumerate(self.structures):
             out[span] = i
+        return out
+
+    def partition_by_structure(self, labels: Any, job: Any) -> np.ndarray:
+        """Labels 0..K-1 of a partition method (kmeans, hierarchical kmeans: ``labels(job)``) run on each
+        structure with a share of ``job.n_clusters`` proportional to its grayordinates, so that no parcel
+        spans two structures (as the connected methods, whose graph has no edge between structures)."""
+        import dataclasses
+
+        from daskparcel.clustering.agglomerative import allocate_clusters
+
+        structure = self.structure_of()
+        sizes = np.bincount(structure, minlength=len(self.structures))
+        shares = allocate_clusters(int(job.n_clusters), sizes, name="n_parcels")
+        logger.info(
+            "CIFTI: %d structures clustered one by one with %s of the %d parcels (in proportion to their "
+            "grayordinates)",
+            len(shares),
+            ", ".join(str(int(k)) for k in shares),
+            job.n_clusters,
+        )
+        out = np.empty(self.n_elements, dtype=np.int64)
+        offset = 0
+        for index, k in enumerate(shares):
+            ids = np.flatnonzero(structure == index)
+            sub = dataclasses.replace(
+                job,
+                features=np.asarray(job.features)[ids],
+                n_clusters=int(k),
+                mask=np.ones((len(ids), 1, 1), dtype=bool),
+                signals=None if job.signals is None else job.signals[ids],
+                geometry=None,
+            )
+            out[ids] = np.asarray(labels(sub), dtype=np.int64) + offset
+            offset += int(k)
         return out
 
     # ------------------------------------------------------------------------------------ images

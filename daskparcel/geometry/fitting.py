@@ -68,6 +68,11 @@ def fit_geometry(runs: Any, params: dict[str, Any]) -> Any:
         geometry = next((r.geometry for r in runs if not r.geometry.missing_meshes()), geometry)
     result: Any = geometry.with_mask(params.get("mask"))
     k = check_n_clusters(params["n_parcels"], result.n_elements, "n_parcels")
+    if result.kind == "cifti" and k < len(result.structures):
+        raise InputError(
+            f"n_parcels={k}: the CIFTI runs have {len(result.structures)} structures ({result.describe()}) "
+            f"and no parcel spans two; pass n_parcels>={len(result.structures)}"
+        )
     method = METHODS[str(params["method"])]
     if method.is_tree or method.name == "rena":
         if result.kind == "cifti":
