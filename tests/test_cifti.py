@@ -317,3 +317,44 @@ def test_bad_inputs_refused_before_any_data_is_read(data: SyntheticCifti, tmp_pa
             str(cut)
         )
     assert "mask=None" in one_line(excinfo)
+
+
+@pytest.mark.parametrize("method", ["complete", "average", "rena", "hierarchical_kmeans"])
+def test_other_methods(data: SyntheticCifti, store: Path, method: str) -> None:
+    """Exactly K, no parcel across structures; the connected methods' parcels connected."""
+    est = Parcellations(method=method, n_parcels=24, smoothing_fwhm=None, store=store).fit(
+        cifti_run(data.path, data.meshes)
+    )
+    labels = np.asarray(est.labels_.values)
+    axis = brain_model(data.path)
+    assert np.array_equal(np.unique(labels), np.arange(1, 25))
+    assert spanning(labels, structure_index(axis)) == []
+    if method != "hierarchical_kmeans":
+        assert disconnected(labels, graph(axis, data.meshes)) == []
+    if method in ("rena", "hierarchical_kmeans"):  # complete and average make a few giant parcels
+        assert adjusted_rand_score(data.labels, labels) > 0.5
+
+
+def test_several_runs(data: SyntheticCifti, store: Path, tmp_path: Path) -> None:
+    """Two subjects on one brain model: the meshes given with one run serve the fit; both are transformed."""
+    second = synthetic_cifti_run(
+        tmp_path / "sub-02.dtseries.nii", N_TIME, n_parcels=PLANTED, subject=1
+    )
+    est = Parcellations(method="ward", n_parcels=PLANTED, smoothing_fwhm=None, store=store).fit(
+        [str(second.path), cifti_run(data.path, data.meshes)]
+    )
+    assert len(est.runs_) == 2 and est.n_elements_ == PLANTED
+    labels = np.asarray(est.labels_.values)
+    assert disconnected(labels, graph(brain_model(data.path), data.meshes)) == []
+    assert adjusted_rand_score(data.labels, labels) > 0.9
+    out = est.transform([str(data.path), str(second.path)])
+    for signals, run in zip(out, (data, second), strict=True):
+        frames = np.asarray(nib.load(run.path).dataobj)
+        np.testing.assert_allclose(
+            np.asarray(signals), parcel_means(frames, labels, PLANTED), rtol=1e-5
+        )
+    with pytest.raises(InputError) as excinfo:  # fewer parcels than structures
+        Parcellations(method="kmeans", n_parcels=3, smoothing_fwhm=None, store=store).fit(
+            str(data.path)
+        )
+    assert "n_parcels>=4" in one_line(excinfo)

@@ -187,10 +187,9 @@ def run_method(
         job = dataclasses.replace(job, features=weighted)
     if method.tree is None:
         assert method.labels is not None
-        split = getattr(
-            job.geometry, "partition_by_structure", None
-        )  # CIFTI: structure by structure
-        labels = split(method.labels, job) if split is not None else method.labels(job)
+        # CIFTI: each structure on its own, with its share of K
+        split = getattr(job.geometry, "partition_by_structure", None)
+        labels = split(method, job) if split is not None else method.labels(job)
         return _exactly_k(np.asarray(labels), job.n_clusters, method.name), None
     from daskparcel.clustering.agglomerative import MergeTree
 

@@ -256,13 +256,18 @@ class CiftiGeometry:
             out[span] = i
         return out
 
-    def partition_by_structure(self, labels: Any, job: Any) -> np.ndarray:
-        """Labels 0..K-1 of a partition method (kmeans, hierarchical kmeans: ``labels(job)``) run on each
-        structure with a share of ``job.n_clusters`` proportional to its grayordinates, so that no parcel
-        spans two structures (as the connected methods, whose graph has no edge between structures)."""
+    def partition_by_structure(self, method: Any, job: Any) -> np.ndarray:
+        """Labels 0..K-1 of a partition ``method`` (kmeans, hierarchical kmeans: ``method.labels(job)``) run on
+        each structure with a share of ``job.n_clusters`` proportional to its grayordinates, so that no parcel
+        spans two structures (as for the connected methods, whose graph has no edge between structures: rena
+        runs on the whole graph, which shares K among its components itself)."""
         import dataclasses
 
         from daskparcel.clustering.agglomerative import allocate_clusters
+
+        labels = method.labels
+        if method.name == "rena":
+            return np.asarray(labels(job))
 
         structure = self.structure_of()
         sizes = np.bincount(structure, minlength=len(self.structures))
