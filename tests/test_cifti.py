@@ -358,3 +358,21 @@ def test_several_runs(data: SyntheticCifti, store: Path, tmp_path: Path) -> None
             str(data.path)
         )
     assert "n_parcels>=4" in one_line(excinfo)
+
+
+def test_command_line_fit(
+    data: SyntheticCifti, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``daskparcel fit run.dtseries.nii`` (kmeans: no meshes on the command line) writes the dlabel."""
+    from daskparcel.cli import main
+
+    out = tmp_path / "fit"
+    code = main(
+        ["fit", str(data.path), "--method", "kmeans", "--n-parcels", "12", "--smoothing-fwhm", "0",
+         "--store", str(tmp_path / "store"), "--out", str(out), "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    assert f"{len(data.labels)} grayordinates" in capsys.readouterr().out
+    labels = np.asarray(nib.load(out / "atlas-kmeans12_dseg.dlabel.nii").dataobj)[0]
+    assert np.array_equal(np.unique(labels), np.arange(1, 13))
+    assert spanning(labels.astype(int), structure_index(brain_model(data.path))) == []
