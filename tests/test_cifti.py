@@ -312,6 +312,12 @@ def test_bad_inputs_refused_before_any_data_is_read(data: SyntheticCifti, tmp_pa
         )
     assert "another brain model" in one_line(excinfo)
     assert not store.exists()
+    fitted = Parcellations(method="kmeans", n_parcels=8, smoothing_fwhm=None, store=store).fit(
+        str(data.path)
+    )
+    with pytest.raises(InputError) as excinfo:  # transform of a run on another brain model
+        fitted.transform(str(other))
+    assert "fitted on the brain model" in one_line(excinfo) and str(other) in str(excinfo.value)
     with pytest.raises(InputError) as excinfo:  # a mask
         Parcellations(method="kmeans", n_parcels=10, smoothing_fwhm=None, mask=str(cut)).fit(
             str(cut)
@@ -376,3 +382,25 @@ def test_command_line_fit(
     labels = np.asarray(nib.load(out / "atlas-kmeans12_dseg.dlabel.nii").dataobj)[0]
     assert np.array_equal(np.unique(labels), np.arange(1, 13))
     assert spanning(labels.astype(int), structure_index(brain_model(data.path))) == []
+
+
+def test_trees_cached_per_mesh(data: SyntheticCifti, ward: Parcellations, store: Path) -> None:
+    """The same file with other meshes (the vertices renumbered: another graph) in the same store: the ward
+    tree of the first meshes is not reused, the parcels are connected on the second graph."""
+    from nilearn.surface import InMemoryMesh, PolyMesh
+
+    perm = np.random.default_rng(0).permutation(642)
+    inverse = np.argsort(perm)
+    parts = {}
+    for part in ("left", "right"):
+        mesh = data.meshes.parts[part]
+        parts[part] = InMemoryMesh(
+            np.asarray(mesh.coordinates)[perm], inverse[np.asarray(mesh.faces)]
+        )
+    other = PolyMesh(**parts)
+    est = Parcellations(method="ward", n_parcels=PLANTED, smoothing_fwhm=None, store=store).fit(
+        cifti_run(data.path, meshes=other)
+    )
+    assert est.store_.path == ward.store_.path  # one signals store: the run is the same file
+    labels = np.asarray(est.labels_.values)
+    assert disconnected(labels, graph(brain_model(data.path), other)) == []

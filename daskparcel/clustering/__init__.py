@@ -199,6 +199,11 @@ def run_method(
         name += "-" + dask.base.tokenize(
             getattr(conn, "indptr", conn), getattr(conn, "indices", None)
         )
+    graph_token = getattr(
+        job.geometry, "graph_token", None
+    )  # CIFTI: the meshes are not in the run's identity
+    if graph_token is not None:
+        name += "-" + graph_token()
     cached = cache.cached_arrays(name) if cache is not None else None
     if cached is not None:
         logger.info("%s tree reused from %s: cut at %d parcels", method.name, name, job.n_clusters)

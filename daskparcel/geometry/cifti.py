@@ -160,6 +160,16 @@ class CiftiGeometry:
             digest.update(np.round(np.asarray(self.axis.affine, dtype=np.float64), 6).tobytes())
         return digest.hexdigest()[:20]
 
+    def graph_token(self) -> str:
+        """A hash of the neighbours: the brain model and the faces of the meshes. The signals store of a run does
+        not depend on its meshes (its identity is the file's), the merge trees cached in it do: they are kept
+        under this token."""
+        digest = hashlib.sha256(self.token().encode())
+        for name, _, faces in self.meshes:
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(faces, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:20]
+
     def same_mesh(self, other: Any) -> bool:
         """Whether ``other`` is a CIFTI geometry on the same brain model (and, where both have a mesh for a
         structure, the same faces)."""

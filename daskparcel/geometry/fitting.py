@@ -101,6 +101,11 @@ def transform_grid(est: Any, run: Any) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return (*run_grid(est, run), est.smoothing_fwhm)
     if not geometry.same_mesh(run.geometry):
         what = "a volume run" if run.geometry is None else f"on {run.geometry.describe()}"
+        if geometry.kind == "cifti":
+            raise InputError(
+                f"imgs: {run.data.attrs.get('source') or run.name} is {what}; the parcellation was fitted on "
+                f"the brain model {geometry.describe()}: give .dtseries.nii runs on it"
+            )
         raise InputError(
             f"imgs: {run.nifti or run.name} is {what}; the parcellation was fitted on the meshes "
             f"{geometry.describe()}: give SurfaceImages on them"
