@@ -404,3 +404,36 @@ def test_trees_cached_per_mesh(data: SyntheticCifti, ward: Parcellations, store:
     assert est.store_.path == ward.store_.path  # one signals store: the run is the same file
     labels = np.asarray(est.labels_.values)
     assert disconnected(labels, graph(brain_model(data.path), other)) == []
+
+
+def test_gifti_meshes_and_the_series_step(
+    data: SyntheticCifti, store: Path, tmp_path: Path
+) -> None:
+    """Meshes given as GIfTI surf.gii paths give the grayordinates' graph; the series' step (2 s) is the TR
+    that filtering uses, as nilearn's ``signal.clean`` with t_r=2."""
+    from nilearn.signal import clean
+
+    paths = {}
+    for part in ("left", "right"):
+        mesh = data.meshes.parts[part]
+        image = nib.gifti.GiftiImage()
+        for array, intent in (
+            (np.asarray(mesh.coordinates, np.float32), "NIFTI_INTENT_POINTSET"),
+            (np.asarray(mesh.faces, np.int32), "NIFTI_INTENT_TRIANGLE"),
+        ):
+            image.add_gifti_data_array(nib.gifti.GiftiDataArray(array, intent=intent))
+        paths[part] = tmp_path / f"hemi-{part[0].upper()}_midthickness.surf.gii"
+        nib.save(image, paths[part])
+    rows, cols = cifti_run(data.path, meshes=paths).geometry.edges()
+    expected = sp.triu(graph(brain_model(data.path), data.meshes), k=1).tocoo()
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == set(
+        zip(expected.row.tolist(), expected.col.tolist(), strict=True)
+    )
+    est = Parcellations(
+        method="kmeans", n_parcels=10, smoothing_fwhm=None, high_pass=0.02, store=store
+    ).fit(str(data.path))
+    frames = np.asarray(nib.load(data.path).dataobj, dtype=np.float64)
+    expected_signals = clean(frames, high_pass=0.02, t_r=2.0, detrend=False, standardize=None).T
+    np.testing.assert_allclose(
+        np.asarray(est.store_.signals("cleaned")), expected_signals, rtol=1e-4, atol=1e-2
+    )

@@ -95,15 +95,17 @@ def cifti_run(path: str | os.PathLike[str], meshes: Any = None) -> CiftiRun:
     """
     img = load_cifti_header(path, "path")
     axis = img.header.get_axis(1)
-    geometry = CiftiGeometry.from_axis(axis, meshes, _step(img))
+    geometry = CiftiGeometry.from_axis(axis, meshes, _step(img) or 1.0)
     return CiftiRun(Path(path), geometry)
 
 
-def _step(img: Any) -> float:
+def _step(img: Any) -> float | None:
+    """The repetition time (s) of a dense time series: its series' step when the unit is seconds, else None."""
     series = img.header.get_axis(0)
-    scale = {"SECOND": 1.0}.get(str(series.unit).upper(), 1.0)
-    step = float(series.step) * scale
-    return step if np.isfinite(step) and step > 0 else 1.0
+    step = float(series.step)
+    if str(series.unit).upper() != "SECOND" or not np.isfinite(step) or step <= 0:
+        return None
+    return step
 
 
 @functools.lru_cache(maxsize=8)
@@ -163,7 +165,7 @@ def open_cifti_run(item: Any, index: int, chunk_volumes: int | None = None) -> R
     if isinstance(item, CiftiRun):
         geometry = item.geometry
     else:
-        geometry = CiftiGeometry.from_axis(img.header.get_axis(1), None, _step(img))
+        geometry = CiftiGeometry.from_axis(img.header.get_axis(1), None, _step(img) or 1.0)
     frames = CiftiFrames(path, img.shape)
     if frames.shape[3] < 1:
         raise InputError(f"imgs[{index}]: {path}: no frames; give a dense time series with frames")
@@ -177,11 +179,13 @@ def open_cifti_run(item: Any, index: int, chunk_volumes: int | None = None) -> R
             "geometry": "cifti",
             "brain_model": geometry.describe(),
             "source": str(path),
-            "t_r": geometry.t_r,
         },
     )
+    t_r = _step(img)
+    if t_r is not None:
+        ds.attrs["t_r"] = t_r
     identity = f"cifti:sha256:{file_sha256(path)}"
-    return RunInput(name, ds, identity, name, t_r=geometry.t_r, geometry=geometry)
+    return RunInput(name, ds, identity, name, t_r=t_r, geometry=geometry)
 
 
 def check_one_brain_model(runs: list[RunInput]) -> None:
