@@ -162,6 +162,14 @@ def test_frames_are_read_lazily_in_blocks(data: SyntheticCifti) -> None:
     assert len(pickle.dumps(dict(bold.__dask_graph__()))) < n * N_TIME * 4 / 10
     reference = np.asarray(nib.load(data.path).dataobj, dtype=np.float32)
     np.testing.assert_array_equal(bold.blocks[0, 0, 0, 2].compute()[:, 0, 0, :], reference[32:48].T)
+    # the array-like itself: frames read in runs of grayordinates (shorter than the file here, the last one
+    # partial), with a step, and any other selection (through nibabel's proxy)
+    from daskparcel.ingest.cifti import CiftiFrames
+
+    frames = CiftiFrames(data.path, nib.load(data.path))
+    frames.GRAYORDINATES_PER_READ = 500
+    np.testing.assert_array_equal(frames[:, :, :, 5:50:3][:, 0, 0], reference[5:50:3].T)
+    np.testing.assert_array_equal(frames[10:20, :, :, 3:7][:, 0, 0], reference[3:7, 10:20].T)
     assert run.t_r == 2.0 and run.geometry.n_elements == n
 
 
