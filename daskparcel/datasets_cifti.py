@@ -7,7 +7,9 @@ The planted parcels are shared among the structures in proportion to their grayo
 random seeds along the structure's neighbours (mesh edges between kept vertices, the voxels' 6-neighbour
 lattice), so each is one connected region of one structure. The signals are built as in
 :mod:`daskparcel.datasets_surface` (baseline, drift, an AR(1) course per parcel and subject, AR(1) noise, a
-temporal SNR in 50-120); subjects share the planted parcellation, not their signals.
+temporal SNR in 50-120); subjects share the planted parcellation, not their signals. Runs are written a block
+of grayordinates at a time, so one of fs_LR's size (``subdivisions=6, subcortical_radius=14``: ~92k
+grayordinates) x 1,200 frames needs tens of MB to write.
 """
 
 from __future__ import annotations
@@ -24,14 +26,10 @@ from daskparcel.errors import InputError
 
 __all__ = ["SyntheticCifti", "cifti_brain_model", "synthetic_cifti_run"]
 
-VOLUME_SHAPE = (16, 16, 16)
-VOLUME_AFFINE = np.array(
-    [[2.0, 0, 0, -16], [0, 2.0, 0, -16], [0, 0, 2.0, -16], [0, 0, 0, 1]]
-)  # fmt: skip
-SUBCORTICAL = {
-    "CIFTI_STRUCTURE_THALAMUS_LEFT": (5, 8, 8),
-    "CIFTI_STRUCTURE_THALAMUS_RIGHT": (11, 8, 8),
-}
+SUBCORTICAL = ("CIFTI_STRUCTURE_THALAMUS_LEFT", "CIFTI_STRUCTURE_THALAMUS_RIGHT")
+VOXEL_MM = 2.0
+#: grayordinates per block when a run is written (its series generated and written one block at a time)
+BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,8 @@ def cifti_brain_model(subdivisions: int = 3, medial_wall: float = 0.7, radius: f
     medial_wall : float
         Vertices whose unit-sphere coordinate towards the other hemisphere exceeds this are left out.
     radius : float
-        Of each subcortical ball, in voxels.
+        Of each subcortical ball, in voxels of 2 mm (2.6: 81 voxels each; 14: ~11,500, HCP's ~31k subcortical
+        voxels over two structures).
     """
     from nibabel import cifti2
 
@@ -68,10 +67,16 @@ def cifti_brain_model(subdivisions: int = 3, medial_wall: float = 0.7, radius: f
         kept = np.flatnonzero(sign * unit[:, 0] <= medial_wall)
         model = cifti2.BrainModelAxis.from_surface(kept, len(coords), name=structure)
         axis = model if axis is None else axis + model
-    grid = np.stack(np.meshgrid(*(np.arange(s) for s in VOLUME_SHAPE), indexing="ij"), axis=-1)
-    for structure, center in SUBCORTICAL.items():
-        ball = np.linalg.norm(grid - np.asarray(center), axis=-1) <= radius
-        axis = axis + cifti2.BrainModelAxis.from_mask(ball, name=structure, affine=VOLUME_AFFINE)
+    side = (
+        int(np.ceil(2 * radius)) + 5
+    )  # a ball per half of a (2 side, side, side) grid, 2 voxels apart
+    shape = (2 * side, side, side)
+    affine = np.diag([VOXEL_MM, VOXEL_MM, VOXEL_MM, 1.0])
+    affine[:3, 3] = -VOXEL_MM * np.asarray(shape) / 2
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1)
+    for structure, x in zip(SUBCORTICAL, (side // 2, side + side // 2), strict=True):
+        ball = np.linalg.norm(grid - np.array([x, side // 2, side // 2]), axis=-1) <= radius
+        axis = axis + cifti2.BrainModelAxis.from_mask(ball, name=structure, affine=affine)
     return axis, meshes
 
 
@@ -122,9 +127,11 @@ def synthetic_cifti_run(
     subject: int = 0,
     random_state: int = 0,
     subdivisions: int = 3,
+    subcortical_radius: float = 2.6,
     t_r: float = 2.0,
 ) -> SyntheticCifti:
-    """Write a synthetic CIFTI-2 dense time series (float32) at ``path`` (a ``.dtseries.nii`` name).
+    """Write a synthetic CIFTI-2 dense time series (float32) at ``path`` (a ``.dtseries.nii`` name), a block of
+    grayordinates at a time (memory: one block's series, whatever the run's size).
 
     Parameters
     ----------
@@ -139,7 +146,10 @@ def synthetic_cifti_run(
     random_state : int
         Seed of everything.
     subdivisions : int
-        Of the icosphere meshes (3: 642 vertices per hemisphere before the medial wall).
+        Of the icosphere meshes (3: 642 vertices per hemisphere before the medial wall; 6: 40,962, of which
+        34,729 in the brain model, fs_LR's 32k surfaces keeping 29,696 and 29,716).
+    subcortical_radius : float
+        Of the two subcortical balls, in voxels (:func:`cifti_brain_model`).
     t_r : float
         The series' step, in seconds.
 
@@ -157,24 +167,35 @@ def synthetic_cifti_run(
         raise InputError(f"n_volumes={n_volumes}: a run needs at least 2 time points")
     if not str(path).endswith(".dtseries.nii"):
         raise InputError(f"path: {path} is not a .dtseries.nii name; give one")
-    axis, meshes = cifti_brain_model(subdivisions)
+    axis, meshes = cifti_brain_model(subdivisions, radius=subcortical_radius)
     geometry = CiftiGeometry.from_axis(axis, meshes)
     labels = _planted(geometry, n_parcels, random_state)
-    rng = np.random.default_rng([random_state, subject, 1])
     n = len(labels)
-    baseline = rng.uniform(600, 1200, size=n)
-    sigma = baseline / rng.uniform(50, 120, size=n)
-    amplitude = sigma * rng.uniform(0.6, 0.9, size=n)
-    noise = np.sqrt(np.maximum(sigma**2 - amplitude**2, 1e-6))
+    rng = np.random.default_rng([random_state, subject, 1])
     courses = ar1(rng, (n_parcels, n_volumes))
     drift = rng.normal(0, 0.01) * np.linspace(-1, 1, n_volumes)
-    noise_rng = np.random.default_rng([random_state, subject, 2])
-    data = (
-        baseline[:, None] * (1 + drift[None, :])
-        + amplitude[:, None] * courses[labels - 1]
-        + noise[:, None] * ar1(noise_rng, (n, n_volumes))
-    )
+    # the header and a placeholder (no memory: a broadcast zero), then each block of grayordinates' series in
+    # place: a dtseries stores each grayordinate's series contiguously (Fortran order of (time, grayordinate))
     series = cifti2.SeriesAxis(start=0.0, step=float(t_r), size=n_volumes, unit="second")
-    image = cifti2.Cifti2Image(data.T.astype(np.float32), header=(series, axis))
-    nib.save(image, os.fspath(path))
+    placeholder = np.broadcast_to(np.float32(0), (n_volumes, n))
+    nib.save(cifti2.Cifti2Image(placeholder, header=(series, axis)), os.fspath(path))
+    written: Any = nib.load(os.fspath(path))
+    proxy = written.dataobj
+    dtype, offset = np.dtype(proxy.dtype), int(proxy.offset)
+    with open(path, "r+b") as handle:
+        for index, first in enumerate(range(0, n, BLOCK)):
+            ids = slice(first, min(n, first + BLOCK))
+            block_rng = np.random.default_rng([random_state, subject, 2, index])
+            m = ids.stop - ids.start
+            baseline = block_rng.uniform(600, 1200, size=m)
+            sigma = baseline / block_rng.uniform(50, 120, size=m)
+            amplitude = sigma * block_rng.uniform(0.6, 0.9, size=m)
+            noise = np.sqrt(np.maximum(sigma**2 - amplitude**2, 1e-6))
+            block = (
+                baseline[:, None] * (1 + drift[None, :])
+                + amplitude[:, None] * courses[labels[ids] - 1]
+                + noise[:, None] * ar1(block_rng, (m, n_volumes))
+            )
+            handle.seek(offset + first * n_volumes * dtype.itemsize)
+            handle.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
     return SyntheticCifti(Path(path), meshes, labels)

@@ -445,3 +445,22 @@ def test_gifti_meshes_and_the_series_step(
     np.testing.assert_allclose(
         np.asarray(est.store_.signals("cleaned")), expected_signals, rtol=1e-4, atol=1e-2
     )
+
+
+def test_runs_are_written_by_blocks_of_grayordinates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written 500 grayordinates at a time (three blocks, the last partial): every series is filled (no
+    placeholder zero left), its baseline in 600-1200, and grayordinates of one planted parcel share their
+    course (correlated more than grayordinates of different parcels)."""
+    import daskparcel.datasets_cifti as module
+
+    monkeypatch.setattr(module, "BLOCK", 500)
+    run = module.synthetic_cifti_run(tmp_path / "blocks.dtseries.nii", 80, n_parcels=12)
+    frames = np.asarray(nib.load(run.path).dataobj, dtype=np.float64)
+    assert frames.shape == (80, 1248) and np.all(np.isfinite(frames)) and np.all(frames > 0)
+    assert 600 < frames.mean(axis=0).min() and frames.mean(axis=0).max() < 1200 * 1.1
+    corr = np.corrcoef(frames.T)
+    same = run.labels[:, None] == run.labels[None, :]
+    off = ~np.eye(len(run.labels), dtype=bool)
+    assert corr[same & off].mean() > corr[~same].mean() + 0.2
