@@ -112,7 +112,7 @@ def _cortex_files(
     geometry: Any, codes: np.ndarray, r2: np.ndarray, table: pd.DataFrame, label: str, folder: Path
 ) -> dict[str, str]:
     """The GIfTI labels, R^2 and mesh of each cortical structure with a mesh (what the report draws)."""
-    from daskparcel.outputs.surface import _label_gifti, _shape_gifti
+    from daskparcel.outputs.surface import label_gifti, shape_gifti
 
     files: dict[str, str] = {}
     for part, structure in HEMISPHERES.items():
@@ -130,7 +130,7 @@ def _cortex_files(
                 if key == "labels"
                 else f"r2_hemi-{hemi}.shape.gii"
             )
-            image = _label_gifti(full, table) if key == "labels" else _shape_gifti(full)
+            image = label_gifti(full, table) if key == "labels" else shape_gifti(full)
             nib.save(image, folder / files[f"{key}_{hemi}"])
         surf = nib.gifti.GiftiImage()
         for data, intent, dtype in (
