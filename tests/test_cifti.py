@@ -295,7 +295,7 @@ def test_bad_inputs_refused_before_any_data_is_read(data: SyntheticCifti, tmp_pa
                 str(cut)
             )
         message = one_line(excinfo)
-        assert message.startswith("meshes:") and "cifti_run" in message
+        assert message.startswith(f"meshes: method='{method}' needs") and "cifti_run" in message
         assert not store.exists()
     from daskparcel.datasets_surface import surface_mesh
 

@@ -208,28 +208,28 @@ class CiftiGeometry:
         """Refuse a smoothing of CIFTI runs (as for surfaces)."""
         SurfaceGeometry.check_smoothing(fwhm)
 
-    def check_graph(self, method: str) -> None:
-        """Refuse a method that needs neighbours when a cortical structure has no mesh."""
+    def check_graph(self, what: str = "the neighbours of the grayordinates") -> None:
+        """Refuse ``what`` (e.g. ``method='ward'``) when a cortical structure has no mesh to take neighbours from."""
         missing = self.missing_meshes()
         if missing:
-            hemis = [h for h, s in HEMISPHERES.items() if s in missing]
+            hemis = [h for h, s in HEMISPHERES.items() if s in missing] or ["left", "right"]
+            example = ", ".join(f"{h!r}: ..." for h in hemis)
             raise InputError(
-                f"meshes: method={method!r} needs the cortex's neighbours and the CIFTI runs have no mesh for "
-                f"{', '.join(missing)}; pass daskparcel.cifti_run(path, meshes={{{', '.join(repr(h) + ': ...' for h in hemis)}}}) "
+                f"meshes: {what} needs the cortex's neighbours and the CIFTI runs have no mesh for "
+                f"{', '.join(missing)}; pass daskparcel.cifti_run(path, meshes={{{example}}}) "
                 "(or use kmeans / hierarchical_kmeans)"
-            )  # fmt: skip
+            )
 
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         """Mesh edges between the vertices of each surface structure and 6-neighbour edges between the voxels
         of each volume structure, each once (``rows < cols``), in element order; none across structures."""
+        self.check_graph()  # a cortical structure without its mesh has no edges to give
         rows, cols = [], []
         for name, span, sub in self.structures:
             start = int(span.start)
             if sub.surface_mask.any():
                 mesh = self.mesh_of(name)
-                if mesh is None:
-                    self.check_graph("ward")
-                    continue
+                assert mesh is not None
                 n = int(self.axis.nvertices[name])
                 index = np.full(n, -1, dtype=np.int64)
                 index[sub.vertex] = np.arange(len(sub), dtype=np.int64)

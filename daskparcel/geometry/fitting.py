@@ -76,7 +76,7 @@ def fit_geometry(runs: Any, params: dict[str, Any]) -> Any:
     method = METHODS[str(params["method"])]
     if method.is_tree or method.name == "rena":
         if result.kind == "cifti":
-            result.check_graph(method.name)
+            result.check_graph(f"method={method.name!r}")
         n_comp = result.components()[0]
         if k < n_comp:
             raise InputError(
