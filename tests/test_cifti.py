@@ -217,7 +217,13 @@ def test_transform_is_parcel_means_and_inverse_gives_a_dtseries(
         parcel_means(other_frames, labels, PLANTED),
         rtol=1e-5,
     )
+    # a Cifti2Image loaded from the file is read from it; one made in memory is refused
+    loaded = nib.load(data.path)
+    np.testing.assert_allclose(np.asarray(ward.transform(loaded)), reference, rtol=1e-5)
     compressed = ward.inverse_transform(signals)
+    with pytest.raises(InputError) as excinfo:
+        ward.transform(compressed)
+    assert "save it as one" in one_line(excinfo)
     assert isinstance(compressed, cifti2.Cifti2Image)
     assert isinstance(compressed.header.get_axis(0), cifti2.SeriesAxis)
     assert compressed.header.get_axis(1) == brain_model(data.path)

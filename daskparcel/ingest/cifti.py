@@ -1,6 +1,6 @@
 """CIFTI-2 dense time series (``*.dtseries.nii``) -> runs with their CIFTI geometry, read lazily.
 
-A ``.dtseries.nii`` path in ``imgs`` is a run without meshes (kmeans and hierarchical kmeans only);
+A ``.dtseries.nii`` path in ``imgs`` (or a ``Cifti2Image`` loaded from one) is a run without meshes (kmeans and hierarchical kmeans only);
 :func:`cifti_run` pairs a path with the cortex's meshes (what ward, complete, average and rena need). Only the
 header is read when the runs are resolved: the brain model, the series' step, and the meshes' vertex counts are
 checked before any data. The data are a dask array whose blocks read frames ``a:b`` of the file (the whole
@@ -24,7 +24,7 @@ from daskparcel.errors import InputError
 from daskparcel.geometry.cifti import CiftiGeometry
 from daskparcel.store.signals import RunInput
 
-__all__ = ["CiftiRun", "cifti_run", "is_cifti", "is_cifti_path", "open_cifti_run"]
+__all__ = ["CiftiRun", "cifti_run", "is_cifti", "is_cifti_image", "is_cifti_path", "open_cifti_run"]
 
 CIFTI_SUFFIX = ".dtseries.nii"
 
@@ -34,9 +34,14 @@ def is_cifti_path(item: Any) -> bool:
     return isinstance(item, str | os.PathLike) and str(item).endswith(CIFTI_SUFFIX)
 
 
+def is_cifti_image(item: Any) -> bool:
+    """Whether ``item`` is a nibabel ``Cifti2Image`` (without importing nibabel's cifti2 module otherwise)."""
+    return type(item).__name__ == "Cifti2Image" and type(item).__module__.startswith("nibabel")
+
+
 def is_cifti(item: Any) -> bool:
-    """Whether ``item`` is a CIFTI run: a :class:`CiftiRun` or a ``.dtseries.nii`` path."""
-    return isinstance(item, CiftiRun) or is_cifti_path(item)
+    """Whether ``item`` is a CIFTI run: a :class:`CiftiRun`, a ``.dtseries.nii`` path or a ``Cifti2Image``."""
+    return isinstance(item, CiftiRun) or is_cifti_path(item) or is_cifti_image(item)
 
 
 def load_cifti_header(path: str | os.PathLike[str], name: str = "imgs") -> Any:
@@ -188,7 +193,7 @@ def open_cifti_run(item: Any, index: int, chunk_volumes: int | None = None) -> R
 
     Parameters
     ----------
-    item : CiftiRun or path
+    item : CiftiRun, path, or a Cifti2Image loaded from a .dtseries.nii (read again from its file)
     index : int
         Position among the runs (for messages).
     chunk_volumes : int, optional
@@ -197,6 +202,13 @@ def open_cifti_run(item: Any, index: int, chunk_volumes: int | None = None) -> R
     from daskparcel.ingest.nifti import run_name, volumes_per_chunk
     from daskparcel.store.runs import file_sha256
 
+    if is_cifti_image(item):  # read from its file, lazily as a path is
+        if not item.get_filename() or not str(item.get_filename()).endswith(CIFTI_SUFFIX):
+            raise InputError(
+                f"imgs[{index}]: a Cifti2Image not loaded from a .dtseries.nii file; save it as one "
+                "(nibabel.save(img, 'run.dtseries.nii')) and give the path"
+            )
+        item = item.get_filename()
     path = Path(item.path if isinstance(item, CiftiRun) else item)
     img = load_cifti_header(path, f"imgs[{index}]")
     if isinstance(item, CiftiRun):
