@@ -199,9 +199,8 @@ def run_method(
         name += "-" + dask.base.tokenize(
             getattr(conn, "indptr", conn), getattr(conn, "indices", None)
         )
-    graph_token = getattr(
-        job.geometry, "graph_token", None
-    )  # CIFTI: the meshes are not in the run's identity
+    # CIFTI: the meshes are not in the run's identity (nor in the store's), so the tree is kept per graph
+    graph_token = getattr(job.geometry, "graph_token", None)
     if graph_token is not None:
         name += "-" + graph_token()
     cached = cache.cached_arrays(name) if cache is not None else None

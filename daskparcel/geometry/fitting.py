@@ -62,9 +62,7 @@ def fit_geometry(runs: Any, params: dict[str, Any]) -> Any:
     geometry = getattr(runs[0], "geometry", None)
     if geometry is None:
         return None
-    if (
-        geometry.kind == "cifti"
-    ):  # the meshes of the first run that has them (the brain models are one)
+    if geometry.kind == "cifti":  # the meshes of the first run that has them (one brain model)
         geometry = next((r.geometry for r in runs if not r.geometry.missing_meshes()), geometry)
     result: Any = geometry.with_mask(params.get("mask"))
     k = check_n_clusters(params["n_parcels"], result.n_elements, "n_parcels")

@@ -166,9 +166,8 @@ def write_fit_outputs(
             "est: has no signals store (made by from_labels); fit it on runs before writing a fit folder"
         )
     kinds = check_kinds(connectomes, name="connectomes")
-    if (
-        getattr(getattr(est, "geometry_", None), "kind", None) == "cifti"
-    ):  # a dlabel, the cortex drawn
+    # CIFTI runs: a dlabel, the cortex drawn on its meshes
+    if getattr(getattr(est, "geometry_", None), "kind", None) == "cifti":
         from daskparcel.outputs.cifti import write_cifti_outputs
 
         return write_cifti_outputs(est, imgs, out, confounds=confounds, inputs=inputs, argv=argv, job=job, connectomes=kinds, report=report)  # fmt: skip
