@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "open_nifti": "daskparcel.ingest.nifti",
     "find_bids_runs": "daskparcel.ingest.bids",
     "gifti_run": "daskparcel.ingest.surface",
+    "cifti_run": "daskparcel.ingest.cifti",
     "convert": "daskparcel.ingest.convert",
     "open_store": "daskparcel.store.runs",
     "to_nifti": "daskparcel.store.runs",

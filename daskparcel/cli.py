@@ -263,9 +263,11 @@ def _fit(args: argparse.Namespace) -> int:
                 argv=args.argv,
             )
         logger.info("outputs: %.1f s, written to %s", time.perf_counter() - t0, out)
+    data = doc["data"]  # a CIFTI fit has grayordinates, not voxels
+    size = f"{data['voxels_in_mask']} voxels" if "voxels_in_mask" in data else f"{data.get('grayordinates')} grayordinates"  # fmt: skip
     print(
-        f"{est.method} {est.n_elements_} parcels on {doc['data']['n_runs']} run(s), "
-        f"{doc['data']['voxels_in_mask']} voxels: fit {doc['timings']['total']:.1f} s, "
+        f"{est.method} {est.n_elements_} parcels on {data['n_runs']} run(s), "
+        f"{size}: fit {doc['timings']['total']:.1f} s, "
         f"{summary_line(doc['metrics'])}\nwritten to {out} (labels.nii.gz, report.html, fit.json, ...)"
     )
     return EXIT_OK

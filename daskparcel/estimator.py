@@ -170,8 +170,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
     tree_ : MergeTree or None
         The merge tree of ward / complete / average, kept in the signals store: a fit with another
         ``n_parcels`` cuts it again without rebuilding, in this process or a later one.
-    geometry_ : SurfaceGeometry or None
-        The meshes and vertex mask of a fit on SurfaceImages (then labels_img_ and mask_img_ are SurfaceImages).
+    geometry_ : SurfaceGeometry, CiftiGeometry or None
+        The meshes and vertex mask of a fit on SurfaceImages (labels_img_ is then a SurfaceImage), or the brain model of CIFTI runs (a dlabel Cifti2Image).
     atlas_ : daskparcel.atlas.Atlas or None
         The atlas of :meth:`from_labels` (label values, names); None when fitted.
     """

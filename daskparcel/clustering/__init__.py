@@ -187,7 +187,10 @@ def run_method(
         job = dataclasses.replace(job, features=weighted)
     if method.tree is None:
         assert method.labels is not None
-        return _exactly_k(np.asarray(method.labels(job)), job.n_clusters, method.name), None
+        # CIFTI: each structure on its own, with its share of K
+        split = getattr(job.geometry, "partition_by_structure", None)
+        labels = split(method, job) if split is not None else method.labels(job)
+        return _exactly_k(np.asarray(labels), job.n_clusters, method.name), None
     from daskparcel.clustering.agglomerative import MergeTree
 
     name = f"{key.replace('reduced/', 'trees/')}-{method.name}"
@@ -196,6 +199,10 @@ def run_method(
         name += "-" + dask.base.tokenize(
             getattr(conn, "indptr", conn), getattr(conn, "indices", None)
         )
+    # CIFTI: the meshes are not in the run's identity (nor in the store's), so the tree is kept per graph
+    graph_token = getattr(job.geometry, "graph_token", None)
+    if graph_token is not None:
+        name += "-" + graph_token()
     cached = cache.cached_arrays(name) if cache is not None else None
     if cached is not None:
         logger.info("%s tree reused from %s: cut at %d parcels", method.name, name, job.n_clusters)

@@ -9,7 +9,7 @@ signals store in the same order (``np.flatnonzero`` of the mask), so everything 
 labels (cleaning, reduction, clustering, metrics) works on (element, time) without knowing which it is.
 
 A geometry that holds several structures (CIFTI: two hemispheres and subcortical voxel sets) is one more class
-with the same methods, whose ``edges`` join elements within a structure only (mesh edges for the cortex, the
+with the same methods (:class:`~daskparcel.geometry.cifti.CiftiGeometry`), whose ``edges`` join elements within a structure only (mesh edges for the cortex, the
 6-neighbour lattice within each subcortical structure): its ``components`` then give one component (at least) per
 structure, and K is shared among them in proportion as for a mask with several components, so no parcel spans
 two structures.
@@ -20,9 +20,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from daskparcel.geometry.cifti import CiftiGeometry
 from daskparcel.geometry.surface import SurfaceGeometry
 
-__all__ = ["SurfaceGeometry", "edges_connectivity"]
+__all__ = ["CiftiGeometry", "SurfaceGeometry", "edges_connectivity"]
 
 
 def edges_connectivity(rows: np.ndarray, cols: np.ndarray, n: int) -> sp.csr_matrix:

@@ -27,7 +27,16 @@ __all__ = [
 
 def check_surface_params(params: dict[str, Any], imgs: Any) -> None:
     """Refuse, before anything is read, what a fit of SurfaceImages cannot take (smoothing, a volume mask)."""
+    from daskparcel.ingest.cifti import is_cifti
+
     items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
+    if any(is_cifti(item) for item in items):
+        SurfaceGeometry.check_smoothing(params.get("smoothing_fwhm"))
+        if params.get("mask") is not None:
+            raise InputError(
+                "mask: a mask for CIFTI runs; pass mask=None (the brain model's grayordinates are the mask)"
+            )
+        return
     if not any(is_surface_image(item) for item in items):
         if is_surface_image(params.get("mask")):
             raise InputError(
@@ -43,7 +52,7 @@ def check_surface_params(params: dict[str, Any], imgs: Any) -> None:
         )
 
 
-def fit_geometry(runs: Any, params: dict[str, Any]) -> SurfaceGeometry | None:
+def fit_geometry(runs: Any, params: dict[str, Any]) -> Any:
     """The fitted geometry of the runs: their meshes with the ``mask`` of ``params`` (None: every vertex), or
     None for volumes. ``n_parcels`` is checked against it before any data is read: at most its vertices, and
     for a connected method at least one parcel per component (hemisphere, island of the mask)."""
@@ -53,10 +62,19 @@ def fit_geometry(runs: Any, params: dict[str, Any]) -> SurfaceGeometry | None:
     geometry = getattr(runs[0], "geometry", None)
     if geometry is None:
         return None
-    result: SurfaceGeometry = geometry.with_mask(params.get("mask"))
+    if geometry.kind == "cifti":  # the meshes of the first run that has them (one brain model)
+        geometry = next((r.geometry for r in runs if not r.geometry.missing_meshes()), geometry)
+    result: Any = geometry.with_mask(params.get("mask"))
     k = check_n_clusters(params["n_parcels"], result.n_elements, "n_parcels")
+    if result.kind == "cifti" and k < len(result.structures):
+        raise InputError(
+            f"n_parcels={k}: the CIFTI runs have {len(result.structures)} structures ({result.describe()}) "
+            f"and no parcel spans two; pass n_parcels>={len(result.structures)}"
+        )
     method = METHODS[str(params["method"])]
     if method.is_tree or method.name == "rena":
+        if result.kind == "cifti":
+            result.check_graph(f"method={method.name!r}")
         n_comp = result.components()[0]
         if k < n_comp:
             raise InputError(
@@ -81,6 +99,11 @@ def transform_grid(est: Any, run: Any) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return (*run_grid(est, run), est.smoothing_fwhm)
     if not geometry.same_mesh(run.geometry):
         what = "a volume run" if run.geometry is None else f"on {run.geometry.describe()}"
+        if geometry.kind == "cifti":
+            raise InputError(
+                f"imgs: {run.data.attrs.get('source') or run.name} is {what}; the parcellation was fitted on "
+                f"the brain model {geometry.describe()}: give .dtseries.nii runs on it"
+            )
         raise InputError(
             f"imgs: {run.nifti or run.name} is {what}; the parcellation was fitted on the meshes "
             f"{geometry.describe()}: give SurfaceImages on them"
@@ -138,8 +161,9 @@ def fitted_images(
     if geometry is None:
         return label_images(codes, mask, affine, atlas)
     vertex = np.flatnonzero(geometry.mask)
+    coord = "grayordinate" if geometry.kind == "cifti" else "vertex"
     labels = xr.DataArray(
-        np.asarray(codes, dtype=np.int32), dims=("voxel",), coords={"vertex": ("voxel", vertex)},
+        np.asarray(codes, dtype=np.int32), dims=("voxel",), coords={coord: ("voxel", vertex)},
         name="labels",
     )  # fmt: skip
     return labels, geometry.labels_image(codes), geometry.mask_image()

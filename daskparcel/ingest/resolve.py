@@ -22,6 +22,7 @@ import xarray as xr
 
 from daskparcel._checks import expand_glob, same_grid, sample_mask_indices
 from daskparcel.errors import InputError
+from daskparcel.ingest.cifti import CiftiRun, check_one_brain_model, is_cifti, open_cifti_run
 from daskparcel.ingest.nifti import is_nifti_path, open_nifti, run_name
 from daskparcel.ingest.surface import (
     check_not_mixed,
@@ -132,14 +133,16 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
     check_not_mixed(items)  # before any file is hashed or read
     prefetch_sha256(
         [
-            i.path if isinstance(i, BidsRun) else i
+            i.path if isinstance(i, BidsRun | CiftiRun) else i
             for i in items
-            if isinstance(i, str | os.PathLike | BidsRun)
+            if isinstance(i, str | os.PathLike | BidsRun | CiftiRun)
         ]
     )
     runs: list[RunInput] = []
     for item in items:
-        if isinstance(item, BidsRun):
+        if is_cifti(item):  # before the NIfTI paths: a .dtseries.nii is a CIFTI-2 file
+            runs.append(open_cifti_run(item, len(runs), chunk_volumes))
+        elif isinstance(item, BidsRun):
             runs.append(
                 nifti_run(
                     item.path, chunk_volumes, name=item.name, subject=item.subject, t_r=item.t_r
@@ -203,8 +206,9 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
         else:
             raise InputError(
                 f"imgs: cannot use a {type(item).__name__} as a run; give NIfTI paths, globs, nibabel images, "
-                "xarray Datasets, stores, a BIDS folder or nilearn SurfaceImages"
+                "xarray Datasets, stores, a BIDS folder, nilearn SurfaceImages or CIFTI .dtseries.nii files"
             )
+    check_one_brain_model(runs)
     check_one_geometry(runs)
     # the same data twice would count a run twice: refused, as convert does
     seen: dict[str, RunInput] = {}

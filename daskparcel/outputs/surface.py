@@ -21,6 +21,7 @@ per-run BIDS tables and connectomes are not written for surfaces yet.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -47,7 +48,16 @@ from daskparcel.outputs.record import (
     runtime_record,
 )
 
-__all__ = ["mesh_contiguity", "surface_figures", "surface_look_up_table", "write_surface_outputs"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "label_gifti",
+    "mesh_contiguity",
+    "shape_gifti",
+    "surface_figures",
+    "surface_look_up_table",
+    "write_surface_outputs",
+]
 
 HEMI = {"left": "L", "right": "R"}
 
@@ -85,7 +95,8 @@ def mesh_contiguity(geometry: Any, codes: np.ndarray) -> tuple[float, list[int]]
     return 1 - len(broken) / len(parcels), broken
 
 
-def _label_gifti(values: np.ndarray, table: pd.DataFrame) -> nib.gifti.GiftiImage:
+def label_gifti(values: np.ndarray, table: pd.DataFrame) -> nib.gifti.GiftiImage:
+    """A GIfTI label image of per-vertex ``values`` with the look-up ``table`` (index, name, color)."""
     labels = nib.gifti.GiftiLabelTable()
     for index, name, color in zip(table["index"], table["name"], table["color"], strict=True):
         rgb = [int(color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
@@ -103,7 +114,8 @@ def _label_gifti(values: np.ndarray, table: pd.DataFrame) -> nib.gifti.GiftiImag
     return image
 
 
-def _shape_gifti(values: np.ndarray) -> nib.gifti.GiftiImage:
+def shape_gifti(values: np.ndarray) -> nib.gifti.GiftiImage:
+    """A GIfTI shape image (float32) of per-vertex ``values``."""
     image = nib.gifti.GiftiImage()
     image.add_gifti_data_array(
         nib.gifti.GiftiDataArray(
@@ -130,6 +142,15 @@ def surface_figures(figures: Any) -> str:
 
     folder, files = figures.folder, figures.files
     hemis = [h for h in ("L", "R") if f"labels_{h}" in files]
+    if not hemis:  # a CIFTI fit without meshes: nothing to draw the parcels on
+        from daskparcel.outputs._html import note
+
+        logger.info(
+            "report: no mesh in %s (CIFTI runs given without meshes): no brain figure", folder
+        )
+        return note(
+            "No brain figure: the runs came without meshes (pass them with daskparcel.cifti_run)."
+        )
     n_parcels = int(figures.doc.get("metrics", {}).get("n_parcels", 1))
     method = str(figures.doc.get("parameters", {}).get("method", ""))
 
@@ -240,9 +261,9 @@ def write_surface_outputs(
         for part, values in _per_part(geometry, codes.astype(np.int32), 0).items():
             hemi = HEMI[part]
             files[f"labels_{hemi}"] = f"atlas-{label}_hemi-{hemi}_dseg.label.gii"
-            nib.save(_label_gifti(values, table), partial / files[f"labels_{hemi}"])
+            nib.save(label_gifti(values, table), partial / files[f"labels_{hemi}"])
             files[f"r2_{hemi}"] = f"r2_hemi-{hemi}.shape.gii"
-            nib.save(_shape_gifti(r2_parts[part]), partial / files[f"r2_{hemi}"])
+            nib.save(shape_gifti(r2_parts[part]), partial / files[f"r2_{hemi}"])
             files[f"mesh_{hemi}"] = f"mesh_hemi-{hemi}.surf.gii"
             nib.save(_mesh_gifti(geometry, part), partial / files[f"mesh_{hemi}"])
         files["fit"] = "fit.json"

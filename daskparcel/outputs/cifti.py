@@ -1,0 +1,255 @@
+"""The fit folder of a CIFTI fit (``Parcellations`` fitted on ``.dtseries.nii`` runs).
+
+``DIR/``
+    ``atlas-<L>_dseg.dlabel.nii``        the labels of the grayordinates (a CIFTI-2 dlabel on the runs' brain
+                                         model, the look-up table as its label axis)
+    ``atlas-<L>_dseg.tsv``               the look-up table: index, name, color, size (grayordinates), structure
+    ``r2.dscalar.nii``                   per-grayordinate compression R^2
+    ``parcels.tsv``                      each parcel's size, centroid (mm) and mean R^2, as for volumes
+    ``atlas-<L>_hemi-L_dseg.label.gii``, ``r2_hemi-L.shape.gii``, ``mesh_hemi-L.surf.gii`` (and ``_hemi-R``)
+                                         the cortex's labels, R^2 and mesh, when the runs came with meshes: the
+                                         report draws them as for a surface fit
+    ``parcel_signals.zarr``              parcel signals (time, parcel) of every run, as for volumes
+    ``fit.json``                         as for surfaces; ``data`` holds ``brain_model``, ``structures`` and
+                                         ``grayordinates``; contiguity is on the geometry's graph (None without
+                                         meshes)
+    ``report.html``                      the report (the cortex drawn on the meshes when there are; without them
+                                         no brain figure, and a logged line says so)
+    ``dataset_description.json``         a BIDS derivative description
+
+``<L>`` is the atlas label (e.g. ``ward100``). Written to ``DIR.partial`` and moved into place at the end. Per-run
+tables and connectomes are not written for CIFTI yet.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import dask
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from daskparcel import __version__
+from daskparcel.geometry.cifti import HEMISPHERES
+from daskparcel.outputs.bids import (
+    atlas_label,
+    parcel_colors,
+    parcel_names,
+    write_dataset_description,
+)
+from daskparcel.outputs.record import (
+    FitRecord,
+    command_record,
+    describe_input_files,
+    quality_metrics,
+    runtime_record,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["cifti_look_up_table", "cifti_parcel_table", "write_cifti_outputs"]
+
+
+def cifti_look_up_table(geometry: Any, codes: np.ndarray, n_parcels: int) -> pd.DataFrame:
+    """The look-up table of a CIFTI parcellation: one row per label (0 first, no grayordinate) with its name,
+    colour, size in grayordinates and structure (e.g. ``CIFTI_STRUCTURE_THALAMUS_LEFT``)."""
+    counts = np.bincount(codes, minlength=n_parcels + 1)
+    names = [name for name, _, _ in geometry.structures]
+    first = np.full(n_parcels + 1, -1)
+    first[codes[::-1]] = geometry.structure_of()[::-1]  # parcels never span two structures
+    return pd.DataFrame(
+        {
+            "index": np.arange(n_parcels + 1),
+            "name": ["Background", *parcel_names(np.arange(1, n_parcels + 1))],
+            "color": ["#000000", *parcel_colors(n_parcels)],
+            "size": [0, *counts[1:].tolist()],
+            "structure": ["n/a", *(names[s] if s >= 0 else "n/a" for s in first[1:])],
+        }
+    )
+
+
+def cifti_parcel_table(geometry: Any, codes: np.ndarray, r2: np.ndarray) -> dict[str, np.ndarray]:
+    """``parcels.tsv``'s columns (:data:`daskparcel.outputs.parcel_table.COLUMNS`) for grayordinates: each
+    parcel's size, centroid in mm (voxels through the brain model's affine, vertices at their mesh coordinates;
+    NaN for a cortical parcel without a mesh) and mean R^2."""
+    xyz = np.full((geometry.n_elements, 3), np.nan)
+    for name, span, sub in geometry.structures:
+        if sub.volume_mask.any():
+            ijk = np.c_[sub.voxel, np.ones(len(sub))]
+            xyz[span] = (np.asarray(geometry.axis.affine) @ ijk.T)[:3].T
+        elif (mesh := geometry.mesh_of(name)) is not None:
+            xyz[span] = mesh[0][sub.vertex]
+    k = int(codes.max())
+    counts = np.bincount(codes, minlength=k + 1)[1:]
+    centre = np.stack(
+        [np.bincount(codes, weights=xyz[:, a], minlength=k + 1)[1:] / counts for a in range(3)]
+    )
+    values = np.asarray(r2, dtype=np.float64)
+    finite = np.isfinite(values)
+    n_finite = np.bincount(codes[finite], minlength=k + 1)[1:]
+    sums = np.bincount(codes[finite], weights=values[finite], minlength=k + 1)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_r2 = np.where(n_finite > 0, sums / np.maximum(n_finite, 1), np.nan)
+    return {
+        "index": np.arange(1, k + 1),
+        "voxels": counts,
+        "x_mm": centre[0],
+        "y_mm": centre[1],
+        "z_mm": centre[2],
+        "mean_r2": mean_r2,
+        "nan_r2_voxels": counts - n_finite,
+    }
+
+
+def _cortex_files(
+    geometry: Any, codes: np.ndarray, r2: np.ndarray, table: pd.DataFrame, label: str, folder: Path
+) -> dict[str, str]:
+    """The GIfTI labels, R^2 and mesh of each cortical structure with a mesh (what the report draws)."""
+    from daskparcel.outputs.surface import label_gifti, shape_gifti
+
+    files: dict[str, str] = {}
+    for part, structure in HEMISPHERES.items():
+        mesh = geometry.mesh_of(structure)
+        if mesh is None:
+            continue
+        span, sub = next((s, b) for n, s, b in geometry.structures if n == structure)
+        hemi = part[0].upper()
+        n = int(geometry.axis.nvertices[structure])
+        for key, values, fill in (("labels", codes, 0), ("r2", r2, 0.0)):
+            full = np.full(n, fill, dtype=np.int32 if key == "labels" else np.float32)
+            full[sub.vertex] = values[span]
+            files[f"{key}_{hemi}"] = (
+                f"atlas-{label}_hemi-{hemi}_dseg.label.gii"
+                if key == "labels"
+                else f"r2_hemi-{hemi}.shape.gii"
+            )
+            image = label_gifti(full, table) if key == "labels" else shape_gifti(full)
+            nib.save(image, folder / files[f"{key}_{hemi}"])
+        surf = nib.gifti.GiftiImage()
+        for data, intent, dtype in (
+            (mesh[0].astype(np.float32), "NIFTI_INTENT_POINTSET", "NIFTI_TYPE_FLOAT32"),
+            (mesh[1].astype(np.int32), "NIFTI_INTENT_TRIANGLE", "NIFTI_TYPE_INT32"),
+        ):
+            surf.add_gifti_data_array(nib.gifti.GiftiDataArray(data, intent=intent, datatype=dtype))
+        files[f"mesh_{hemi}"] = f"mesh_hemi-{hemi}.surf.gii"
+        nib.save(surf, folder / files[f"mesh_{hemi}"])
+    return files
+
+
+def write_cifti_outputs(
+    est: Any,
+    imgs: Any,
+    out: Path,
+    *,
+    confounds: Any = None,
+    inputs: list[str] | None = None,
+    argv: Any = None,
+    job: Any = None,
+    connectomes: list[str] | None = None,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Write the fit folder of a CIFTI fit (the layout of the module docstring) and return ``fit.json``.
+
+    ``out`` is checked by the caller (:func:`daskparcel.outputs.results.write_fit_outputs`).
+    """
+    from daskparcel.errors import InputError
+
+    if connectomes:
+        raise InputError(
+            f"connectomes={connectomes}: not written for CIFTI fits yet; pass connectomes=None and compute "
+            "them from parcel_signals.zarr (daskparcel.connectome)"
+        )
+    from daskparcel.metrics import compression_r2, homogeneity, parcel_sizes, r2_map
+    from daskparcel.outputs.parcel_table import write_parcel_table
+    from daskparcel.outputs.results import json_parameters, publish, versions
+    from daskparcel.outputs.surface import mesh_contiguity
+    from daskparcel.parcels import parcel_means
+
+    geometry, store = est.geometry_, est.store_
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        t0 = time.perf_counter()
+        codes = np.asarray(est.labels_.values)
+        signals = store.signals("cleaned")
+        items = imgs if isinstance(imgs, list | tuple) else [imgs]
+        runs_signals = est.transform(list(items), confounds=confounds)
+        combined = xr.concat(runs_signals, dim="time") if len(runs_signals) > 1 else runs_signals[0]
+        combined.to_dataset(name="parcel_signals").to_zarr(
+            partial / "parcel_signals.zarr", mode="w", zarr_format=3, consolidated=False
+        )
+        (means,) = dask.compute(parcel_means(signals, codes, est.n_parcels))
+        r2_value, r2_v, homogeneity_value = dask.compute(
+            compression_r2(signals, codes, parcel_signals=means, compute=False),
+            r2_map(signals, codes, parcel_signals=means, compute=False),
+            homogeneity(signals, codes, n_parcels=est.n_parcels, compute=False),
+        )
+        k = int(est.n_parcels)
+        label = atlas_label(str(est.method), k)
+        table = cifti_look_up_table(geometry, codes, k)
+        write_dataset_description(partial, f"daskparcel {est.method} CIFTI parcellation")
+        files = {
+            "labels": f"atlas-{label}_dseg.dlabel.nii",
+            "lut": f"atlas-{label}_dseg.tsv",
+            "r2": "r2.dscalar.nii",
+            "parcel_signals": "parcel_signals.zarr",
+        }
+        table.to_csv(partial / files["lut"], sep="\t", index=False)
+        colors, names = list(table["color"][1:]), list(table["name"][1:])
+        nib.save(geometry.labels_image(codes, names, colors), partial / files["labels"])
+        write_parcel_table(
+            cifti_parcel_table(geometry, codes, np.asarray(r2_v)), partial / "parcels.tsv"
+        )
+        files["parcels"] = "parcels.tsv"
+        r2_values = np.nan_to_num(np.asarray(r2_v, dtype=np.float32))
+        nib.save(geometry.surface_image(r2_values), partial / files["r2"])
+        files.update(_cortex_files(geometry, codes, r2_values, table, label, partial))
+        files["fit"] = "fit.json"
+        sizes = parcel_sizes(codes, est.n_parcels)
+        if geometry.missing_meshes():
+            fraction, broken = float("nan"), list[int]()
+        else:
+            fraction, broken = mesh_contiguity(geometry, codes)
+        timings = {**est.timings_, "outputs": time.perf_counter() - t0}
+        metrics = quality_metrics(r2_value, homogeneity_value, k, sizes, fraction, broken)
+        if not np.isfinite(fraction):
+            metrics["contiguity"] = None  # no neighbours for the cortex without its meshes
+        record = FitRecord(
+            daskparcel_version=__version__,
+            versions=versions(),
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            inputs=inputs or [str(getattr(i, "path", i)) for i in items],
+            parameters=json_parameters(est),
+            data={
+                "mesh": geometry.describe(),
+                "brain_model": geometry.describe(),
+                "structures": [name for name, _, _ in geometry.structures],
+                "t_r": store.params.t_r,
+                "n_runs": len(store.runs),
+                "runs": list(store.runs),
+                "n_volumes": [int(r.sizes["time"]) for r in store.run_signals("cleaned")],
+                "grayordinates": geometry.n_elements,
+            },
+            timings={k: round(float(v), 3) for k, v in timings.items()},
+            metrics=metrics,
+            files=files,
+            command=command_record(argv, job),
+            runtime=runtime_record(est),
+            input_files=describe_input_files(items),
+        )
+        if report:
+            record.files["report"] = "report.html"
+        publish(record, partial, out, report)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return record.to_dict()
