@@ -74,6 +74,45 @@ def test_tree_cut_at_each_k_equals_a_refit_at_each_k(cohort, box_mask, tmp_path)
             np.testing.assert_array_equal(cut[k], refit)
 
 
+def test_a_surface_sample_is_clustered_on_the_mesh(tmp_path):
+    """A surface fit's samples are clustered with the fit's geometry (mesh edges, one component per
+    hemisphere), not the store's pseudo-grid: the fit's own features give the fit's own labels, and every
+    parcel of every K is connected on the mesh."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    from daskparcel.datasets_surface import surface_mesh, synthetic_surface_run
+
+    run = synthetic_surface_run(12, n_parcels=12, mesh="ico3")
+    est = Parcellations(
+        method="ward", n_parcels=12, n_components=6, smoothing_fwhm=None, store=tmp_path
+    )
+    est.fit(run)
+    ks = [6, 12, 30]
+    group = est.store_.features_group(6, 0)
+    cut = _sample_labels(ClusterSpec.of(est), est.store_, group, "stability/test-surface", ks)
+    assert adjusted_rand_score(cut[12], est.labels_.values) == 1.0  # the same partition
+    mesh = surface_mesh("ico3")
+    faces, offset = [], 0
+    for part in ("left", "right"):  # both hemispheres in one vertex numbering, as the labels
+        faces.append(np.asarray(mesh.parts[part].faces) + offset)
+        offset += mesh.parts[part].n_vertices
+    f = np.concatenate(faces)
+    rows, cols = (
+        np.concatenate([f[:, 0], f[:, 1], f[:, 2]]),
+        np.concatenate([f[:, 1], f[:, 2], f[:, 0]]),
+    )
+    graph = sp.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(offset, offset)).tocsr()
+    for k in ks:
+        assert np.unique(cut[k]).size == k
+        for label in range(k):
+            members = np.flatnonzero(cut[k] == label)
+            assert connected_components(graph[members][:, members], directed=False)[0] == 1, (
+                k,
+                label,
+            )
+
+
 def test_split_half_of_one_subject(cohort, box_mask, tmp_path):
     paths, _ = cohort
     path, _ = box_mask

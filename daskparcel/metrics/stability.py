@@ -241,6 +241,9 @@ class ClusterSpec:
     options: dict[str, Any]
     random_state: int
     connectivity: Any = None
+    geometry: Any = (
+        None  # a fitted surface / CIFTI geometry: its mesh edges and structures, as the fit's
+    )
 
     @classmethod
     def of(cls, est: Parcellations) -> ClusterSpec:
@@ -248,7 +251,8 @@ class ClusterSpec:
 
         options = {name: getattr(est, name) for name in METHODS[str(est.method)].options}
         options["weighting"] = False  # the features are weighted already
-        return cls(str(est.method), options, int(est.random_state), est.connectivity)
+        geometry = getattr(est, "geometry_", None)
+        return cls(str(est.method), options, int(est.random_state), est.connectivity, geometry)
 
 
 def _sample_labels(
@@ -268,7 +272,14 @@ def _sample_labels(
         )
     method = METHODS[spec.method]
     job = ClusterJob(
-        features, int(ks[0]), store.mask, spec.random_state, spec.options, spec.connectivity, None
+        features,
+        int(ks[0]),
+        store.mask,
+        spec.random_state,
+        spec.options,
+        spec.connectivity,
+        None,  # no signals: the features are weighted already
+        spec.geometry,
     )
     labels, tree = run_method(method, job, cache=store, key=key)
     out = {int(ks[0]): labels}
