@@ -368,6 +368,17 @@ def linkage_loop(indptr, indices, dist, method):
             col = bk[q]
             d = bv[q]
             if length[col] == capac[col]:
+                # drop the merged nodes from A[col] first (they would only be skipped later): a node beside a
+                # growing cluster gets its new id at each of its merges, and its list grew without bound
+                # (average linkage on a whole brain: 29k voxels, 3.9 GB)
+                live = start[col]
+                for p in range(start[col], start[col] + length[col]):
+                    if used[kpool[p]] != 0:
+                        kpool[live] = kpool[p]
+                        vpool[live] = vpool[p]
+                        live += 1
+                length[col] = live - start[col]
+            if length[col] == capac[col]:
                 newcap = 2 * capac[col] + 4
                 kpool = _grow_i(kpool, top + newcap)
                 vpool = _grow_f(vpool, top + newcap)
