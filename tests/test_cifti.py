@@ -470,3 +470,18 @@ def test_runs_are_written_by_blocks_of_grayordinates(
     same = run.labels[:, None] == run.labels[None, :]
     off = ~np.eye(len(run.labels), dtype=bool)
     assert corr[same & off].mean() > corr[~same].mean() + 0.2
+
+
+def test_convert_refuses_a_dtseries_saying_to_fit_it_as_it_is(
+    data: SyntheticCifti, tmp_path: Path
+) -> None:
+    """`convert` writes volume stores: a CIFTI file is refused with what to do instead, nothing written."""
+    from daskparcel.cli import main
+
+    out = tmp_path / "store"
+    with pytest.raises(InputError, match=r"is a CIFTI-2 file.*fit it as it is"):
+        from daskparcel import convert
+
+        convert(str(data.path), out)
+    assert main(["convert", str(data.path), "--out", str(out)]) == 2
+    assert not out.exists()

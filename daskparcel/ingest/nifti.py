@@ -75,6 +75,11 @@ def load_header(path: str | os.PathLike[str]) -> nib.Nifti1Image:
             f"{path}: not a readable NIfTI image ({type(exc).__name__}: {exc}); "
             "give a 4D .nii or .nii.gz BOLD file"
         ) from exc
+    if isinstance(img, nib.Cifti2Image):  # not convertible to a volume: fitted from the file itself
+        raise InputError(
+            f"{path}: is a CIFTI-2 file, not a 4D NIfTI volume series; fit it as it is (daskparcel fit, "
+            "Parcellations.fit or daskparcel.cifti_run read .dtseries.nii files lazily); convert takes NIfTI"
+        )
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(
             f"{path}: is a {type(img).__name__}, not NIfTI; convert it to NIfTI first (e.g. with dcm2niix or nibabel)"
