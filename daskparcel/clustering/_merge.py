@@ -88,6 +88,39 @@ def _ward_pair(m1, m2, slot, row, col):
 
 
 @numba.njit(cache=True)
+def _adjacency(indptr, indices, n_nodes, capacity):
+    """The graph's neighbour lists in one pool of ``capacity`` keys: (pool, start, length, capacity per
+    node, first free position); the merged nodes' lists are added after it."""
+    n = indptr.shape[0] - 1
+    pool = np.empty(capacity, dtype=np.int64)
+    start = np.zeros(n_nodes, dtype=np.int64)
+    length = np.zeros(n_nodes, dtype=np.int64)
+    capac = np.zeros(n_nodes, dtype=np.int64)
+    top = 0
+    for i in range(n):
+        d = indptr[i + 1] - indptr[i]
+        start[i] = top
+        length[i] = d
+        capac[i] = d
+        pool[top : top + d] = indices[indptr[i] : indptr[i + 1]]
+        top += d
+    return pool, start, length, capac, top
+
+
+@numba.njit(cache=True)
+def _heap_arrays(indptr, indices):
+    """Empty heap arrays (weights, first node, second node) with room for twice the graph's edges."""
+    n = indptr.shape[0] - 1
+    m = 0
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] < i:
+                m += 1
+    hcap = max(16, 2 * m)
+    return np.empty(hcap), np.empty(hcap, dtype=np.int64), np.empty(hcap, dtype=np.int64)
+
+
+@numba.njit(cache=True)
 def ward_loop(indptr, indices, x, weights):
     """scikit-learn's ward_tree merge loop (with connectivity). Returns children, inertias."""
     n = indptr.shape[0] - 1
@@ -103,31 +136,11 @@ def ward_loop(indptr, indices, x, weights):
     slot = np.empty(n_nodes, dtype=np.int64)
     slot[:n] = np.arange(n)
 
-    # adjacency lists in one pool (start, length, capacity per node)
-    cap0 = indices.shape[0] + 16
-    pool = np.empty(2 * cap0, dtype=np.int64)
-    start = np.zeros(n_nodes, dtype=np.int64)
-    length = np.zeros(n_nodes, dtype=np.int64)
-    capac = np.zeros(n_nodes, dtype=np.int64)
-    top = 0
-    for i in range(n):
-        d = indptr[i + 1] - indptr[i]
-        start[i] = top
-        length[i] = d
-        capac[i] = d
-        pool[top : top + d] = indices[indptr[i] : indptr[i + 1]]
-        top += d
-
+    pool, start, length, capac, top = _adjacency(
+        indptr, indices, n_nodes, 2 * (indices.shape[0] + 16)
+    )
     # initial heap: (inertia, ind, r) for r < ind, in CSR order, then heapify
-    m = 0
-    for i in range(n):
-        for p in range(indptr[i], indptr[i + 1]):
-            if indices[p] < i:
-                m += 1
-    hcap = max(16, 2 * m)
-    hw = np.empty(hcap)
-    ha = np.empty(hcap, dtype=np.int64)
-    hb = np.empty(hcap, dtype=np.int64)
+    hw, ha, hb = _heap_arrays(indptr, indices)
     size = 0
     for i in range(n):
         for p in range(indptr[i], indptr[i + 1]):
@@ -243,30 +256,13 @@ def linkage_loop(indptr, indices, dist, method):
     """scikit-learn's linkage_tree merge loop for complete (1) / average (2) linkage."""
     n = indptr.shape[0] - 1
     n_nodes = 2 * n - 1
-    nnz = indices.shape[0]
-    kpool = np.empty(2 * nnz + 16, dtype=np.int64)
-    vpool = np.empty(2 * nnz + 16)
-    start = np.zeros(n_nodes, dtype=np.int64)
-    length = np.zeros(n_nodes, dtype=np.int64)
-    capac = np.zeros(n_nodes, dtype=np.int64)
-    top = 0
+    kpool, start, length, capac, top = _adjacency(
+        indptr, indices, n_nodes, 2 * indices.shape[0] + 16
+    )
+    vpool = np.empty(kpool.shape[0])  # the distances, beside their keys
     for i in range(n):
-        d = indptr[i + 1] - indptr[i]
-        start[i] = top
-        length[i] = d
-        capac[i] = d
-        kpool[top : top + d] = indices[indptr[i] : indptr[i + 1]]
-        vpool[top : top + d] = dist[indptr[i] : indptr[i + 1]]
-        top += d
-    m = 0
-    for i in range(n):
-        for p in range(indptr[i], indptr[i + 1]):
-            if indices[p] < i:
-                m += 1
-    hcap = max(16, 2 * m)
-    hw = np.empty(hcap)
-    ha = np.empty(hcap, dtype=np.int64)
-    hb = np.empty(hcap, dtype=np.int64)
+        vpool[start[i] : start[i] + length[i]] = dist[indptr[i] : indptr[i + 1]]
+    hw, ha, hb = _heap_arrays(indptr, indices)
     size = 0
     for i in range(n):
         for p in range(indptr[i], indptr[i + 1]):
