@@ -23,20 +23,14 @@ tables and connectomes are not written for CIFTI yet.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-import dask
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import xarray as xr
 
-from daskparcel import __version__
 from daskparcel.geometry.cifti import HEMISPHERES
 from daskparcel.outputs.bids import (
     atlas_label,
@@ -45,11 +39,7 @@ from daskparcel.outputs.bids import (
     write_dataset_description,
 )
 from daskparcel.outputs.record import (
-    FitRecord,
-    command_record,
-    describe_input_files,
     quality_metrics,
-    runtime_record,
 )
 
 logger = logging.getLogger(__name__)
@@ -159,40 +149,18 @@ def write_cifti_outputs(
 
     ``out`` is checked by the caller (:func:`daskparcel.outputs.results.write_fit_outputs`).
     """
-    from daskparcel.errors import InputError
+    from daskparcel.outputs.surface import refuse_connectomes
 
-    if connectomes:
-        raise InputError(
-            f"connectomes={connectomes}: not written for CIFTI fits yet; pass connectomes=None and compute "
-            "them from parcel_signals.zarr (daskparcel.connectome)"
-        )
-    from daskparcel.metrics import compression_r2, homogeneity, parcel_sizes, r2_map
+    refuse_connectomes(connectomes, "CIFTI")
+    from daskparcel.metrics import parcel_sizes
     from daskparcel.outputs.parcel_table import write_parcel_table
-    from daskparcel.outputs.results import json_parameters, publish, versions
-    from daskparcel.outputs.surface import mesh_contiguity
-    from daskparcel.parcels import parcel_means
+    from daskparcel.outputs.results import partial_folder, publish
+    from daskparcel.outputs.surface import mesh_contiguity, mesh_fit_record, mesh_fit_signals
 
-    geometry, store = est.geometry_, est.store_
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    try:
-        t0 = time.perf_counter()
-        codes = np.asarray(est.labels_.values)
-        signals = store.signals("cleaned")
-        items = imgs if isinstance(imgs, list | tuple) else [imgs]
-        runs_signals = est.transform(list(items), confounds=confounds)
-        combined = xr.concat(runs_signals, dim="time") if len(runs_signals) > 1 else runs_signals[0]
-        combined.to_dataset(name="parcel_signals").to_zarr(
-            partial / "parcel_signals.zarr", mode="w", zarr_format=3, consolidated=False
-        )
-        (means,) = dask.compute(parcel_means(signals, codes, est.n_parcels))
-        r2_value, r2_v, homogeneity_value = dask.compute(
-            compression_r2(signals, codes, parcel_signals=means, compute=False),
-            r2_map(signals, codes, parcel_signals=means, compute=False),
-            homogeneity(signals, codes, n_parcels=est.n_parcels, compute=False),
-        )
+    geometry = est.geometry_
+    with partial_folder(out) as partial:
+        done = mesh_fit_signals(est, imgs, partial, confounds)
+        codes = done.codes
         k = int(est.n_parcels)
         label = atlas_label(str(est.method), k)
         table = cifti_look_up_table(geometry, codes, k)
@@ -207,49 +175,29 @@ def write_cifti_outputs(
         colors, names = list(table["color"][1:]), list(table["name"][1:])
         nib.save(geometry.labels_image(codes, names, colors), partial / files["labels"])
         write_parcel_table(
-            cifti_parcel_table(geometry, codes, np.asarray(r2_v)), partial / "parcels.tsv"
+            cifti_parcel_table(geometry, codes, done.r2_map), partial / "parcels.tsv"
         )
         files["parcels"] = "parcels.tsv"
-        r2_values = np.nan_to_num(np.asarray(r2_v, dtype=np.float32))
+        r2_values = np.nan_to_num(done.r2_map.astype(np.float32))
         nib.save(geometry.surface_image(r2_values), partial / files["r2"])
         files.update(_cortex_files(geometry, codes, r2_values, table, label, partial))
-        files["fit"] = "fit.json"
         sizes = parcel_sizes(codes, est.n_parcels)
         if geometry.missing_meshes():
             fraction, broken = float("nan"), list[int]()
         else:
             fraction, broken = mesh_contiguity(geometry, codes)
-        timings = {**est.timings_, "outputs": time.perf_counter() - t0}
-        metrics = quality_metrics(r2_value, homogeneity_value, k, sizes, fraction, broken)
+        metrics = quality_metrics(done.r2, done.homogeneity, k, sizes, fraction, broken)
         if not np.isfinite(fraction):
             metrics["contiguity"] = None  # no neighbours for the cortex without its meshes
-        record = FitRecord(
-            daskparcel_version=__version__,
-            versions=versions(),
-            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            inputs=inputs or [str(getattr(i, "path", i)) for i in items],
-            parameters=json_parameters(est),
-            data={
-                "mesh": geometry.describe(),
-                "brain_model": geometry.describe(),
-                "structures": [name for name, _, _ in geometry.structures],
-                "t_r": store.params.t_r,
-                "n_runs": len(store.runs),
-                "runs": list(store.runs),
-                "n_volumes": [int(r.sizes["time"]) for r in store.run_signals("cleaned")],
-                "grayordinates": geometry.n_elements,
-            },
-            timings={k: round(float(v), 3) for k, v in timings.items()},
-            metrics=metrics,
-            files=files,
-            command=command_record(argv, job),
-            runtime=runtime_record(est),
-            input_files=describe_input_files(items),
-        )
-        if report:
-            record.files["report"] = "report.html"
+        data = {
+            "mesh": geometry.describe(),
+            "brain_model": geometry.describe(),
+            "structures": [name for name, _, _ in geometry.structures],
+            "grayordinates": geometry.n_elements,
+        }
+        record = mesh_fit_record(
+            est, done, data=data, metrics=metrics, files=files, inputs=inputs, argv=argv, job=job,
+            report=report,
+        )  # fmt: skip
         publish(record, partial, out, report)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return record.to_dict()

@@ -31,12 +31,13 @@ Everything is written to ``DIR.partial`` first and moved into place at the end: 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
@@ -177,11 +178,7 @@ def write_fit_outputs(
         from daskparcel.outputs.surface import write_surface_outputs
 
         return write_surface_outputs(est, imgs, out, confounds=confounds, inputs=inputs, argv=argv, job=job, connectomes=kinds, report=report)  # fmt: skip
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    try:
+    with partial_folder(out) as partial:
         t0 = time.perf_counter()
         mask = np.asarray(est.mask_img_.dataobj).astype(bool)
         affine = est.mask_img_.affine
@@ -277,10 +274,22 @@ def write_fit_outputs(
         doc = record.to_dict()
         record.bids = _write_bids(est, inputs or imgs, doc, partial, parcel_signals, kinds)
         publish(record, partial, out, report)
+    return record.to_dict()
+
+
+@contextlib.contextmanager
+def partial_folder(out: Path) -> Iterator[Path]:
+    """A fresh ``<out>.partial`` folder for a fit folder's files, removed if the block fails (a successful
+    block ends with :func:`publish`, which moves it into place): a failed run leaves nothing."""
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return record.to_dict()
 
 
 def publish(record: FitRecord, partial: Path, out: Path, report: bool) -> None:

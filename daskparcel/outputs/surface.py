@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import shutil
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask
 import nibabel as nib
@@ -34,6 +34,7 @@ import pandas as pd
 import xarray as xr
 
 from daskparcel import __version__
+from daskparcel.errors import InputError
 from daskparcel.outputs.bids import (
     atlas_label,
     parcel_colors,
@@ -204,6 +205,100 @@ def _per_part(geometry: Any, values: np.ndarray, fill: float) -> dict[str, np.nd
     return {p: full[bounds[i] : bounds[i + 1]] for i, p in enumerate(geometry.parts)}
 
 
+class MeshFitSignals(NamedTuple):
+    """What the fit folders of surface and CIFTI fits compute alike (:func:`mesh_fit_signals`)."""
+
+    codes: np.ndarray  # parcel 1..K of each element
+    items: list[Any]  # the runs given
+    r2: float  # compression R^2
+    r2_map: np.ndarray  # per element
+    homogeneity: float
+    t0: float  # when the folder's outputs began
+
+
+def refuse_connectomes(connectomes: list[str] | None, what: str) -> None:
+    """Connectomes are written for voxel fits only: refuse them (before anything is written)."""
+    if connectomes:
+        raise InputError(
+            f"connectomes={connectomes}: not written for {what} fits yet; pass connectomes=None and compute "
+            "them from parcel_signals.zarr (daskparcel.connectome)"
+        )
+
+
+def mesh_fit_signals(est: Any, imgs: Any, partial: Path, confounds: Any) -> MeshFitSignals:
+    """Every run's parcel signals written to ``partial/parcel_signals.zarr``, and the fit's compression R^2,
+    its map and homogeneity in one pass over the signals store (surface and CIFTI fit folders)."""
+    from daskparcel.metrics import compression_r2, homogeneity, r2_map
+    from daskparcel.parcels import parcel_means
+
+    t0 = time.perf_counter()
+    codes = np.asarray(est.labels_.values)
+    signals = est.store_.signals("cleaned")
+    items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
+    runs_signals = est.transform(items, confounds=confounds)
+    combined = xr.concat(runs_signals, dim="time") if len(runs_signals) > 1 else runs_signals[0]
+    combined.to_dataset(name="parcel_signals").to_zarr(
+        partial / "parcel_signals.zarr", mode="w", zarr_format=3, consolidated=False
+    )
+    (means,) = dask.compute(parcel_means(signals, codes, est.n_parcels))
+    r2_value, r2_v, homogeneity_value = dask.compute(
+        compression_r2(signals, codes, parcel_signals=means, compute=False),
+        r2_map(signals, codes, parcel_signals=means, compute=False),
+        homogeneity(signals, codes, n_parcels=est.n_parcels, compute=False),
+    )
+    return MeshFitSignals(
+        codes, items, float(r2_value), np.asarray(r2_v), float(homogeneity_value), t0
+    )
+
+
+def _input_name(item: Any) -> str:
+    if isinstance(item, str | os.PathLike):
+        return str(item)
+    path = getattr(item, "path", None)  # a CIFTI run
+    return str(path) if path else type(item).__name__  # a SurfaceImage
+
+
+def mesh_fit_record(
+    est: Any,
+    done: MeshFitSignals,
+    *,
+    data: dict[str, Any],
+    metrics: dict[str, Any],
+    files: dict[str, str],
+    inputs: list[str] | None,
+    argv: Any,
+    job: Any,
+    report: bool,
+) -> FitRecord:
+    """fit.json of a surface or CIFTI fit folder: ``data`` and ``metrics`` are the kind's own; the rest is
+    the estimator's (parameters, timings, runs, runtime) and the command's."""
+    from daskparcel.outputs.results import json_parameters, versions
+
+    store = est.store_
+    timings = {**est.timings_, "outputs": time.perf_counter() - done.t0}
+    record = FitRecord(
+        daskparcel_version=__version__,
+        versions=versions(),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        inputs=inputs or [_input_name(i) for i in done.items],
+        parameters=json_parameters(est),
+        data={
+            **data,
+            "t_r": store.params.t_r,
+            "n_runs": len(store.runs),
+            "runs": list(store.runs),
+            "n_volumes": [int(r.sizes["time"]) for r in store.run_signals("cleaned")],
+        },
+        timings={k: round(float(v), 3) for k, v in timings.items()},
+        metrics=metrics,
+        files={**files, "fit": "fit.json", **({"report": "report.html"} if report else {})},
+        command=command_record(argv, job),
+        runtime=runtime_record(est),
+        input_files=describe_input_files(done.items),
+    )
+    return record
+
+
 def write_surface_outputs(
     est: Any,
     imgs: Any,
@@ -220,44 +315,20 @@ def write_surface_outputs(
 
     ``out`` is checked by the caller (:func:`daskparcel.outputs.results.write_fit_outputs`).
     """
-    from daskparcel.errors import InputError
+    refuse_connectomes(connectomes, "surface")
+    from daskparcel.metrics import parcel_sizes
+    from daskparcel.outputs.results import partial_folder, publish
 
-    if connectomes:
-        raise InputError(
-            f"connectomes={connectomes}: not written for surface fits yet; pass connectomes=None and compute "
-            "them from parcel_signals.zarr (daskparcel.connectome)"
-        )
-    from daskparcel.metrics import compression_r2, homogeneity, parcel_sizes, r2_map
-    from daskparcel.outputs.results import json_parameters, publish, versions
-    from daskparcel.parcels import parcel_means
-
-    geometry, store = est.geometry_, est.store_
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    try:
-        t0 = time.perf_counter()
-        codes = np.asarray(est.labels_.values)
-        signals = store.signals("cleaned")
-        items = imgs if isinstance(imgs, list | tuple) else [imgs]
-        runs_signals = est.transform(list(items), confounds=confounds)
-        combined = xr.concat(runs_signals, dim="time") if len(runs_signals) > 1 else runs_signals[0]
-        combined.to_dataset(name="parcel_signals").to_zarr(
-            partial / "parcel_signals.zarr", mode="w", zarr_format=3, consolidated=False
-        )
-        (means,) = dask.compute(parcel_means(signals, codes, est.n_parcels))
-        r2_value, r2_v, homogeneity_value = dask.compute(
-            compression_r2(signals, codes, parcel_signals=means, compute=False),
-            r2_map(signals, codes, parcel_signals=means, compute=False),
-            homogeneity(signals, codes, n_parcels=est.n_parcels, compute=False),
-        )
+    geometry = est.geometry_
+    with partial_folder(out) as partial:
+        done = mesh_fit_signals(est, imgs, partial, confounds)
+        codes = done.codes
         label = atlas_label(str(est.method), int(est.n_parcels))
         table = surface_look_up_table(geometry, codes, int(est.n_parcels))
         write_dataset_description(partial, f"daskparcel {est.method} surface parcellation")
         table.to_csv(partial / f"atlas-{label}_dseg.tsv", sep="\t", index=False)
         files = {"lut": f"atlas-{label}_dseg.tsv", "parcel_signals": "parcel_signals.zarr"}
-        r2_parts = _per_part(geometry, np.nan_to_num(np.asarray(r2_v, dtype=np.float32)), 0.0)
+        r2_parts = _per_part(geometry, np.nan_to_num(done.r2_map.astype(np.float32)), 0.0)
         for part, values in _per_part(geometry, codes.astype(np.int32), 0).items():
             hemi = HEMI[part]
             files[f"labels_{hemi}"] = f"atlas-{label}_hemi-{hemi}_dseg.label.gii"
@@ -266,37 +337,12 @@ def write_surface_outputs(
             nib.save(shape_gifti(r2_parts[part]), partial / files[f"r2_{hemi}"])
             files[f"mesh_{hemi}"] = f"mesh_hemi-{hemi}.surf.gii"
             nib.save(_mesh_gifti(geometry, part), partial / files[f"mesh_{hemi}"])
-        files["fit"] = "fit.json"
         sizes = parcel_sizes(codes, est.n_parcels)
         fraction, broken = mesh_contiguity(geometry, codes)
-        timings = {**est.timings_, "outputs": time.perf_counter() - t0}
-        record = FitRecord(
-            daskparcel_version=__version__,
-            versions=versions(),
-            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            inputs=inputs or [type(i).__name__ for i in items],
-            parameters=json_parameters(est),
-            data={
-                "mesh": geometry.describe(),
-                "t_r": store.params.t_r,
-                "n_runs": len(store.runs),
-                "runs": list(store.runs),
-                "n_volumes": [int(r.sizes["time"]) for r in store.run_signals("cleaned")],
-                "vertices_in_mask": geometry.n_elements,
-            },
-            timings={k: round(float(v), 3) for k, v in timings.items()},
-            metrics=quality_metrics(
-                r2_value, homogeneity_value, est.n_parcels, sizes, fraction, broken
-            ),
-            files=files,
-            command=command_record(argv, job),
-            runtime=runtime_record(est),
-            input_files=describe_input_files(items),
-        )
-        if report:
-            record.files["report"] = "report.html"
+        record = mesh_fit_record(
+            est, done, data={"mesh": geometry.describe(), "vertices_in_mask": geometry.n_elements},
+            metrics=quality_metrics(done.r2, done.homogeneity, est.n_parcels, sizes, fraction, broken),
+            files=files, inputs=inputs, argv=argv, job=job, report=report,
+        )  # fmt: skip
         publish(record, partial, out, report)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return record.to_dict()
