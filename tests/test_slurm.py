@@ -517,6 +517,26 @@ def test_a_cluster_file_the_site_cannot_run_is_refused_before_any_data_is_read(
     assert not (tmp_path / "jobout" / "cache").exists()
 
 
+def test_the_site_check_warns_where_a_job_holds_a_whole_hyperthreaded_core(slurm, tmp_path, caplog):
+    """Where sinfo's sockets:cores:threads has 2+ threads per core, a job of cores=1 holds a whole core under
+    CR_Core: the site check says so (a warning, not an error), and only then."""
+    import logging
+
+    from daskparcel.runtime import load_cluster_config
+    from daskparcel.runtime.site import check_site
+
+    done = subprocess.run(
+        ["sinfo", "-h", "-p", "debug", "-o", "%z"], capture_output=True, text=True, check=True
+    )
+    threads = int(done.stdout.split()[0].split(":")[-1])
+    for cores in (1, threads):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="daskparcel"):
+            check_site(load_cluster_config(cluster_doc(tmp_path, cores=cores)))
+        warned = "hardware threads per core" in caplog.text
+        assert warned == (cores % threads != 0), (cores, threads, caplog.text)
+
+
 def test_slurm_time_formats():
     """The walltime check reads SLURM's formats as SLURM does (sbatch --time)."""
     assert walltime_seconds("infinite") is None

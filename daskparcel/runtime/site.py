@@ -28,7 +28,8 @@ from daskparcel.runtime.clusters import ClusterConfig, walltime_seconds
 
 logger = logging.getLogger(__name__)
 
-_SINFO_FORMAT = "%P|%c|%m|%l|%a"  # partition (default marked *), cpus per node, memory per node (MB), time limit, state
+# partition (default marked *), cpus per node, memory per node (MB), time limit, state, sockets:cores:threads
+_SINFO_FORMAT = "%P|%c|%m|%l|%a|%z"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,9 @@ class Partition:
     time_limit_s: float | None  # None: infinite
     up: bool
     default: bool
+    threads_per_core: int = (
+        1  # hardware threads of a core (sinfo %z); CR_Core gives jobs whole cores
+    )
 
 
 def slurm_partitions(sinfo: str = "sinfo") -> dict[str, Partition] | None:
@@ -74,9 +78,10 @@ def slurm_partitions(sinfo: str = "sinfo") -> dict[str, Partition] | None:
     found: dict[str, Partition] = {}
     for line in done.stdout.splitlines():
         fields = line.strip().split("|")
-        if len(fields) != 5:
+        if len(fields) != 6:
             continue
-        name, cpus, memory, limit, avail = fields
+        name, cpus, memory, limit, avail, sct = fields
+        threads = sct.split(":")[-1]
         default = name.endswith("*")
         name = name.rstrip("*")
         cpu_count = int(re.sub(r"\D.*", "", cpus) or 0)
@@ -89,6 +94,9 @@ def slurm_partitions(sinfo: str = "sinfo") -> dict[str, Partition] | None:
             time_limit_s=walltime_seconds(limit),
             up=avail.strip() == "up" or bool(old and old.up),
             default=default or bool(old and old.default),
+            threads_per_core=max(
+                int(threads) if threads.isdigit() else 1, old.threads_per_core if old else 1
+            ),
         )
     return found
 
@@ -143,6 +151,14 @@ def check_site(config: ClusterConfig) -> None:
             f"cluster config {source}: {key}={cores} is more than a node of partition {part.name!r} "
             f"has ({part.cpus} cores); lower it to at most {part.cpus}"
         )
+    if part.threads_per_core > 1 and cores % part.threads_per_core:
+        logger.warning(
+            "cluster config %s: the nodes of partition %r have %d hardware threads per core; where SLURM "
+            "gives jobs whole cores (SelectTypeParameters=CR_Core), a job of %s=%d holds %d CPUs, and fewer "
+            "jobs run at once than the CPU count suggests: set %s to a multiple of %d",
+            source, part.name, part.threads_per_core, key, cores,
+            -(-cores // part.threads_per_core) * part.threads_per_core, key, part.threads_per_core,
+        )  # fmt: skip
     key = "job_mem" if "job_mem" in options else "memory"
     memory = options[key]
     mb = parse_bytes(memory) / 2**20 if isinstance(memory, str) else int(memory) / 2**20
