@@ -20,11 +20,11 @@ from daskparcel.runtime.workers import IdentifyWorkers, describe, workers_seen
 
 
 @contextlib.contextmanager
-def two_workers() -> Iterator[distributed.Client]:
-    """A LocalCluster of 2 single-thread worker processes on 127.0.0.1, and a client that is not the default."""
+def two_workers(n_workers: int = 2) -> Iterator[distributed.Client]:
+    """A LocalCluster of single-thread worker processes on 127.0.0.1, and a client that is not the default."""
     with (
         distributed.LocalCluster(
-            n_workers=2,
+            n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
@@ -71,17 +71,7 @@ def test_the_same_array_shared_again_right_after_its_release_is_not_lost():
     its two levels; two fits of the same features do it too). Scattered under a key hashed from the data, the
     second copy met the first one's release on the worker ("lost dependencies", 2 fits in 5 on SLURM)."""
     arr = np.arange(400_000, dtype=np.float32)  # 1.5 MiB: above the scatter threshold
-    with (
-        distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as one,
-        one.as_current(),
-    ):
+    with two_workers(n_workers=1) as one, one.as_current():
         for _ in range(10):
             for _ in range(2):
                 value = shared(arr)

@@ -38,6 +38,7 @@ from daskparcel.outputs.bids import (
     parcel_names,
     write_dataset_description,
 )
+from daskparcel.outputs.parcel_table import parcel_rows
 from daskparcel.outputs.record import (
     quality_metrics,
 )
@@ -76,26 +77,7 @@ def cifti_parcel_table(geometry: Any, codes: np.ndarray, r2: np.ndarray) -> dict
             xyz[span] = (np.asarray(geometry.axis.affine) @ ijk.T)[:3].T
         elif (mesh := geometry.mesh_of(name)) is not None:
             xyz[span] = mesh[0][sub.vertex]
-    k = int(codes.max())
-    counts = np.bincount(codes, minlength=k + 1)[1:]
-    centre = np.stack(
-        [np.bincount(codes, weights=xyz[:, a], minlength=k + 1)[1:] / counts for a in range(3)]
-    )
-    values = np.asarray(r2, dtype=np.float64)
-    finite = np.isfinite(values)
-    n_finite = np.bincount(codes[finite], minlength=k + 1)[1:]
-    sums = np.bincount(codes[finite], weights=values[finite], minlength=k + 1)[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_r2 = np.where(n_finite > 0, sums / np.maximum(n_finite, 1), np.nan)
-    return {
-        "index": np.arange(1, k + 1),
-        "voxels": counts,
-        "x_mm": centre[0],
-        "y_mm": centre[1],
-        "z_mm": centre[2],
-        "mean_r2": mean_r2,
-        "nan_r2_voxels": counts - n_finite,
-    }
+    return parcel_rows(codes, xyz, r2)
 
 
 def _cortex_files(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["COLUMNS", "parcel_table", "read_parcel_table", "write_parcel_table"]
+__all__ = ["COLUMNS", "parcel_rows", "parcel_table", "read_parcel_table", "write_parcel_table"]
 
 #: The columns of ``parcels.tsv``, in order.
 COLUMNS = ("index", "voxels", "x_mm", "y_mm", "z_mm", "mean_r2", "nan_r2_voxels")
@@ -42,12 +42,29 @@ def parcel_table(
         with a finite R^2 (NaN when none has), ``nan_r2_voxels`` counts the others.
     """
     labels = np.asarray(labels, dtype=np.int64)
+    ijk = np.stack(np.nonzero(np.asarray(mask, dtype=bool)), axis=1).astype(np.float64)
+    return parcel_rows(labels, ijk, r2, affine=affine)
+
+
+def parcel_rows(
+    labels: np.ndarray,
+    points: np.ndarray,
+    r2: np.ndarray | None = None,
+    *,
+    affine: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The columns of :data:`COLUMNS` from each element's parcel (1..K, K the largest), its position
+    (``points``: (n, 3), in mm, or voxel indices mapped through ``affine`` once averaged; NaN rows give a NaN
+    centroid) and its R^2 (NaN: not counted in ``mean_r2``, counted in ``nan_r2_voxels``)."""
+    labels = np.asarray(labels, dtype=np.int64)
     n = int(labels.max()) if labels.size else 0
     counts = np.bincount(labels, minlength=n + 1)[1:]
-    ijk = np.stack(np.nonzero(np.asarray(mask, dtype=bool)), axis=1).astype(np.float64)
-    sums = np.stack([np.bincount(labels, weights=ijk[:, a], minlength=n + 1)[1:] for a in range(3)])
-    mean_ijk = sums / np.maximum(counts, 1)
-    xyz = np.asarray(affine, dtype=np.float64)[:3, :3] @ mean_ijk + np.asarray(affine)[:3, 3:4]
+    sums = np.stack(
+        [np.bincount(labels, weights=points[:, a], minlength=n + 1)[1:] for a in range(3)]
+    )
+    xyz = sums / np.maximum(counts, 1)
+    if affine is not None:
+        xyz = np.asarray(affine, dtype=np.float64)[:3, :3] @ xyz + np.asarray(affine)[:3, 3:4]
     values = np.full(labels.shape, np.nan) if r2 is None else np.asarray(r2, dtype=np.float64)
     finite = np.isfinite(values)
     n_finite = np.bincount(labels[finite], minlength=n + 1)[1:]
