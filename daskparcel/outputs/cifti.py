@@ -45,7 +45,7 @@ from daskparcel.outputs.record import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["cifti_look_up_table", "cifti_parcel_table", "write_cifti_outputs"]
+__all__ = ["cifti_files", "cifti_look_up_table", "cifti_parcel_table"]
 
 
 def cifti_look_up_table(geometry: Any, codes: np.ndarray, n_parcels: int) -> pd.DataFrame:
@@ -115,71 +115,46 @@ def _cortex_files(
     return files
 
 
-def write_cifti_outputs(
-    est: Any,
-    imgs: Any,
-    out: Path,
-    *,
-    confounds: Any = None,
-    inputs: list[str] | None = None,
-    argv: Any = None,
-    job: Any = None,
-    connectomes: list[str] | None = None,
-    report: bool = True,
-) -> dict[str, Any]:
-    """Write the fit folder of a CIFTI fit (the layout of the module docstring) and return ``fit.json``.
-
-    ``out`` is checked by the caller (:func:`daskparcel.outputs.results.write_fit_outputs`).
-    """
-    from daskparcel.outputs.surface import refuse_connectomes
-
-    refuse_connectomes(connectomes, "CIFTI")
+def cifti_files(
+    est: Any, done: Any, partial: Path
+) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+    """A CIFTI fit folder's own files (the layout of the module docstring), and fit.json's ``data`` and
+    ``metrics`` (written by :func:`daskparcel.outputs.surface.write_mesh_outputs`)."""
     from daskparcel.metrics import parcel_sizes
     from daskparcel.outputs.parcel_table import write_parcel_table
-    from daskparcel.outputs.results import partial_folder, publish
-    from daskparcel.outputs.surface import mesh_contiguity, mesh_fit_record, mesh_fit_signals
+    from daskparcel.outputs.surface import mesh_contiguity
 
-    geometry = est.geometry_
-    with partial_folder(out) as partial:
-        done = mesh_fit_signals(est, imgs, partial, confounds)
-        codes = done.codes
-        k = int(est.n_parcels)
-        label = atlas_label(str(est.method), k)
-        table = cifti_look_up_table(geometry, codes, k)
-        write_dataset_description(partial, f"daskparcel {est.method} CIFTI parcellation")
-        files = {
-            "labels": f"atlas-{label}_dseg.dlabel.nii",
-            "lut": f"atlas-{label}_dseg.tsv",
-            "r2": "r2.dscalar.nii",
-            "parcel_signals": "parcel_signals.zarr",
-        }
-        table.to_csv(partial / files["lut"], sep="\t", index=False)
-        colors, names = list(table["color"][1:]), list(table["name"][1:])
-        nib.save(geometry.labels_image(codes, names, colors), partial / files["labels"])
-        write_parcel_table(
-            cifti_parcel_table(geometry, codes, done.r2_map), partial / "parcels.tsv"
-        )
-        files["parcels"] = "parcels.tsv"
-        r2_values = np.nan_to_num(done.r2_map.astype(np.float32))
-        nib.save(geometry.surface_image(r2_values), partial / files["r2"])
-        files.update(_cortex_files(geometry, codes, r2_values, table, label, partial))
-        sizes = parcel_sizes(codes, est.n_parcels)
-        if geometry.missing_meshes():
-            fraction, broken = float("nan"), list[int]()
-        else:
-            fraction, broken = mesh_contiguity(geometry, codes)
-        metrics = quality_metrics(done.r2, done.homogeneity, k, sizes, fraction, broken)
-        if not np.isfinite(fraction):
-            metrics["contiguity"] = None  # no neighbours for the cortex without its meshes
-        data = {
-            "mesh": geometry.describe(),
-            "brain_model": geometry.describe(),
-            "structures": [name for name, _, _ in geometry.structures],
-            "grayordinates": geometry.n_elements,
-        }
-        record = mesh_fit_record(
-            est, done, data=data, metrics=metrics, files=files, inputs=inputs, argv=argv, job=job,
-            report=report,
-        )  # fmt: skip
-        publish(record, partial, out, report)
-    return record.to_dict()
+    geometry, codes = est.geometry_, done.codes
+    k = int(est.n_parcels)
+    label = atlas_label(str(est.method), k)
+    table = cifti_look_up_table(geometry, codes, k)
+    write_dataset_description(partial, f"daskparcel {est.method} CIFTI parcellation")
+    files = {
+        "labels": f"atlas-{label}_dseg.dlabel.nii",
+        "lut": f"atlas-{label}_dseg.tsv",
+        "r2": "r2.dscalar.nii",
+        "parcel_signals": "parcel_signals.zarr",
+    }
+    table.to_csv(partial / files["lut"], sep="\t", index=False)
+    colors, names = list(table["color"][1:]), list(table["name"][1:])
+    nib.save(geometry.labels_image(codes, names, colors), partial / files["labels"])
+    write_parcel_table(cifti_parcel_table(geometry, codes, done.r2_map), partial / "parcels.tsv")
+    files["parcels"] = "parcels.tsv"
+    r2_values = np.nan_to_num(done.r2_map.astype(np.float32))
+    nib.save(geometry.surface_image(r2_values), partial / files["r2"])
+    files.update(_cortex_files(geometry, codes, r2_values, table, label, partial))
+    sizes = parcel_sizes(codes, est.n_parcels)
+    if geometry.missing_meshes():
+        fraction, broken = float("nan"), list[int]()
+    else:
+        fraction, broken = mesh_contiguity(geometry, codes)
+    metrics = quality_metrics(done.r2, done.homogeneity, k, sizes, fraction, broken)
+    if not np.isfinite(fraction):
+        metrics["contiguity"] = None  # no neighbours for the cortex without its meshes
+    data = {
+        "mesh": geometry.describe(),
+        "brain_model": geometry.describe(),
+        "structures": [name for name, _, _ in geometry.structures],
+        "grayordinates": geometry.n_elements,
+    }
+    return files, data, metrics

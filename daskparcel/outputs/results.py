@@ -167,17 +167,12 @@ def write_fit_outputs(
             "est: has no signals store (made by from_labels); fit it on runs before writing a fit folder"
         )
     kinds = check_kinds(connectomes, name="connectomes")
-    # CIFTI runs: a dlabel, the cortex drawn on its meshes
-    if getattr(getattr(est, "geometry_", None), "kind", None) == "cifti":
-        from daskparcel.outputs.cifti import write_cifti_outputs
-
-        return write_cifti_outputs(est, imgs, out, confounds=confounds, inputs=inputs, argv=argv, job=job, connectomes=kinds, report=report)  # fmt: skip
     if (
         getattr(est, "geometry_", None) is not None
-    ):  # surface runs: GIfTI labels, figures on the mesh
-        from daskparcel.outputs.surface import write_surface_outputs
+    ):  # surface / CIFTI runs: GIfTI or dlabel labels, meshes
+        from daskparcel.outputs.surface import write_mesh_outputs
 
-        return write_surface_outputs(est, imgs, out, confounds=confounds, inputs=inputs, argv=argv, job=job, connectomes=kinds, report=report)  # fmt: skip
+        return write_mesh_outputs(est, imgs, out, confounds=confounds, inputs=inputs, argv=argv, job=job, connectomes=kinds, report=report)  # fmt: skip
     with partial_folder(out) as partial:
         t0 = time.perf_counter()
         mask = np.asarray(est.mask_img_.dataobj).astype(bool)

@@ -52,12 +52,17 @@ from daskparcel.outputs.record import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MeshFitSignals",
     "label_gifti",
     "mesh_contiguity",
+    "mesh_fit_record",
+    "mesh_fit_signals",
+    "refuse_connectomes",
     "shape_gifti",
     "surface_figures",
+    "surface_files",
     "surface_look_up_table",
-    "write_surface_outputs",
+    "write_mesh_outputs",
 ]
 
 HEMI = {"left": "L", "right": "R"}
@@ -299,7 +304,7 @@ def mesh_fit_record(
     return record
 
 
-def write_surface_outputs(
+def write_mesh_outputs(
     est: Any,
     imgs: Any,
     out: Path,
@@ -311,38 +316,51 @@ def write_surface_outputs(
     connectomes: list[str] | None = None,
     report: bool = True,
 ) -> dict[str, Any]:
-    """Write the fit folder of a surface fit (the layout of the module docstring) and return ``fit.json``.
+    """Write the fit folder of a surface or CIFTI fit and return ``fit.json``: the parcel signals, quality
+    figures, record and report they share, and the files of their kind (:func:`surface_files`,
+    :func:`daskparcel.outputs.cifti.cifti_files`).
 
     ``out`` is checked by the caller (:func:`daskparcel.outputs.results.write_fit_outputs`).
     """
-    refuse_connectomes(connectomes, "surface")
-    from daskparcel.metrics import parcel_sizes
+    from daskparcel.outputs.cifti import cifti_files
     from daskparcel.outputs.results import partial_folder, publish
 
-    geometry = est.geometry_
+    cifti = est.geometry_.kind == "cifti"
+    refuse_connectomes(connectomes, "CIFTI" if cifti else "surface")
     with partial_folder(out) as partial:
         done = mesh_fit_signals(est, imgs, partial, confounds)
-        codes = done.codes
-        label = atlas_label(str(est.method), int(est.n_parcels))
-        table = surface_look_up_table(geometry, codes, int(est.n_parcels))
-        write_dataset_description(partial, f"daskparcel {est.method} surface parcellation")
-        table.to_csv(partial / f"atlas-{label}_dseg.tsv", sep="\t", index=False)
-        files = {"lut": f"atlas-{label}_dseg.tsv", "parcel_signals": "parcel_signals.zarr"}
-        r2_parts = _per_part(geometry, np.nan_to_num(done.r2_map.astype(np.float32)), 0.0)
-        for part, values in _per_part(geometry, codes.astype(np.int32), 0).items():
-            hemi = HEMI[part]
-            files[f"labels_{hemi}"] = f"atlas-{label}_hemi-{hemi}_dseg.label.gii"
-            nib.save(label_gifti(values, table), partial / files[f"labels_{hemi}"])
-            files[f"r2_{hemi}"] = f"r2_hemi-{hemi}.shape.gii"
-            nib.save(shape_gifti(r2_parts[part]), partial / files[f"r2_{hemi}"])
-            files[f"mesh_{hemi}"] = f"mesh_hemi-{hemi}.surf.gii"
-            nib.save(_mesh_gifti(geometry, part), partial / files[f"mesh_{hemi}"])
-        sizes = parcel_sizes(codes, est.n_parcels)
-        fraction, broken = mesh_contiguity(geometry, codes)
+        files, data, metrics = (cifti_files if cifti else surface_files)(est, done, partial)
         record = mesh_fit_record(
-            est, done, data={"mesh": geometry.describe(), "vertices_in_mask": geometry.n_elements},
-            metrics=quality_metrics(done.r2, done.homogeneity, est.n_parcels, sizes, fraction, broken),
-            files=files, inputs=inputs, argv=argv, job=job, report=report,
+            est, done, data=data, metrics=metrics, files=files, inputs=inputs, argv=argv, job=job,
+            report=report,
         )  # fmt: skip
         publish(record, partial, out, report)
     return record.to_dict()
+
+
+def surface_files(
+    est: Any, done: MeshFitSignals, partial: Path
+) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+    """A surface fit folder's own files (the layout of the module docstring), and fit.json's ``data`` and
+    ``metrics``."""
+    from daskparcel.metrics import parcel_sizes
+
+    geometry, codes = est.geometry_, done.codes
+    label = atlas_label(str(est.method), int(est.n_parcels))
+    table = surface_look_up_table(geometry, codes, int(est.n_parcels))
+    write_dataset_description(partial, f"daskparcel {est.method} surface parcellation")
+    table.to_csv(partial / f"atlas-{label}_dseg.tsv", sep="\t", index=False)
+    files = {"lut": f"atlas-{label}_dseg.tsv", "parcel_signals": "parcel_signals.zarr"}
+    r2_parts = _per_part(geometry, np.nan_to_num(done.r2_map.astype(np.float32)), 0.0)
+    for part, values in _per_part(geometry, codes.astype(np.int32), 0).items():
+        hemi = HEMI[part]
+        files[f"labels_{hemi}"] = f"atlas-{label}_hemi-{hemi}_dseg.label.gii"
+        nib.save(label_gifti(values, table), partial / files[f"labels_{hemi}"])
+        files[f"r2_{hemi}"] = f"r2_hemi-{hemi}.shape.gii"
+        nib.save(shape_gifti(r2_parts[part]), partial / files[f"r2_{hemi}"])
+        files[f"mesh_{hemi}"] = f"mesh_hemi-{hemi}.surf.gii"
+        nib.save(_mesh_gifti(geometry, part), partial / files[f"mesh_{hemi}"])
+    sizes = parcel_sizes(codes, est.n_parcels)
+    fraction, broken = mesh_contiguity(geometry, codes)
+    metrics = quality_metrics(done.r2, done.homogeneity, est.n_parcels, sizes, fraction, broken)
+    return files, {"mesh": geometry.describe(), "vertices_in_mask": geometry.n_elements}, metrics
