@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -130,15 +131,14 @@ def _coarse_starts(
     mbk_n_init: int,
     max_no_improvement: int | None,
 ) -> list[np.ndarray]:
-    """The first level of every start: parallel dask tasks on one in-memory copy of the features, or
-    (features above ``daskparcel.kmeans.in-memory-bytes``) streamed kmeans one start after the other."""
-    limit = int(config.get("kmeans.in-memory-bytes"))
-    if isinstance(x, np.ndarray) and x.nbytes <= limit:
-        shared = shared_value(x)
+    """The first level of every start: parallel dask tasks on one in-memory copy of the features (``x``, a
+    :func:`daskparcel._dask.shared` value), or (``x`` a dask array: features above
+    ``daskparcel.kmeans.in-memory-bytes``) streamed kmeans one start after the other."""
+    if not isinstance(x, da.Array):
         runs = dask.compute(
             *[
                 dask.delayed(minibatch_in_memory, pure=True)(
-                    shared,
+                    x,
                     n_big,
                     random_state=seed,
                     n_init=mbk_n_init,
@@ -224,15 +224,16 @@ def hierarchical_kmeans(
         data = np.asarray(x.compute())
         if not np.isfinite(data).all():
             raise_non_finite("")
+    # one copy of the in-memory features for both levels (scattered once on a distributed cluster)
+    shared = shared_value(data) if isinstance(data, np.ndarray) else None
     coarse_starts = _coarse_starts(
-        data,
+        data if shared is None else shared,
         n_big,
         seeds,
         batch_size=batch_size,
         mbk_n_init=mbk_n_init,
         max_no_improvement=max_no_improvement,
     )
-    shared = shared_value(data) if isinstance(data, np.ndarray) else None
     plans = []
     tasks: list[Any] = []
     for seed, coarse in zip(seeds, coarse_starts, strict=True):

@@ -46,18 +46,12 @@ def is_cifti(item: Any) -> bool:
 
 def load_cifti_header(path: str | os.PathLike[str], name: str = "imgs") -> Any:
     """The ``Cifti2Image`` of a dense time series (header only), or an InputError saying why it is not one."""
-    import nibabel as nib
     from nibabel import cifti2
 
+    from daskparcel.ingest.nifti import load_image
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{name}: {path}: no such file; check the path")
-    try:
-        img = nib.load(path)
-    except Exception as exc:  # nibabel raises several types for unreadable files
-        raise InputError(
-            f"{name}: {path}: not a readable CIFTI-2 file ({type(exc).__name__}: {exc}); give a .dtseries.nii"
-        ) from exc
+    img = load_image(path, f"{name}: {path}", "CIFTI-2 file", "give a .dtseries.nii")
     if not isinstance(img, cifti2.Cifti2Image):
         raise InputError(
             f"{name}: {path}: a {type(img).__name__}, not CIFTI-2; give a CIFTI-2 dense time series"

@@ -57,6 +57,19 @@ def run_name(path: str | os.PathLike[str]) -> str:
     return name
 
 
+def load_image(path: Path, where: str, kind: str, fix: str, hint: str = "") -> Any:
+    """``nib.load(path)`` (headers only; data stays on disk), or an InputError beginning with ``where``: no such
+    file, or not a readable ``kind`` (then ``fix`` says what to give)."""
+    if not path.exists():
+        raise InputError(f"{where}: no such file; check the path{' ' + hint if hint else ''}")
+    try:
+        return nib.load(path)
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        raise InputError(
+            f"{where}: not a readable {kind} ({type(exc).__name__}: {exc}); {fix}"
+        ) from exc
+
+
 def load_header(path: str | os.PathLike[str]) -> nib.Nifti1Image:
     """Load a 4D NIfTI image's header (no data read), or raise :class:`InputError` saying why it cannot be.
 
@@ -64,17 +77,15 @@ def load_header(path: str | os.PathLike[str]) -> nib.Nifti1Image:
     trailing dimensions is accepted, as nilearn does), or has no volume.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file; check the path (and the glob, if one was given)")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not a NIfTI file; give a .nii or .nii.gz file")
-    try:
-        img = nib.load(path)
-    except Exception as exc:  # nibabel raises several types for unreadable files
-        raise InputError(
-            f"{path}: not a readable NIfTI image ({type(exc).__name__}: {exc}); "
-            "give a 4D .nii or .nii.gz BOLD file"
-        ) from exc
+    img = load_image(
+        path,
+        str(path),
+        "NIfTI image",
+        "give a 4D .nii or .nii.gz BOLD file",
+        "(and the glob, if one was given)",
+    )
     if isinstance(img, nib.Cifti2Image):  # not convertible to a volume: fitted from the file itself
         raise InputError(
             f"{path}: is a CIFTI-2 file, not a 4D NIfTI volume series; fit it as it is (daskparcel fit, "
