@@ -37,7 +37,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
@@ -125,6 +125,44 @@ def json_parameters(est: Parcellations) -> dict[str, Any]:
         else:
             params[key] = type(value).__name__
     return params
+
+
+def fit_record(
+    est: Parcellations,
+    *,
+    inputs: list[str],
+    data: dict[str, Any],
+    timings: dict[str, float],
+    metrics: dict[str, Any],
+    input_items: Iterable[Any],
+    argv: Sequence[str] | None,
+    job: str | os.PathLike[str] | None,
+    files: dict[str, str] | None = None,
+) -> FitRecord:
+    """The record of a fit folder of any kind (voxels, surface, CIFTI): ``data`` and ``metrics`` are the kind's
+    own, to which the runs and their lengths are added; the rest is the estimator's (parameters, runtime) and
+    the command's (``argv``, ``job``, the files behind ``input_items``)."""
+    store = est.store_
+    assert store is not None  # the writers refuse an estimator without one first
+    return FitRecord(
+        daskparcel_version=__version__,
+        versions=versions(),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        inputs=inputs,
+        parameters=json_parameters(est),
+        data={
+            **data,
+            "n_runs": len(store.runs),
+            "runs": list(store.runs),
+            "n_volumes": [int(r.sizes["time"]) for r in store.run_signals("cleaned")],
+        },
+        timings={k: round(float(v), 3) for k, v in timings.items()},
+        metrics=metrics,
+        command=command_record(argv, job),
+        runtime=runtime_record(est),
+        input_files=describe_input_files(input_items),
+        files=dict(FILES) if files is None else files,
+    )
 
 
 def write_fit_outputs(
@@ -230,25 +268,17 @@ def write_fit_outputs(
         write_parcel_table(table, partial / FILES["parcels"])
         sizes = parcel_sizes(labels, est.n_elements_)
         contig = contiguity(np.asarray(est.labels_img_.dataobj))
-        runs = store.runs
-        ds_runs = store.run_signals("cleaned")
         timings["outputs"] = time.perf_counter() - t0
-        record = FitRecord(
-            daskparcel_version=__version__,
-            versions=versions(),
-            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        record = fit_record(
+            est,
             inputs=inputs if inputs is not None else _describe_inputs(imgs),
-            parameters=json_parameters(est),
             data={
                 "shape": list(mask.shape),
                 "voxel_size": [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))],
                 **_repetition_time(store.params.t_r, parcel_signals),
-                "n_runs": len(runs),
-                "runs": list(runs),
-                "n_volumes": [int(r.sizes["time"]) for r in ds_runs],
                 "voxels_in_mask": int(mask.sum()),
             },
-            timings={k: round(float(v), 3) for k, v in timings.items()},
+            timings=timings,
             metrics={
                 **quality_metrics(
                     r2_value,
@@ -260,11 +290,9 @@ def write_fit_outputs(
                 ),
                 "nan_r2_voxels": int(table["nan_r2_voxels"].sum()),
             },
-            command=command_record(argv, job),
-            runtime=runtime_record(est),
-            input_files=describe_input_files(
-                [*(imgs if isinstance(imgs, list | tuple) else [imgs]), *_mask_file(est)]
-            ),
+            input_items=[*(imgs if isinstance(imgs, list | tuple) else [imgs]), *_mask_file(est)],
+            argv=argv,
+            job=job,
         )
         doc = record.to_dict()
         record.bids = _write_bids(est, inputs or imgs, doc, partial, parcel_signals, kinds)

@@ -14,13 +14,15 @@
                                          and ``plot_surf_stat_map``, lateral and medial views)
     ``dataset_description.json``         a BIDS derivative description
 
-``<L>`` is the atlas label (e.g. ``ward100``). Written to ``DIR.partial`` and moved into place at the end. The
-per-run BIDS tables and connectomes are not written for surfaces yet.
+``sub-<label>/func/sub-<label>_..._atlas-<L>_stat-mean_timeseries.tsv`` and, with ``connectomes``,
+``..._stat-<kind>_relmat.tsv`` per run and ``atlas-<L>_stat-<kind>_relmat.tsv`` for the group: as for volumes
+(:func:`daskparcel.outputs.bids.write_run_tables`).
+
+``<L>`` is the atlas label (e.g. ``ward100``). Written to ``DIR.partial`` and moved into place at the end.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import time
@@ -33,21 +35,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from daskparcel import __version__
-from daskparcel.errors import InputError
 from daskparcel.outputs.bids import (
     atlas_label,
     parcel_colors,
     parcel_names,
     write_dataset_description,
 )
-from daskparcel.outputs.record import (
-    FitRecord,
-    command_record,
-    describe_input_files,
-    quality_metrics,
-    runtime_record,
-)
+from daskparcel.outputs.record import FitRecord, quality_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +51,7 @@ __all__ = [
     "mesh_contiguity",
     "mesh_fit_record",
     "mesh_fit_signals",
-    "refuse_connectomes",
+    "mesh_run_tables",
     "shape_gifti",
     "surface_figures",
     "surface_files",
@@ -219,15 +213,25 @@ class MeshFitSignals(NamedTuple):
     r2_map: np.ndarray  # per element
     homogeneity: float
     t0: float  # when the folder's outputs began
+    run_signals: list[
+        Any
+    ]  # each run's parcel signals, as transform gave them (their names and lengths)
 
 
-def refuse_connectomes(connectomes: list[str] | None, what: str) -> None:
-    """Connectomes are written for voxel fits only: refuse them (before anything is written)."""
-    if connectomes:
-        raise InputError(
-            f"connectomes={connectomes}: not written for {what} fits yet; pass connectomes=None and compute "
-            "them from parcel_signals.zarr (daskparcel.connectome)"
-        )
+def mesh_run_tables(
+    est: Any, done: MeshFitSignals, partial: Path, connectomes: list[str] | None
+) -> dict[str, Any]:
+    """Each run's parcel time series and connectomes as BIDS tables, read back from ``parcel_signals.zarr``
+    (:func:`daskparcel.outputs.bids.write_run_tables`, as for volumes); fit.json's ``bids`` entry."""
+    from daskparcel.outputs.bids import read_run_signals, write_run_tables
+
+    names = [str(s["run"].values[0]) for s in done.run_signals]
+    runs = read_run_signals(partial / "parcel_signals.zarr", done.run_signals)
+    label = atlas_label(str(est.method), int(est.n_parcels))
+    parcels = parcel_names(np.arange(1, int(est.n_parcels) + 1))
+    kinds = list(connectomes or [])
+    tables = write_run_tables(partial, runs, names, label=label, names=parcels, kinds=kinds)
+    return {**tables, "connectomes": kinds}
 
 
 def mesh_fit_signals(est: Any, imgs: Any, partial: Path, confounds: Any) -> MeshFitSignals:
@@ -252,7 +256,7 @@ def mesh_fit_signals(est: Any, imgs: Any, partial: Path, confounds: Any) -> Mesh
         homogeneity(signals, codes, n_parcels=est.n_parcels, compute=False),
     )
     return MeshFitSignals(
-        codes, items, float(r2_value), np.asarray(r2_v), float(homogeneity_value), t0
+        codes, items, float(r2_value), np.asarray(r2_v), float(homogeneity_value), t0, runs_signals
     )
 
 
@@ -277,31 +281,19 @@ def mesh_fit_record(
 ) -> FitRecord:
     """fit.json of a surface or CIFTI fit folder: ``data`` and ``metrics`` are the kind's own; the rest is
     the estimator's (parameters, timings, runs, runtime) and the command's."""
-    from daskparcel.outputs.results import json_parameters, versions
+    from daskparcel.outputs.results import fit_record
 
-    store = est.store_
-    timings = {**est.timings_, "outputs": time.perf_counter() - done.t0}
-    record = FitRecord(
-        daskparcel_version=__version__,
-        versions=versions(),
-        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    return fit_record(
+        est,
         inputs=inputs or [_input_name(i) for i in done.items],
-        parameters=json_parameters(est),
-        data={
-            **data,
-            "t_r": store.params.t_r,
-            "n_runs": len(store.runs),
-            "runs": list(store.runs),
-            "n_volumes": [int(r.sizes["time"]) for r in store.run_signals("cleaned")],
-        },
-        timings={k: round(float(v), 3) for k, v in timings.items()},
+        data={**data, "t_r": est.store_.params.t_r},
+        timings={**est.timings_, "outputs": time.perf_counter() - done.t0},
         metrics=metrics,
+        input_items=done.items,
+        argv=argv,
+        job=job,
         files={**files, "fit": "fit.json", **({"report": "report.html"} if report else {})},
-        command=command_record(argv, job),
-        runtime=runtime_record(est),
-        input_files=describe_input_files(done.items),
     )
-    return record
 
 
 def write_mesh_outputs(
@@ -326,7 +318,6 @@ def write_mesh_outputs(
     from daskparcel.outputs.results import partial_folder, publish
 
     cifti = est.geometry_.kind == "cifti"
-    refuse_connectomes(connectomes, "CIFTI" if cifti else "surface")
     with partial_folder(out) as partial:
         done = mesh_fit_signals(est, imgs, partial, confounds)
         files, data, metrics = (cifti_files if cifti else surface_files)(est, done, partial)
@@ -334,6 +325,7 @@ def write_mesh_outputs(
             est, done, data=data, metrics=metrics, files=files, inputs=inputs, argv=argv, job=job,
             report=report,
         )  # fmt: skip
+        record.bids = mesh_run_tables(est, done, partial, connectomes)
         publish(record, partial, out, report)
     return record.to_dict()
 
