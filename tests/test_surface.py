@@ -354,16 +354,13 @@ def test_transform_of_another_kind_of_run_refused(run: Any, store: Path) -> None
 
 def test_fit_folder_of_a_surface_fit(run: Any, store: Path, tmp_path: Path) -> None:
     """GIfTI label files per hemisphere with the look-up table, read back by nibabel and nilearn."""
+    from nilearn.connectome import ConnectivityMeasure
     from nilearn.surface import load_surf_data
 
     from daskparcel.outputs.results import write_fit_outputs
 
     est = fit(run, "ward", 12, store)
-    with pytest.raises(InputError) as excinfo:
-        write_fit_outputs(est, run, tmp_path / "refused", connectomes=["correlation"])
-    assert "connectomes" in one_line_error(excinfo)
-    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.partial").exists()
-    doc = write_fit_outputs(est, run, tmp_path / "out")
+    doc = write_fit_outputs(est, run, tmp_path / "out", connectomes=["correlation"])
     out = tmp_path / "out"
     lut = pd.read_csv(out / "atlas-ward12_dseg.tsv", sep="\t")
     assert lut["index"].tolist() == list(range(13))
@@ -391,9 +388,21 @@ def test_fit_folder_of_a_surface_fit(run: Any, store: Path, tmp_path: Path) -> N
             mesh.darrays[0].data, run.mesh.parts[part].coordinates, rtol=1e-6
         )
         np.testing.assert_array_equal(mesh.darrays[1].data, run.mesh.parts[part].faces)
+    # the run's BIDS tables, as for volumes: its parcel time series and connectome, and the group's
+    (series_tsv,) = out.rglob("sub-*_atlas-ward12_stat-mean_timeseries.tsv")
+    series = pd.read_csv(series_tsv, sep="\t")
+    assert list(series.columns) == lut["name"].tolist()[1:]
+    np.testing.assert_allclose(series.to_numpy(), np.asarray(est.transform(run)), rtol=1e-6)
+    (relmat_tsv,) = out.rglob("sub-*_atlas-ward12_stat-correlation_relmat.tsv")
+    values = series.to_numpy(np.float32).astype(np.float64)  # written from float32 signals
+    expected = ConnectivityMeasure(kind="correlation").fit_transform([values])[0]
+    np.testing.assert_allclose(pd.read_csv(relmat_tsv, sep="\t").to_numpy(), expected, rtol=1e-7)
+    assert (out / "atlas-ward12_stat-correlation_relmat.tsv").is_file()
+    assert doc["bids"]["connectomes"] == ["correlation"]
     html = (out / "report.html").read_text()
     assert "Parcels on the mesh" in html and "Figure not drawn" not in html
-    assert html.count('<img src="data:image/png;base64,') == 2
+    assert "Group connectome (correlation)" in html
+    assert html.count('<img src="data:image/png;base64,') == 3
 
 
 @pytest.mark.parametrize("method", ["ward", "rena"])

@@ -17,8 +17,10 @@
                                          no brain figure, and a logged line says so)
     ``dataset_description.json``         a BIDS derivative description
 
-``<L>`` is the atlas label (e.g. ``ward100``). Written to ``DIR.partial`` and moved into place at the end. Per-run
-tables and connectomes are not written for CIFTI yet.
+``sub-<label>/func/..._atlas-<L>_stat-mean_timeseries.tsv`` and, with ``connectomes``, the per-run and group
+``relmat.tsv`` tables: as for surfaces and volumes.
+
+``<L>`` is the atlas label (e.g. ``ward100``). Written to ``DIR.partial`` and moved into place at the end.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class Figures:
         if data.get("mesh"):  # a surface fit: its figures are drawn on the meshes
             from daskparcel.outputs.surface import surface_figures
 
-            return surface_figures(self)
+            return "\n".join([surface_figures(self), *self._connectomes()])
         method = str(params.get("method", ""))
         n_parcels = _fmt_int(metrics.get("n_parcels", params.get("n_parcels")))
         n_voxels = _fmt_int(data.get("voxels_in_mask"))
@@ -157,8 +157,11 @@ class Figures:
                 "map of the per-voxel compression R squared",
             ),
         ]
-        parts += [self._connectome(path) for path in sorted(self.folder.glob("atlas-*_relmat.tsv"))]
-        return "\n".join(parts)
+        return "\n".join(parts + self._connectomes())
+
+    def _connectomes(self) -> list[str]:
+        """The figures of the group connectomes the folder holds (none without ``--connectome``)."""
+        return [self._connectome(path) for path in sorted(self.folder.glob("atlas-*_relmat.tsv"))]
 
     def _connectome(self, path: Path) -> str:
         """The group connectome of a fit folder's ``atlas-<label>_stat-<kind>_relmat.tsv`` (written with
