@@ -25,12 +25,9 @@ TOUR = [
     ("hierarchical_kmeans", 50, 10.0, "zscore_sample"),
     ("rena", 5000, 2.0, False),
 ]
+# --quick: the same fits with fewer parcels
 QUICK = [
-    ("ward", 200, 2.0, False),
-    ("ward", 400, 2.0, False),
-    ("kmeans", 20, 10.0, "zscore_sample"),
-    ("hierarchical_kmeans", 20, 10.0, "zscore_sample"),
-    ("rena", 500, 2.0, False),
+    (m, k, fwhm, std) for (m, _, fwhm, std), k in zip(TOUR, (200, 400, 20, 20, 500), strict=True)
 ]
 
 

@@ -30,6 +30,7 @@ stores already complete in ``cache/``. Exit codes: 0 done (or already done), 2 b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -205,30 +206,19 @@ def _parse_mapping(text: str) -> Any:
 # the estimator's and the masking module's own tuples (a test keeps them equal): importing those modules here
 # would make `daskparcel --help` wait for dask and scikit-learn
 MASK_STRATEGIES = ("epi", "background", "whole-brain-template", "gm-template", "wm-template")
+_pre = functools.partial(Param, preprocessing=True)  # a parameter of the signals' preprocessing
 PARAMETERS: tuple[Param, ...] = (
     Param("method", "choice", "the clustering", tuple(METHODS)),
     Param("n_parcels", "int", "number of parcels (default 50)", minimum=1),
     Param("random_state", "int", "seed of the reduction and kmeans (default 0)"),
     Param("mask", "path", "a mask image (default: computed by --mask-strategy)"),
-    Param(
-        "smoothing_fwhm",
-        "fwhm",
-        "FWHM in mm (0 or none: no smoothing; default 4)",
-        preprocessing=True,
-    ),
-    Param(
-        "standardize",
-        "standardize",
-        "per-voxel standardization (default: none)",
-        preprocessing=True,
-    ),
-    Param(
-        "standardize_confounds", "bool", "z-score the confounds (default: yes)", preprocessing=True
-    ),
-    Param("detrend", "bool", "remove linear trends (default: no)", preprocessing=True),
-    Param("low_pass", "float", "low-pass cut-off (Hz)", preprocessing=True),
-    Param("high_pass", "float", "high-pass cut-off (Hz)", preprocessing=True),
-    Param("t_r", "float", "repetition time (s); default: from the headers", preprocessing=True),
+    _pre("smoothing_fwhm", "fwhm", "FWHM in mm (0 or none: no smoothing; default 4)"),
+    _pre("standardize", "standardize", "per-voxel standardization (default: none)"),
+    _pre("standardize_confounds", "bool", "z-score the confounds (default: yes)"),
+    _pre("detrend", "bool", "remove linear trends (default: no)"),
+    _pre("low_pass", "float", "low-pass cut-off (Hz)"),
+    _pre("high_pass", "float", "high-pass cut-off (Hz)"),
+    _pre("t_r", "float", "repetition time (s); default: from the headers"),
     Param("mask_strategy", "choice", "how the mask is computed (default epi)", MASK_STRATEGIES),
     Param("mask_args", "mapping", "mask function arguments: JSON or key=value words"),
     Param("scaling", "bool", "ReNA: scale features by sqrt(cluster size) (default: no)"),
@@ -244,12 +234,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("n_init", "int", "kmeans family: starts, the best by R^2 kept (default 1)", minimum=1),
     Param("weighting", "bool", "kmeans family: weigh components by their signal (default: yes)"),
     Param("distance_threshold", "float", "ward/complete/average: cut the tree at this distance"),
-    Param(
-        "confounds_columns",
-        "strings",
-        "columns of the confounds files (names or globs)",
-        preprocessing=True,
-    ),
+    _pre("confounds_columns", "strings", "columns of the confounds files (names or globs)"),
 )
 PARAMETER_NAMES = {p.name: p for p in PARAMETERS}
 

@@ -11,6 +11,7 @@ other clusters and empty sub-clusters re-seeded, so that exactly K labels come o
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -35,6 +36,9 @@ from daskparcel.errors import InputError
 logger = logging.getLogger(__name__)
 
 __all__ = ["hierarchical_kmeans", "split_sizes"]
+
+#: Both levels' in-memory MiniBatchKMeans, with scikit-learn's defaults as nilearn's ``hierarchical_k_means``.
+_nilearn_minibatch = functools.partial(minibatch_in_memory, max_iter=100, tol=0.0, init="k-means++")
 
 
 def _adjust_small_clusters(array: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -108,16 +112,13 @@ def _fine_cluster(
     """Second-level clustering of one coarse cluster, exactly ``n_small`` labels."""
     if n_small == 1:
         return np.zeros(x.shape[0], dtype=np.int64)
-    labels, d2, _ = minibatch_in_memory(  # scikit-learn's MiniBatchKMeans defaults, as nilearn's
+    labels, d2, _ = _nilearn_minibatch(
         x,
         n_small,
         random_state=random_state,
         n_init=n_init,
-        max_iter=100,
-        tol=0.0,
         batch_size=batch_size,
         max_no_improvement=max_no_improvement,
-        init="k-means++",
     )
     return reseed_empty(labels, d2, n_small)[0]
 
@@ -137,16 +138,13 @@ def _coarse_starts(
     if not isinstance(x, da.Array):
         runs = dask.compute(
             *[
-                dask.delayed(minibatch_in_memory, pure=True)(
+                dask.delayed(_nilearn_minibatch, pure=True)(
                     x,
                     n_big,
                     random_state=seed,
                     n_init=mbk_n_init,
-                    max_iter=100,
-                    tol=0.0,
                     batch_size=batch_size,
                     max_no_improvement=max_no_improvement,
-                    init="k-means++",
                 )
                 for seed in seeds
             ]
