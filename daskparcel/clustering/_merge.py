@@ -57,16 +57,8 @@ def _siftup(hw, ha, hb, size, pos, lexi):
 
 
 @numba.njit(cache=True)
-def _grow_f(arr, need):
-    if need <= arr.shape[0]:
-        return arr
-    new = np.empty(max(need, 2 * arr.shape[0]), dtype=arr.dtype)
-    new[: arr.shape[0]] = arr
-    return new
-
-
-@numba.njit(cache=True)
-def _grow_i(arr, need):
+def _grow(arr, need):
+    """``arr`` with room for ``need`` entries (doubled when it grows; numba compiles one per dtype)."""
     if need <= arr.shape[0]:
         return arr
     new = np.empty(max(need, 2 * arr.shape[0]), dtype=arr.dtype)
@@ -105,6 +97,54 @@ def _adjacency(indptr, indices, n_nodes, capacity):
         pool[top : top + d] = indices[indptr[i] : indptr[i + 1]]
         top += d
     return pool, start, length, capac, top
+
+
+@numba.njit(cache=True, inline="always")
+def _pop_live(hw, ha, hb, size, used, lexi):
+    """Pop heap entries until one joins two live nodes (``used`` nonzero): (size, found, weight, i, j)."""
+    w = 0.0
+    i = 0
+    j = 0
+    while size > 0:
+        size -= 1
+        lw, la, lb = hw[size], ha[size], hb[size]
+        if size > 0:
+            w, i, j = hw[0], ha[0], hb[0]
+            hw[0], ha[0], hb[0] = lw, la, lb
+            _siftup(hw, ha, hb, size, 0, lexi)
+        else:
+            w, i, j = lw, la, lb
+        if used[i] != 0 and used[j] != 0:
+            return size, True, w, i, j
+    return size, False, w, i, j
+
+
+@numba.njit(cache=True, inline="always")
+def _reserve(hw, ha, hb, need):
+    """The heap arrays with room for ``need`` entries."""
+    if need > hw.shape[0]:
+        return _grow(hw, need), _grow(ha, need), _grow(hb, need)
+    return hw, ha, hb
+
+
+@numba.njit(cache=True, inline="always")
+def _push(hw, ha, hb, size, w, a, b, lexi):
+    """Push (w, a, b) on a heap of ``size`` entries with room for it; returns the new size."""
+    hw[size] = w
+    ha[size] = a
+    hb[size] = b
+    _siftdown(hw, ha, hb, 0, size, lexi)
+    return size + 1
+
+
+@numba.njit(cache=True, inline="always")
+def _keep_live(keys, values, n, key, value, used):
+    """Append (key, value) at ``n`` when ``key`` is a live node; returns the new count."""
+    if used[key] == 0:
+        return n
+    keys[n] = key
+    values[n] = value
+    return n + 1
 
 
 @numba.njit(cache=True)
@@ -163,22 +203,7 @@ def ward_loop(indptr, indices, x, weights):
     n_merges = 0
     for k in range(n, n_nodes):
         # identify the merge
-        found = False
-        inert = 0.0
-        i = 0
-        j = 0
-        while size > 0:
-            size -= 1
-            lw, la, lb = hw[size], ha[size], hb[size]
-            if size > 0:
-                inert, i, j = hw[0], ha[0], hb[0]
-                hw[0], ha[0], hb[0] = lw, la, lb
-                _siftup(hw, ha, hb, size, 0, True)
-            else:
-                inert, i, j = lw, la, lb
-            if used[i] and used[j]:
-                found = True
-                break
+        size, found, inert, i, j = _pop_live(hw, ha, hb, size, used, True)
         if not found:
             break  # the graph is not connected: the tree is a forest
         parent[i] = k
@@ -215,11 +240,11 @@ def ward_loop(indptr, indices, x, weights):
                 if visited_stamp[r] != k:
                     visited_stamp[r] = k
                     if nb >= buf.shape[0]:
-                        buf = _grow_i(buf, nb + 1)
+                        buf = _grow(buf, nb + 1)
                     buf[nb] = r
                     nb += 1
         # A[k] = heads; A[col].append(k)
-        pool = _grow_i(pool, top + nb)
+        pool = _grow(pool, top + nb)
         start[k] = top
         length[k] = nb
         capac[k] = nb
@@ -229,7 +254,7 @@ def ward_loop(indptr, indices, x, weights):
             col = buf[q]
             if length[col] == capac[col]:
                 newcap = 2 * capac[col] + 4
-                pool = _grow_i(pool, top + newcap)
+                pool = _grow(pool, top + newcap)
                 pool[top : top + length[col]] = pool[start[col] : start[col] + length[col]]
                 start[col] = top
                 capac[col] = newcap
@@ -237,17 +262,10 @@ def ward_loop(indptr, indices, x, weights):
             pool[start[col] + length[col]] = k
             length[col] += 1
         # push the new inertias
-        if size + nb > hw.shape[0]:
-            hw = _grow_f(hw, size + nb)
-            ha = _grow_i(ha, size + nb)
-            hb = _grow_i(hb, size + nb)
+        hw, ha, hb = _reserve(hw, ha, hb, size + nb)
         for q in range(nb):
             col = buf[q]
-            hw[size] = _ward_pair(m1, m2, slot, k, col)
-            ha[size] = k
-            hb[size] = col
-            size += 1
-            _siftdown(hw, ha, hb, 0, size - 1, True)
+            size = _push(hw, ha, hb, size, _ward_pair(m1, m2, slot, k, col), k, col, True)
     return children[:n_merges], inertias[:n_merges]
 
 
@@ -281,22 +299,7 @@ def linkage_loop(indptr, indices, dist, method):
     bv = np.empty(64)
     n_merges = 0
     for k in range(n, n_nodes):
-        found = False
-        w = 0.0
-        i = 0
-        j = 0
-        while size > 0:
-            size -= 1
-            lw, la, lb = hw[size], ha[size], hb[size]
-            if size > 0:
-                w, i, j = hw[0], ha[0], hb[0]
-                hw[0], ha[0], hb[0] = lw, la, lb
-                _siftup(hw, ha, hb, size, 0, False)
-            else:
-                w, i, j = lw, la, lb
-            if used[i] != 0 and used[j] != 0:
-                found = True
-                break
+        size, found, w, i, j = _pop_live(hw, ha, hb, size, used, False)
         if not found:
             break
         distances[n_merges] = w
@@ -312,8 +315,8 @@ def linkage_loop(indptr, indices, dist, method):
         # merge the two sorted dicts A[i] (a) and A[j] (b), skipping merged keys
         need = length[i] + length[j]
         if need > bk.shape[0]:
-            bk = _grow_i(bk, need)
-            bv = _grow_f(bv, need)
+            bk = _grow(bk, need)
+            bv = _grow(bv, need)
         nb = 0
         pa = start[i]
         ea = start[i] + length[i]
@@ -321,18 +324,10 @@ def linkage_loop(indptr, indices, dist, method):
         eb = start[j] + length[j]
         while pa < ea or pb < eb:
             if pb >= eb or (pa < ea and kpool[pa] < kpool[pb]):
-                key = kpool[pa]
-                if used[key] != 0:
-                    bk[nb] = key
-                    bv[nb] = vpool[pa]
-                    nb += 1
+                nb = _keep_live(bk, bv, nb, kpool[pa], vpool[pa], used)
                 pa += 1
             elif pa >= ea or kpool[pb] < kpool[pa]:
-                key = kpool[pb]
-                if used[key] != 0:
-                    bk[nb] = key
-                    bv[nb] = vpool[pb]
-                    nb += 1
+                nb = _keep_live(bk, bv, nb, kpool[pb], vpool[pb], used)
                 pb += 1
             else:
                 key = kpool[pa]
@@ -348,18 +343,15 @@ def linkage_loop(indptr, indices, dist, method):
                 pa += 1
                 pb += 1
         # A[k] = merged; A[col].append(k, d); push (d, k, col) in key order
-        kpool = _grow_i(kpool, top + nb)
-        vpool = _grow_f(vpool, top + nb)
+        kpool = _grow(kpool, top + nb)
+        vpool = _grow(vpool, top + nb)
         start[k] = top
         length[k] = nb
         capac[k] = nb
         kpool[top : top + nb] = bk[:nb]
         vpool[top : top + nb] = bv[:nb]
         top += nb
-        if size + nb > hw.shape[0]:
-            hw = _grow_f(hw, size + nb)
-            ha = _grow_i(ha, size + nb)
-            hb = _grow_i(hb, size + nb)
+        hw, ha, hb = _reserve(hw, ha, hb, size + nb)
         for q in range(nb):
             col = bk[q]
             d = bv[q]
@@ -376,8 +368,8 @@ def linkage_loop(indptr, indices, dist, method):
                 length[col] = live - start[col]
             if length[col] == capac[col]:
                 newcap = 2 * capac[col] + 4
-                kpool = _grow_i(kpool, top + newcap)
-                vpool = _grow_f(vpool, top + newcap)
+                kpool = _grow(kpool, top + newcap)
+                vpool = _grow(vpool, top + newcap)
                 kpool[top : top + length[col]] = kpool[start[col] : start[col] + length[col]]
                 vpool[top : top + length[col]] = vpool[start[col] : start[col] + length[col]]
                 start[col] = top
@@ -386,11 +378,7 @@ def linkage_loop(indptr, indices, dist, method):
             kpool[start[col] + length[col]] = k
             vpool[start[col] + length[col]] = d
             length[col] += 1
-            hw[size] = d
-            ha[size] = k
-            hb[size] = col
-            size += 1
-            _siftdown(hw, ha, hb, 0, size - 1, False)
+            size = _push(hw, ha, hb, size, d, k, col, False)
     return children[:n_merges], distances[:n_merges]
 
 
