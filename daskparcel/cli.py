@@ -73,14 +73,9 @@ def _convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="convert NIfTI runs to a zarr store (one run, or a cohort of runs on one grid)",
-        description="Write 4D NIfTI BOLD runs to a zarr v3 store, chunk by chunk (resumable).",
-    )
+def _add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", help=".nii/.nii.gz files or globs (quote globs)")
-    p.add_argument("--out", required=True, help="the store folder to write")
+    add_output(p, "the store folder to write", overwrite="replace a store made from other inputs")
     p.add_argument("--bids", help="a BIDS derivatives folder (fMRIPrep layout) to take runs from")
     p.add_argument("--subject", nargs="*", help="BIDS filter: subject labels")
     p.add_argument("--session", nargs="*", help="BIDS filter: session labels")
@@ -98,10 +93,6 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         choices=["zarr", "nifti-zarr"],
         help="zarr: daskparcel's run store (default); nifti-zarr: one run as a .nii.zarr image",
     )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace a store made from other inputs"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 # ----------------------------------------------------------------------------------- fit / transform
@@ -177,6 +168,20 @@ def check_out(out: str, *, overwrite: bool) -> Path:
     path = check_out_dir(Path(out), overwrite=overwrite)
     check_writable(path, "--out")
     return path
+
+
+def add_output(
+    p: argparse.ArgumentParser,
+    help: str,
+    *,
+    overwrite: str = "replace an existing output folder",
+    alias: str | None = None,
+) -> None:
+    """``--out`` (required; ``alias`` another name for it), ``--overwrite`` and ``--quiet``: every subcommand
+    that writes has them."""
+    p.add_argument("--out", *([alias] if alias else []), dest="out", required=True, help=help)
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_where(p: argparse.ArgumentParser) -> None:
@@ -273,19 +278,12 @@ def _fit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_fit(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "fit",
-        help="learn a parcellation and write labels, mask, parcel signals, fit.json and report.html",
-        description="Fit daskparcel.Parcellations on runs and write its outputs to --out.",
-    )
+def _add_fit(p: argparse.ArgumentParser) -> None:
     add_inputs(p)
     p.add_argument(
         "--store", help="folder of the cached stores (reused by later fits; default: temporary)"
     )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output(p, "output folder")
     add_parameters(p, "fit")
     add_where(p)
     p.add_argument(
@@ -346,6 +344,8 @@ def _transform(args: argparse.Namespace) -> int:
     saved: dict[str, Any] | None = None
     source = ""
     if labels.is_dir():  # a fit folder: its labels, mask and preprocessing parameters
+        from daskparcel.outputs.record import saved_parameters
+
         fit_json = labels / "fit.json"
         if not fit_json.exists():
             raise InputError(
@@ -395,29 +395,7 @@ def _transform(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def saved_parameters(fit_json: Path, fix: str = "or give --labels labels.nii.gz") -> dict[str, Any]:
-    """The ``parameters`` of a fit folder's fit.json; a one-line InputError (ending with ``fix``) when it
-    cannot be read."""
-    import json
-
-    try:
-        doc = json.loads(fit_json.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"{fit_json}: not a readable fit.json ({exc}); re-run `daskparcel fit`, {fix}"
-        ) from exc
-    params = doc.get("parameters") if isinstance(doc, dict) else None
-    if not isinstance(params, dict):
-        raise InputError(f"{fit_json}: has no 'parameters' mapping; re-run `daskparcel fit`, {fix}")
-    return params
-
-
-def _add_transform(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "transform",
-        help="mean signal of each parcel of runs, written to a zarr store",
-        description="Parcel signals (time, parcel) of runs with a labels image (or a fit folder).",
-    )
+def _add_transform(p: argparse.ArgumentParser) -> None:
     add_inputs(p)
     p.add_argument(
         "--labels",
@@ -430,9 +408,7 @@ def _add_transform(sub: argparse._SubParsersAction) -> None:
         "--lut",
         help="a BIDS look-up table (TSV with columns index, name) naming the labels of an atlas given as --labels",
     )
-    p.add_argument("--out", required=True, help="the zarr store to write")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output(p, "the zarr store to write", overwrite="replace an existing store")
     add_parameters(p, "transform")
     add_where(p)
     _add_tables(p, transform=True)
@@ -447,12 +423,7 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report",
-        help="(re)write the HTML report of a fit folder",
-        description="Write DIR/report.html from the outputs of `daskparcel fit ... --out DIR`.",
-    )
+def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="a `daskparcel fit` output folder")
 
 
@@ -474,15 +445,10 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
-def _add_run(sub: argparse._SubParsersAction) -> None:
-    from daskparcel import jobs
-
-    p = sub.add_parser(
-        "run",
-        help="run a job file (inputs, parcellation, output, where): for cron, SLURM, Kubernetes",
-        description=(jobs.__doc__ or "").split("The job's folder")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = (
+        argparse.RawDescriptionHelpFormatter
+    )  # the description is the job file's layout
     p.add_argument("job", help="the job YAML file")
 
 
@@ -504,12 +470,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="the parcellation tour on data made offline (a synthetic MNI run), outputs written and shown",
-        description="Make a synthetic MNI run (or take yours), convert it, parcellate it, write the results.",
-    )
+def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs", nargs="*", help="optional: your own 4D NIfTI runs instead of synthetic data"
     )
@@ -540,12 +501,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from daskparcel.cli_stability import add_stability, run_stability
+    from daskparcel import cli_stability, jobs
 
-    _COMMANDS["stability"] = run_stability  # here, not by import: `python -m daskparcel.cli` too
-    for add in (_add_convert, _add_fit, _add_transform, _add_report, _add_run, _add_demo):
-        add(sub)
-    add_stability(sub)
+    _COMMANDS["stability"] = (
+        cli_stability.run_stability
+    )  # here, not by import: `python -m daskparcel.cli` too
+    # every subcommand: its name, one-line help, description and arguments
+    subcommands: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None]]] = [
+        (
+            "convert",
+            "convert NIfTI runs to a zarr store (one run, or a cohort of runs on one grid)",
+            "Write 4D NIfTI BOLD runs to a zarr v3 store, chunk by chunk (resumable).",
+            _add_convert,
+        ),
+        (
+            "fit",
+            "learn a parcellation and write labels, mask, parcel signals, fit.json and report.html",
+            "Fit daskparcel.Parcellations on runs and write its outputs to --out.",
+            _add_fit,
+        ),
+        (
+            "transform",
+            "mean signal of each parcel of runs, written to a zarr store",
+            "Parcel signals (time, parcel) of runs with a labels image (or a fit folder).",
+            _add_transform,
+        ),
+        (
+            "report",
+            "(re)write the HTML report of a fit folder",
+            "Write DIR/report.html from the outputs of `daskparcel fit ... --out DIR`.",
+            _add_report,
+        ),
+        (
+            "run",
+            "run a job file (inputs, parcellation, output, where): for cron, SLURM, Kubernetes",
+            (jobs.__doc__ or "").split("The job's folder")[0],
+            _add_run,
+        ),
+        (
+            "demo",
+            "the parcellation tour on data made offline (a synthetic MNI run), outputs written and shown",
+            "Make a synthetic MNI run (or take yours), convert it, parcellate it, write the results.",
+            _add_demo,
+        ),
+        ("stability", cli_stability.HELP, cli_stability.DESCRIPTION, cli_stability.add_stability),
+    ]
+    for name, help, description, add in subcommands:
+        add(sub.add_parser(name, help=help, description=description))
     return parser
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from daskparcel.cli import (
     EXIT_OK,
     add_inputs,
+    add_output,
     add_parameters,
     add_where,
     check_out,
@@ -20,9 +21,9 @@ from daskparcel.cli import (
     read_inputs,
     read_parameters,
     read_where,
-    saved_parameters,
 )
 from daskparcel.errors import InputError
+from daskparcel.outputs.record import saved_parameters
 
 
 def run_stability(args: argparse.Namespace) -> int:
@@ -79,22 +80,21 @@ def _num(value: Any) -> str:
     return "NaN" if value is None else f"{float(value):.3f}"
 
 
-def add_stability(sub: argparse._SubParsersAction) -> None:
-    """The ``stability`` subcommand's parser."""
-    p = sub.add_parser(
-        "stability",
-        help="reproducibility (ARI/AMI across bootstrap samples or split halves) and held-out accuracy vs K",
-        description=(
-            "Refit on bootstrap samples of subjects (or split halves of time for one subject), sharing one "
-            "signals store, and write the pairwise ARI / AMI and the held-out accuracy for each K: "
-            "stability.tsv, stability.json and stability.png in --out."
-        ),
-    )
+HELP = (
+    "reproducibility (ARI/AMI across bootstrap samples or split halves) and held-out accuracy vs K"
+)
+DESCRIPTION = (
+    "Refit on bootstrap samples of subjects (or split halves of time for one subject), sharing one signals "
+    "store, and write the pairwise ARI / AMI and the held-out accuracy for each K: stability.tsv, "
+    "stability.json and stability.png in --out."
+)
+
+
+def add_stability(p: argparse.ArgumentParser) -> None:
+    """The ``stability`` subcommand's arguments."""
     add_inputs(p)
-    p.add_argument("--out", "--output", dest="out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_output(p, "output folder", alias="--output")
     p.add_argument("--store", help="folder of the cached stores (a fit's --store is reused)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("stability")
     g.add_argument(
         "--n-parcels", dest="stability_n_parcels", nargs="+", type=int, required=True, metavar="K",

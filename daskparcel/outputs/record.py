@@ -286,3 +286,18 @@ def runtime_record(est: Any) -> dict[str, Any]:
     from daskparcel.runtime.workers import client_identity
 
     return {"client": client_identity(), "workers": list(getattr(est, "workers_", []))}
+
+
+def saved_parameters(fit_json: Path, fix: str = "or give --labels labels.nii.gz") -> dict[str, Any]:
+    """The ``parameters`` of a fit folder's fit.json; a one-line InputError (ending with ``fix``) when it
+    cannot be read."""
+    try:
+        doc = json.loads(fit_json.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"{fit_json}: not a readable fit.json ({exc}); re-run `daskparcel fit`, {fix}"
+        ) from exc
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    if not isinstance(params, dict):
+        raise InputError(f"{fit_json}: has no 'parameters' mapping; re-run `daskparcel fit`, {fix}")
+    return params
