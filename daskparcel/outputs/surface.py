@@ -213,9 +213,8 @@ class MeshFitSignals(NamedTuple):
     r2_map: np.ndarray  # per element
     homogeneity: float
     t0: float  # when the folder's outputs began
-    run_signals: list[
-        Any
-    ]  # each run's parcel signals, as transform gave them (their names and lengths)
+    #: each run's parcel signals, as transform gave them (their names and lengths)
+    run_signals: list[Any]
 
 
 def mesh_run_tables(
