@@ -73,7 +73,9 @@ METRICS: tuple[Metric, ...] = (
         "homogeneity",
         _float(3),
         "homogeneity",
-        "the size-weighted mean correlation between the voxels of a parcel (Schaefer et al. 2018)",
+        "the size-weighted mean correlation between the voxels of a parcel (Schaefer et al. 2018); on "
+        "z-scored signals it nearly equals the compression R\u00b2 when parcels are large (both grow with "
+        "each parcel's squared mean series); compare it between fits of one preprocessing",
     ),
     Metric(
         "stability.ari",
