@@ -160,11 +160,16 @@ def run_voxel_signals(
 
 
 def voxel_signals(bold: xr.DataArray, mask: np.ndarray) -> da.Array:
-    """The mask's voxels of a volume-chunked run: (voxel, time), chunks (all voxels, the run's time blocks)."""
+    """The mask's voxels of a volume-chunked run: (voxel, time), chunks (all voxels, the run's time blocks).
+
+    A (element, 1, 1, time) pseudo-grid of a mesh run may come in blocks of elements instead (a CIFTI run:
+    blocks of whole grayordinate series, :func:`daskparcel.ingest.cifti.open_cifti_run`); they stay blocks
+    of voxels."""
     data = bold.transpose("x", "y", "z", "t").data
     if not isinstance(data, da.Array):
         data = da.from_array(np.asarray(data), chunks=(-1, -1, -1, 16))
-    if any(len(c) != 1 for c in data.chunks[:3]):
+    pseudo_grid = data.shape[1:3] == (1, 1)
+    if any(len(c) != 1 for c in data.chunks[int(pseudo_grid) : 3]):
         raise InputError(
             "bold must be chunked in whole volumes; rechunk with .chunk(x=-1, y=-1, z=-1)"
         )
