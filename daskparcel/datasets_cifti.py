@@ -207,13 +207,17 @@ def _model(
     return axis, meshes, labels
 
 
+@functools.lru_cache(maxsize=4)
 def _subject_series(
     random_state: int, subject: int, n_parcels: int, n_volumes: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A subject's AR(1) course per planted parcel (parcel, time) and its drift (time)."""
+    """A subject's AR(1) course per planted parcel (parcel, time) and its drift (time) (kept for the next
+    blocks of the run: a lazy block computes them where it runs)."""
     rng = np.random.default_rng([random_state, subject, 1])
     courses = ar1(rng, (n_parcels, n_volumes))
     drift = rng.normal(0, 0.01) * np.linspace(-1, 1, n_volumes)
+    courses.setflags(write=False)
+    drift.setflags(write=False)
     return courses, drift
 
 
@@ -235,17 +239,19 @@ def _block(
     noise = np.sqrt(np.maximum(sigma**2 - amplitude**2, 1e-6))
     block = (
         baseline[:, None] * (1 + drift[None, :])
-        + amplitude[:, None] * courses[labels - 1]
+        + amplitude[:, None] * courses[np.asarray(labels, dtype=np.intp) - 1]
         + noise[:, None] * ar1(block_rng, (m, n_volumes))
     )
     return block.astype(np.float32)
 
 
 def _lazy_block(
-    random_state: int, subject: int, index: int, first: int, labels: np.ndarray, subject_series: Any
+    random_state: int, subject: int, index: int, labels: np.ndarray, n_parcels: int, n_volumes: int
 ) -> np.ndarray:
-    courses, drift = subject_series
-    return _block(random_state, subject, index, labels[first : first + BLOCK], courses, drift)
+    # no dependency (its labels are in the task, the subject's courses made here): distributed queues such
+    # root tasks, so runs are generated as fast as they are written, never far ahead of it
+    courses, drift = _subject_series(random_state, subject, n_parcels, n_volumes)
+    return _block(random_state, subject, index, labels, courses, drift)
 
 
 @dataclass(frozen=True)
@@ -318,18 +324,15 @@ def synthetic_cifti_cohort(
             runs.append(cifti_run(path, meshes))
         return SyntheticCiftiCohort(runs, meshes, labels)
     geometry = CiftiGeometry.from_axis(axis, meshes, float(t_r))
-    shared = dask.delayed(labels, pure=True)  # one key that every block of every run reads
     n = len(labels)
+    small = labels.astype(np.min_scalar_type(int(labels.max())))  # in every task: ~8 kB a block
     runs = []
     for s in range(n_subjects):
         token = dask.base.tokenize("synthetic-cifti", *args, s, int(n_volumes), float(t_r))
-        series = dask.delayed(_subject_series, pure=True)(
-            random_state, s, n_parcels, n_volumes, dask_key_name=f"synthetic-cifti-series-{token}"
-        )
         blocks = [
             da.from_delayed(
                 dask.delayed(_lazy_block, pure=True)(
-                    random_state, s, index, first, shared, series,
+                    random_state, s, index, small[first : first + BLOCK], n_parcels, n_volumes,
                     dask_key_name=f"synthetic-cifti-{token}-{index}",
                 ),
                 shape=(min(n, first + BLOCK) - first, n_volumes),

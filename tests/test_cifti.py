@@ -190,21 +190,40 @@ def _bytes_read() -> int:
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
 def test_signals_pass_reads_each_byte_of_a_dtseries_once(tmp_path: Path) -> None:
     """A dtseries stores each grayordinate's series contiguously: the signals pass reads it by grayordinate
-    blocks, so it reads the file once, whatever chunk_volumes (by blocks of 16 frames it read it 13 times)."""
+    blocks, so it reads the file once, whatever chunk_volumes (by blocks of 16 frames it read it 13 times),
+    and no task holds more than a block of grayordinates (never the whole run)."""
+    import dask
+    from dask.callbacks import Callback
+
     from daskparcel.ingest.resolve import prepare_runs
     from daskparcel.preprocessing.pipeline import write_signals
     from daskparcel.store.signals import CleanParams
 
     run = synthetic_cifti_run(tmp_path / "long.dtseries.nii", 200, subdivisions=4, n_parcels=12)
     size = run.path.stat().st_size
-    runs = prepare_runs(str(run.path), chunk_volumes=16)
-    mask = runs[0].geometry.grid_mask()
-    before = _bytes_read()
-    store = write_signals(runs, mask, np.eye(4), CleanParams(smoothing_fwhm=None), tmp_path / "s")
-    read = _bytes_read() - before
+    largest = [0]
+
+    def record(key: Any, result: Any, *args: Any) -> None:
+        largest[0] = max(largest[0], int(getattr(result, "nbytes", 0)))
+
+    with dask.config.set({"daskparcel.voxel-chunk": 1024}), Callback(posttask=record):
+        runs = prepare_runs(str(run.path), chunk_volumes=16)
+        mask = runs[0].geometry.grid_mask()
+        params = CleanParams(smoothing_fwhm=None, standardize="zscore_sample")
+        write_signals(
+            runs, mask, np.eye(4), params, tmp_path / "warm"
+        )  # modules imported on first use
+        before = _bytes_read()
+        store = write_signals(runs, mask, np.eye(4), params, tmp_path / "s")
+        read = _bytes_read() - before
     assert size > 3_000_000 and read < 1.3 * size, (read, size)
+    assert 0 < largest[0] <= 1024 * 200 * 8 < size, (
+        largest[0],
+        size,
+    )  # a block, in float64 at most
     expected = np.asarray(nib.load(run.path).dataobj).T
     np.testing.assert_array_equal(np.asarray(store.signals("smoothed")), expected)
+    assert store.zscore_on_read == "zscore_sample"
 
 
 def test_lazy_cohort_is_the_written_runs_generated_when_read(tmp_path: Path) -> None:

@@ -155,8 +155,24 @@ def run_voxel_signals(
         )
     if stored is not None:
         return stored
-    smoothed = smooth_bold(run.data["bold"], affine, smoothing_fwhm)
+    smoothed = run_bold(run, affine, smoothing_fwhm)
     return xr.DataArray(voxel_signals(smoothed, mask), dims=("voxel", "time"))
+
+
+def run_bold(run: RunInput, affine: np.ndarray, smoothing_fwhm: Any) -> xr.DataArray:
+    """A run's bold as the signals pass takes it: smoothed (:func:`smooth_bold`, in whole volumes) for volume
+    runs; a mesh run is never smoothed (refused before) and keeps its chunks (a CIFTI run's blocks of
+    grayordinates: :func:`smooth_bold` would merge them into one chunk of the whole run), cast to float32 and
+    cleared of NaN / inf as :func:`smooth_bold` does."""
+    if run.geometry is None:
+        return smooth_bold(run.data["bold"], affine, smoothing_fwhm)
+    bold = run.data["bold"].transpose("x", "y", "z", "t")
+    data = bold.data if isinstance(bold.data, da.Array) else da.from_array(np.asarray(bold.data))
+    out = da.map_blocks(
+        smooth_block, data, sigma=None, fast=False, dtype=np.float32,
+        meta=np.empty((0, 0, 0, 0), dtype=np.float32), token="mesh-bold",
+    )  # fmt: skip
+    return xr.DataArray(out, dims=bold.dims, attrs=dict(bold.attrs))
 
 
 def voxel_signals(bold: xr.DataArray, mask: np.ndarray) -> da.Array:
@@ -275,7 +291,7 @@ def write_signals(
                     )
                 )
                 continue
-            smoothed = smooth_bold(run.data["bold"], affine, params.smoothing_fwhm)
+            smoothed = run_bold(run, affine, params.smoothing_fwhm)
             source = voxel_signals(smoothed, mask).rechunk({0: voxel_chunk, 1: store_time})
             sources.append(source)
             smoothed_targets.append(target)
