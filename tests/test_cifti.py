@@ -91,6 +91,22 @@ def one_line(excinfo: pytest.ExceptionInfo[InputError]) -> str:
     return message
 
 
+def gifti_meshes(meshes: Any, folder: Path) -> dict[str, Path]:
+    """The meshes written as GIfTI ``surf.gii`` files: {"left": path, "right": path}."""
+    paths = {}
+    for part in ("left", "right"):
+        mesh = meshes.parts[part]
+        image = nib.gifti.GiftiImage()
+        for array, intent in (
+            (np.asarray(mesh.coordinates, np.float32), "NIFTI_INTENT_POINTSET"),
+            (np.asarray(mesh.faces, np.int32), "NIFTI_INTENT_TRIANGLE"),
+        ):
+            image.add_gifti_data_array(nib.gifti.GiftiDataArray(array, intent=intent))
+        paths[part] = folder / f"hemi-{part[0].upper()}_midthickness.surf.gii"
+        nib.save(image, paths[part])
+    return paths
+
+
 def truncated_copy(path: Path, folder: Path) -> Path:
     """The file with its data cut off after the header: reading any frame of it fails."""
     folder.mkdir(exist_ok=True)
@@ -510,6 +526,40 @@ def test_command_line_fit(
     assert spanning(labels.astype(int), structure_index(brain_model(data.path))) == []
 
 
+def test_command_line_fit_with_meshes(
+    data: SyntheticCifti, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``daskparcel fit run.dtseries.nii --meshes L.surf.gii R.surf.gii --method ward``: K parcels, each
+    connected on the grayordinates' graph and within one structure; --meshes without a dtseries, or with a
+    missing file, refused in one line before anything is written."""
+    from daskparcel.cli import main
+
+    paths = gifti_meshes(data.meshes, tmp_path)
+    meshes = [str(paths["left"]), str(paths["right"])]
+    out = tmp_path / "fit"
+    common = ["--method", "ward", "--n-parcels", "20", "--smoothing-fwhm", "0", "--quiet"]
+    code = main(
+        ["fit", str(data.path), "--meshes", *meshes, *common,
+         "--store", str(tmp_path / "store"), "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    labels = np.asarray(nib.load(out / "atlas-ward20_dseg.dlabel.nii").dataobj)[0].astype(int)
+    assert np.array_equal(np.unique(labels), np.arange(1, 21))
+    assert disconnected(labels, graph(brain_model(data.path), data.meshes)) == []
+    assert spanning(labels, structure_index(brain_model(data.path))) == []
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    missing = str(tmp_path / "none.surf.gii")
+    for inputs, flags, message in (
+        ([str(data.path)], ["--meshes", meshes[0], missing], "none.surf.gii is not a file"),
+        (["run.nii.gz"], ["--meshes", *meshes], "no .dtseries.nii input"),
+    ):
+        assert main(["fit", *inputs, *flags, *common, "--out", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert "--meshes" in err and message in err, err
+        assert not bad.exists()
+
+
 def test_trees_cached_per_mesh(data: SyntheticCifti, ward: Parcellations, store: Path) -> None:
     """The same file with other meshes (the vertices renumbered: another graph) in the same store: the ward
     tree of the first meshes is not reused, the parcels are connected on the second graph."""
@@ -539,17 +589,7 @@ def test_gifti_meshes_and_the_series_step(
     that filtering uses, as nilearn's ``signal.clean`` with t_r=2."""
     from nilearn.signal import clean
 
-    paths = {}
-    for part in ("left", "right"):
-        mesh = data.meshes.parts[part]
-        image = nib.gifti.GiftiImage()
-        for array, intent in (
-            (np.asarray(mesh.coordinates, np.float32), "NIFTI_INTENT_POINTSET"),
-            (np.asarray(mesh.faces, np.int32), "NIFTI_INTENT_TRIANGLE"),
-        ):
-            image.add_gifti_data_array(nib.gifti.GiftiDataArray(array, intent=intent))
-        paths[part] = tmp_path / f"hemi-{part[0].upper()}_midthickness.surf.gii"
-        nib.save(image, paths[part])
+    paths = gifti_meshes(data.meshes, tmp_path)
     rows, cols = cifti_run(data.path, meshes=paths).geometry.edges()
     expected = sp.triu(graph(brain_model(data.path), data.meshes), k=1).tocoo()
     assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == set(

@@ -39,6 +39,7 @@ __all__ = [
     "is_cifti_image",
     "is_cifti_path",
     "open_cifti_run",
+    "with_meshes",
 ]
 
 CIFTI_SUFFIX = ".dtseries.nii"
@@ -126,6 +127,25 @@ def cifti_run(path: str | os.PathLike[str], meshes: Any = None) -> CiftiRun:
     axis = img.header.get_axis(1)
     geometry = CiftiGeometry.from_axis(axis, meshes, _step(img) or 1.0)
     return CiftiRun(Path(path), geometry)
+
+
+def with_meshes(items: list[Any], meshes: list[str] | None, flag: str = "--meshes") -> list[Any]:
+    """The ``.dtseries.nii`` paths among ``items`` paired with ``meshes`` (left and right ``surf.gii``
+    paths) as :class:`CiftiRun` s (what ``daskparcel fit --meshes`` does); checked before any data is read."""
+    if not meshes:
+        return items
+    if not any(is_cifti_path(item) for item in items):
+        raise InputError(
+            f"{flag}: no .dtseries.nii input to pair them with; give CIFTI dense time series, or drop {flag}"
+        )
+    for path in meshes:
+        if not Path(path).is_file():
+            raise InputError(
+                f"{flag} {' '.join(map(str, meshes))}: {path} is not a file; give the left and right "
+                "surf.gii meshes"
+            )
+    pair = dict(zip(("left", "right"), meshes, strict=True))
+    return [cifti_run(item, meshes=pair) if is_cifti_path(item) else item for item in items]
 
 
 def _step(img: Any) -> float | None:
