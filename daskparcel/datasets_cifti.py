@@ -9,7 +9,8 @@ lattice), so each is one connected region of one structure. The signals are buil
 :mod:`daskparcel.datasets_surface` (baseline, drift, an AR(1) course per parcel and subject, AR(1) noise, a
 temporal SNR in 50-120); subjects share the planted parcellation, not their signals. Runs are written a block
 of grayordinates at a time, so one of fs_LR's size (``subdivisions=6, subcortical_radius=14``: ~92k
-grayordinates) x 1,200 frames needs tens of MB to write.
+grayordinates) x 1,200 frames needs tens of MB to write. :func:`synthetic_cifti_cohort` gives subjects as lazy
+runs instead (each block generated when it is read, the same values), for cohorts larger than the disk.
 """
 
 from __future__ import annotations
