@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> None:
             "wall_s": m.wall_s,
             "fit_s": m.result.get("fit_s"),
             **{f"{s}_s": steps.get(s) for s in ("signals", "reduction", "clustering")},
+            # the rest of the fit: resolving the runs, the geometry's checks, the client-side bookkeeping
+            "other_s": m.result["fit_s"]
+            - sum(steps.get(s, 0.0) for s in ("mask", "signals", "reduction", "clustering"))
+            if steps
+            else None,
             "peak_gib": m.peak_rss / GIB,
             "fit_peak_gib": m.phase_peaks.get("fit", 0) / GIB,
             "over_cap": m.over_cap,
@@ -203,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                 ("signals_s", "signals (s)", fmt(".0f")),
                 ("reduction_s", "reduction (s)", fmt(".0f")),
                 ("clustering_s", "clustering (s)", fmt(".1f")),
+                ("other_s", "other (s)", fmt(".0f")),
                 ("peak_gib", "peak RSS (GiB)", fmt(".2f")),
                 ("over_cap", "over cap", fmt("")),
                 ("k", "K", fmt("")),
