@@ -200,10 +200,14 @@ def add_inputs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--session", nargs="*", help="BIDS filter: session labels")
     g.add_argument("--task", nargs="*", help="BIDS filter: task labels")
     g.add_argument("--space", nargs="*", help="BIDS filter: space labels")
+    text = "CIFTI: the cortex's surf.gii meshes of the .dtseries.nii inputs (ward, complete, average, rena)"
+    p.add_argument("--meshes", nargs=2, metavar=("LEFT", "RIGHT"), help=text)
 
 
 def read_inputs(args: argparse.Namespace) -> list[Any]:
-    items: list[Any] = list(args.inputs)
+    from daskparcel.ingest.cifti import with_meshes
+
+    items: list[Any] = with_meshes(list(args.inputs), getattr(args, "meshes", None))
     confounds = list(args.confounds) if args.confounds else None
     if args.bids is not None:
         from daskparcel.ingest.bids import find_bids_runs

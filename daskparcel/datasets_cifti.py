@@ -9,11 +9,13 @@ lattice), so each is one connected region of one structure. The signals are buil
 :mod:`daskparcel.datasets_surface` (baseline, drift, an AR(1) course per parcel and subject, AR(1) noise, a
 temporal SNR in 50-120); subjects share the planted parcellation, not their signals. Runs are written a block
 of grayordinates at a time, so one of fs_LR's size (``subdivisions=6, subcortical_radius=14``: ~92k
-grayordinates) x 1,200 frames needs tens of MB to write.
+grayordinates) x 1,200 frames needs tens of MB to write. :func:`synthetic_cifti_cohort` gives subjects as lazy
+runs instead (each block generated when it is read, the same values), for cohorts larger than the disk.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,13 @@ import numpy as np
 from daskparcel.datasets import ar1
 from daskparcel.errors import InputError
 
-__all__ = ["SyntheticCifti", "cifti_brain_model", "synthetic_cifti_run"]
+__all__ = [
+    "SyntheticCifti",
+    "SyntheticCiftiCohort",
+    "cifti_brain_model",
+    "synthetic_cifti_cohort",
+    "synthetic_cifti_run",
+]
 
 SUBCORTICAL = ("CIFTI_STRUCTURE_THALAMUS_LEFT", "CIFTI_STRUCTURE_THALAMUS_RIGHT")
 VOXEL_MM = 2.0
@@ -161,19 +169,13 @@ def synthetic_cifti_run(
     import nibabel as nib
     from nibabel import cifti2
 
-    from daskparcel.geometry.cifti import CiftiGeometry
-
     if n_volumes < 2:
         raise InputError(f"n_volumes={n_volumes}: a run needs at least 2 time points")
     if not str(path).endswith(".dtseries.nii"):
         raise InputError(f"path: {path} is not a .dtseries.nii name; give one")
-    axis, meshes = cifti_brain_model(subdivisions, radius=subcortical_radius)
-    geometry = CiftiGeometry.from_axis(axis, meshes)
-    labels = _planted(geometry, n_parcels, random_state)
+    axis, meshes, labels = _model(n_parcels, random_state, subdivisions, float(subcortical_radius))
     n = len(labels)
-    rng = np.random.default_rng([random_state, subject, 1])
-    courses = ar1(rng, (n_parcels, n_volumes))
-    drift = rng.normal(0, 0.01) * np.linspace(-1, 1, n_volumes)
+    courses, drift = _subject_series(random_state, subject, n_parcels, n_volumes)
     # the header and a placeholder (no memory: a broadcast zero), then each block of grayordinates' series in
     # place: a dtseries stores each grayordinate's series contiguously (Fortran order of (time, grayordinate))
     series = cifti2.SeriesAxis(start=0.0, step=float(t_r), size=n_volumes, unit="second")
@@ -184,18 +186,163 @@ def synthetic_cifti_run(
     dtype, offset = np.dtype(proxy.dtype), int(proxy.offset)
     with open(path, "r+b") as handle:
         for index, first in enumerate(range(0, n, BLOCK)):
-            ids = slice(first, min(n, first + BLOCK))
-            block_rng = np.random.default_rng([random_state, subject, 2, index])
-            m = ids.stop - ids.start
-            baseline = block_rng.uniform(600, 1200, size=m)
-            sigma = baseline / block_rng.uniform(50, 120, size=m)
-            amplitude = sigma * block_rng.uniform(0.6, 0.9, size=m)
-            noise = np.sqrt(np.maximum(sigma**2 - amplitude**2, 1e-6))
-            block = (
-                baseline[:, None] * (1 + drift[None, :])
-                + amplitude[:, None] * courses[labels[ids] - 1]
-                + noise[:, None] * ar1(block_rng, (m, n_volumes))
+            block = _block(
+                random_state, subject, index, labels[first : first + BLOCK], courses, drift
             )
             handle.seek(offset + first * n_volumes * dtype.itemsize)
             handle.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
     return SyntheticCifti(Path(path), meshes, labels)
+
+
+@functools.lru_cache(maxsize=4)
+def _model(
+    n_parcels: int, random_state: int, subdivisions: int, subcortical_radius: float
+) -> tuple[Any, Any, np.ndarray]:
+    """The brain model, its meshes and the planted labels (1..K) of its grayordinates (one per process:
+    ~7 s at fs_LR size)."""
+    from daskparcel.geometry.cifti import CiftiGeometry
+
+    axis, meshes = cifti_brain_model(subdivisions, radius=subcortical_radius)
+    labels = _planted(CiftiGeometry.from_axis(axis, meshes), n_parcels, random_state)
+    labels.setflags(write=False)
+    return axis, meshes, labels
+
+
+@functools.lru_cache(maxsize=4)
+def _subject_series(
+    random_state: int, subject: int, n_parcels: int, n_volumes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A subject's AR(1) course per planted parcel (parcel, time) and its drift (time) (kept for the next
+    blocks of the run: a lazy block computes them where it runs)."""
+    rng = np.random.default_rng([random_state, subject, 1])
+    courses = ar1(rng, (n_parcels, n_volumes))
+    drift = rng.normal(0, 0.01) * np.linspace(-1, 1, n_volumes)
+    courses.setflags(write=False)
+    drift.setflags(write=False)
+    return courses, drift
+
+
+def _block(
+    random_state: int,
+    subject: int,
+    index: int,
+    labels: np.ndarray,
+    courses: np.ndarray,
+    drift: np.ndarray,
+) -> np.ndarray:
+    """The series (grayordinate, time) float32 of block ``index`` of a run (its grayordinates' ``labels``):
+    the same values whether the run is written (:func:`synthetic_cifti_run`) or lazy."""
+    block_rng = np.random.default_rng([random_state, subject, 2, index])
+    m, n_volumes = len(labels), courses.shape[1]
+    baseline = block_rng.uniform(600, 1200, size=m)
+    sigma = baseline / block_rng.uniform(50, 120, size=m)
+    amplitude = sigma * block_rng.uniform(0.6, 0.9, size=m)
+    noise = np.sqrt(np.maximum(sigma**2 - amplitude**2, 1e-6))
+    block = (
+        baseline[:, None] * (1 + drift[None, :])
+        + amplitude[:, None] * courses[np.asarray(labels, dtype=np.intp) - 1]
+        + noise[:, None] * ar1(block_rng, (m, n_volumes))
+    )
+    return block.astype(np.float32)
+
+
+def _lazy_block(
+    random_state: int, subject: int, index: int, labels: np.ndarray, n_parcels: int, n_volumes: int
+) -> np.ndarray:
+    # no dependency (its labels are in the task, the subject's courses made here): distributed queues such
+    # root tasks, so runs are generated as fast as they are written, never far ahead of it
+    courses, drift = _subject_series(random_state, subject, n_parcels, n_volumes)
+    return _block(random_state, subject, index, labels, courses, drift)
+
+
+@dataclass(frozen=True)
+class SyntheticCiftiCohort:
+    """Synthetic CIFTI runs that share a planted parcellation: ``runs`` (pass them as ``imgs``), the cortex's
+    ``meshes`` and the planted ``labels`` (1..K) of the grayordinates in file order."""
+
+    runs: list[Any]
+    meshes: Any
+    labels: np.ndarray
+
+
+def synthetic_cifti_cohort(
+    n_subjects: int,
+    n_volumes: int = 60,
+    *,
+    n_parcels: int = 30,
+    random_state: int = 0,
+    subdivisions: int = 3,
+    subcortical_radius: float = 2.6,
+    t_r: float = 2.0,
+    folder: str | os.PathLike[str] | None = None,
+) -> SyntheticCiftiCohort:
+    """``n_subjects`` synthetic CIFTI runs on one brain model with one planted parcellation: lazy (generated
+    while they are read, no file) or written as ``.dtseries.nii`` files.
+
+    A lazy run is a :class:`daskparcel.ingest.cifti.CiftiArrayRun`: a dask array of blocks of
+    ``BLOCK`` grayordinates over the whole run, each generated when it is read, with the values
+    :func:`synthetic_cifti_run` writes for the same arguments (so a cohort of fs_LR size, 40 x 1,200 frames,
+    17 GB of float32, needs no disk), and an identity made of the arguments (the same arguments share a
+    signals store).
+
+    Parameters
+    ----------
+    n_subjects : int
+        Runs (one per subject: ``subject=0, 1, ...`` of :func:`synthetic_cifti_run`).
+    n_volumes, n_parcels, random_state, subdivisions, subcortical_radius, t_r
+        As :func:`synthetic_cifti_run`.
+    folder : path, optional
+        Write the runs there as ``sub-XX_task-rest_bold.dtseries.nii`` (kept if already written) and give
+        :class:`~daskparcel.ingest.cifti.CiftiRun` s with the meshes; None (default): lazy runs.
+
+    Returns
+    -------
+    SyntheticCiftiCohort
+        The runs, the meshes and the planted labels.
+    """
+    import dask
+    import dask.array as da
+
+    from daskparcel.geometry.cifti import CiftiGeometry
+    from daskparcel.ingest.cifti import CiftiArrayRun, cifti_run
+
+    if n_subjects < 1:
+        raise InputError(f"n_subjects={n_subjects}: must be >= 1")
+    if n_volumes < 2:
+        raise InputError(f"n_volumes={n_volumes}: a run needs at least 2 time points")
+    args = (int(n_parcels), int(random_state), int(subdivisions), float(subcortical_radius))
+    axis, meshes, labels = _model(*args)
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        runs: list[Any] = []
+        for s in range(n_subjects):
+            path = Path(folder) / f"sub-{s + 1:02d}_task-rest_bold.dtseries.nii"
+            if not path.exists():
+                synthetic_cifti_run(
+                    path, n_volumes, n_parcels=n_parcels, subject=s, random_state=random_state,
+                    subdivisions=subdivisions, subcortical_radius=subcortical_radius, t_r=t_r,
+                )  # fmt: skip
+            runs.append(cifti_run(path, meshes))
+        return SyntheticCiftiCohort(runs, meshes, labels)
+    geometry = CiftiGeometry.from_axis(axis, meshes, float(t_r))
+    n = len(labels)
+    small = labels.astype(np.min_scalar_type(int(labels.max())))  # in every task: ~8 kB a block
+    runs = []
+    for s in range(n_subjects):
+        token = dask.base.tokenize("synthetic-cifti", *args, s, int(n_volumes), float(t_r))
+        blocks = [
+            da.from_delayed(
+                dask.delayed(_lazy_block, pure=True)(
+                    random_state, s, index, small[first : first + BLOCK], n_parcels, n_volumes,
+                    dask_key_name=f"synthetic-cifti-{token}-{index}",
+                ),
+                shape=(min(n, first + BLOCK) - first, n_volumes),
+                dtype=np.float32,
+                meta=np.empty((0, 0), np.float32),
+            )
+            for index, first in enumerate(range(0, n, BLOCK))
+        ]  # fmt: skip
+        data = da.concatenate(blocks, axis=0)
+        name = f"sub-{s + 1:02d}_task-rest_bold"
+        runs.append(CiftiArrayRun(data, geometry, f"synthetic-cifti:{token}", name, float(t_r)))
+    return SyntheticCiftiCohort(runs, meshes, labels)

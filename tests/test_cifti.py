@@ -91,6 +91,22 @@ def one_line(excinfo: pytest.ExceptionInfo[InputError]) -> str:
     return message
 
 
+def gifti_meshes(meshes: Any, folder: Path) -> dict[str, Path]:
+    """The meshes written as GIfTI ``surf.gii`` files: {"left": path, "right": path}."""
+    paths = {}
+    for part in ("left", "right"):
+        mesh = meshes.parts[part]
+        image = nib.gifti.GiftiImage()
+        for array, intent in (
+            (np.asarray(mesh.coordinates, np.float32), "NIFTI_INTENT_POINTSET"),
+            (np.asarray(mesh.faces, np.int32), "NIFTI_INTENT_TRIANGLE"),
+        ):
+            image.add_gifti_data_array(nib.gifti.GiftiDataArray(array, intent=intent))
+        paths[part] = folder / f"hemi-{part[0].upper()}_midthickness.surf.gii"
+        nib.save(image, paths[part])
+    return paths
+
+
 def truncated_copy(path: Path, folder: Path) -> Path:
     """The file with its data cut off after the header: reading any frame of it fails."""
     folder.mkdir(exist_ok=True)
@@ -149,28 +165,151 @@ def test_synthetic_dtseries(data: SyntheticCifti) -> None:
     assert frames.dtype == np.float32 and np.all(np.isfinite(frames))
 
 
-def test_frames_are_read_lazily_in_blocks(data: SyntheticCifti) -> None:
-    """The run's bold is (grayordinate, 1, 1, time) in blocks of frames; its graph holds no data (only the
-    path), and a block is the file's frames a:b."""
+def test_grayordinates_are_read_lazily_in_blocks(data: SyntheticCifti) -> None:
+    """The run's bold is (grayordinate, 1, 1, time) in blocks of whole grayordinate series (voxel-chunk of
+    them); its graph holds no data (only the path), and a block is the file's grayordinates a:b."""
+    import dask
+
     from daskparcel.ingest.cifti import open_cifti_run
 
-    run = open_cifti_run(data.path, 0, chunk_volumes=16)
+    with dask.config.set({"daskparcel.voxel-chunk": 500}):
+        run = open_cifti_run(data.path, 0)
     bold = run.data["bold"].data
     n = len(brain_model(data.path))
     assert bold.shape == (n, 1, 1, N_TIME) and bold.dtype == np.float32
-    assert bold.chunks == ((n,), (1,), (1,), (16, 16, 16, 12))
+    assert bold.chunks == ((500, 500, n - 1000), (1,), (1,), (N_TIME,))
     assert len(pickle.dumps(dict(bold.__dask_graph__()))) < n * N_TIME * 4 / 10
     reference = np.asarray(nib.load(data.path).dataobj, dtype=np.float32)
-    np.testing.assert_array_equal(bold.blocks[0, 0, 0, 2].compute()[:, 0, 0, :], reference[32:48].T)
-    # the array-like itself: frames read in runs of grayordinates (shorter than the file here, the last one
-    # partial), with a step, and any other selection (through nibabel's proxy)
+    np.testing.assert_array_equal(
+        bold.blocks[1, 0, 0, 0].compute()[:, 0, 0, :], reference[:, 500:1000].T
+    )
+    # the array-like itself: read in runs of grayordinates (shorter than the selection here, the last one
+    # partial), frames with a step, and any other selection (through nibabel's proxy)
     from daskparcel.ingest.cifti import CiftiFrames
 
     frames = CiftiFrames(data.path, nib.load(data.path))
-    frames.GRAYORDINATES_PER_READ = 500
+    frames.GRAYORDINATES_PER_READ = 300
     np.testing.assert_array_equal(frames[:, :, :, 5:50:3][:, 0, 0], reference[5:50:3].T)
     np.testing.assert_array_equal(frames[10:20, :, :, 3:7][:, 0, 0], reference[3:7, 10:20].T)
+    np.testing.assert_array_equal(frames[250:1100][:, 0, 0], reference[:, 250:1100].T)
     assert run.t_r == 2.0 and run.geometry.n_elements == n
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read(2) so far (page cache included)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
+def test_signals_pass_reads_each_byte_of_a_dtseries_once(tmp_path: Path) -> None:
+    """A dtseries stores each grayordinate's series contiguously: the signals pass reads it by grayordinate
+    blocks, so it reads the file once, whatever chunk_volumes (by blocks of 16 frames it read it 13 times),
+    and no task holds more than a block of grayordinates (never the whole run)."""
+    import dask
+    from dask.callbacks import Callback
+
+    from daskparcel.ingest.resolve import prepare_runs
+    from daskparcel.preprocessing.pipeline import write_signals
+    from daskparcel.store.signals import CleanParams
+
+    run = synthetic_cifti_run(tmp_path / "long.dtseries.nii", 200, subdivisions=4, n_parcels=12)
+    size = run.path.stat().st_size
+    largest = [0]
+
+    def record(key: Any, result: Any, *args: Any) -> None:
+        largest[0] = max(largest[0], int(getattr(result, "nbytes", 0)))
+
+    with dask.config.set({"daskparcel.voxel-chunk": 1024}), Callback(posttask=record):
+        runs = prepare_runs(str(run.path), chunk_volumes=16)
+        mask = runs[0].geometry.grid_mask()
+        params = CleanParams(smoothing_fwhm=None, standardize="zscore_sample")
+        write_signals(
+            runs, mask, np.eye(4), params, tmp_path / "warm"
+        )  # modules imported on first use
+        before = _bytes_read()
+        store = write_signals(runs, mask, np.eye(4), params, tmp_path / "s")
+        read = _bytes_read() - before
+    assert size > 3_000_000 and read < 1.3 * size, (read, size)
+    assert 0 < largest[0] <= 1024 * 200 * 8 < size, (
+        largest[0],
+        size,
+    )  # a block, in float64 at most
+    expected = np.asarray(nib.load(run.path).dataobj).T
+    np.testing.assert_array_equal(np.asarray(store.signals("smoothed")), expected)
+    assert store.zscore_on_read == "zscore_sample"
+
+
+def test_lazy_cohort_is_the_written_runs_generated_when_read(tmp_path: Path) -> None:
+    """Lazy synthetic runs have the values of the files written with the same arguments (one planted
+    parcellation, other signals per subject); resolving and building a fit's signals graph generates nothing;
+    their identity is their arguments."""
+    from daskparcel.datasets_cifti import synthetic_cifti_cohort
+    from daskparcel.ingest.cifti import CiftiArrayRun, CiftiRun
+    from daskparcel.ingest.resolve import prepare_runs
+    from daskparcel.preprocessing.pipeline import voxel_signals
+    from daskparcel.testing import raise_if_dask_computes
+
+    lazy = synthetic_cifti_cohort(2, 40, n_parcels=12, random_state=3)
+    files = synthetic_cifti_cohort(2, 40, n_parcels=12, random_state=3, folder=tmp_path)
+    assert all(isinstance(r, CiftiArrayRun) for r in lazy.runs)
+    assert all(isinstance(r, CiftiRun) for r in files.runs)
+    assert np.array_equal(lazy.labels, files.labels)
+    with raise_if_dask_computes():
+        runs = prepare_runs(lazy.runs)
+        mask = runs[0].geometry.grid_mask()
+        graphs = [voxel_signals(r.data["bold"], mask) for r in runs]
+    for graph_, path in zip(graphs, sorted(tmp_path.glob("*.dtseries.nii")), strict=True):
+        written = np.asarray(nib.load(path).dataobj)
+        np.testing.assert_array_equal(graph_.compute(), written.T)
+    first, second = (
+        np.asarray(nib.load(p).dataobj) for p in sorted(tmp_path.glob("*.dtseries.nii"))
+    )
+    assert not np.allclose(first, second)
+    again = synthetic_cifti_cohort(2, 40, n_parcels=12, random_state=3)
+    assert [r.identity for r in again.runs] == [r.identity for r in lazy.runs]
+    assert len({r.identity for r in lazy.runs}) == 2
+    assert runs[0].geometry.same_mesh(cifti_run(files.runs[0].path, files.meshes).geometry)
+
+
+def test_lazy_cohort_fits_as_its_files(tmp_path: Path) -> None:
+    """Ward on the lazy runs gives the labels of ward on the written files (meshes included)."""
+    from daskparcel.datasets_cifti import synthetic_cifti_cohort
+
+    lazy = synthetic_cifti_cohort(2, 40, n_parcels=12, random_state=3)
+    files = synthetic_cifti_cohort(2, 40, n_parcels=12, random_state=3, folder=tmp_path / "f")
+    fits = [
+        Parcellations(method="ward", n_parcels=12, smoothing_fwhm=None, store=tmp_path / "s").fit(
+            cohort.runs
+        )
+        for cohort in (lazy, files)
+    ]
+    np.testing.assert_array_equal(fits[0].labels_.values, fits[1].labels_.values)
+    assert adjusted_rand_score(lazy.labels, fits[0].labels_.values) > 0.9
+
+
+def test_brain_model_split_once_per_geometry(data: SyntheticCifti) -> None:
+    """Splitting a brain model into structures is slow in nibabel (~0.4 s at fs_LR size) and every run's is
+    compared with the first's: a geometry splits it once (40 lazy fs_LR runs took ~30 s to resolve)."""
+    geometry = cifti_run(data.path, meshes=data.meshes).geometry
+    assert geometry.structures is geometry.structures
+    names = [name for name, _, _ in geometry.structures]
+    assert names == list(dict.fromkeys(brain_model(data.path).name))
+    other = cifti_run(data.path).geometry
+    assert geometry.same_mesh(other) and other.token() == geometry.token()
+
+
+def test_lazy_run_refused_when_its_array_is_not_on_its_brain_model() -> None:
+    from daskparcel.datasets_cifti import synthetic_cifti_cohort
+    from daskparcel.ingest.cifti import CiftiArrayRun
+
+    run = synthetic_cifti_cohort(1, 10, n_parcels=12).runs[0]
+    bad = CiftiArrayRun(run.data[:-1], run.geometry, "x", "bad")
+    with pytest.raises(InputError, match=r"bad: data of shape .* on its brain model") as excinfo:
+        Parcellations(method="kmeans", n_parcels=4, smoothing_fwhm=None).fit(bad)
+    one_line(excinfo)
 
 
 def test_ward_and_kmeans_round_trip(
@@ -398,6 +537,40 @@ def test_command_line_fit(
     assert spanning(labels.astype(int), structure_index(brain_model(data.path))) == []
 
 
+def test_command_line_fit_with_meshes(
+    data: SyntheticCifti, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``daskparcel fit run.dtseries.nii --meshes L.surf.gii R.surf.gii --method ward``: K parcels, each
+    connected on the grayordinates' graph and within one structure; --meshes without a dtseries, or with a
+    missing file, refused in one line before anything is written."""
+    from daskparcel.cli import main
+
+    paths = gifti_meshes(data.meshes, tmp_path)
+    meshes = [str(paths["left"]), str(paths["right"])]
+    out = tmp_path / "fit"
+    common = ["--method", "ward", "--n-parcels", "20", "--smoothing-fwhm", "0", "--quiet"]
+    code = main(
+        ["fit", str(data.path), "--meshes", *meshes, *common,
+         "--store", str(tmp_path / "store"), "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    labels = np.asarray(nib.load(out / "atlas-ward20_dseg.dlabel.nii").dataobj)[0].astype(int)
+    assert np.array_equal(np.unique(labels), np.arange(1, 21))
+    assert disconnected(labels, graph(brain_model(data.path), data.meshes)) == []
+    assert spanning(labels, structure_index(brain_model(data.path))) == []
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    missing = str(tmp_path / "none.surf.gii")
+    for inputs, flags, message in (
+        ([str(data.path)], ["--meshes", meshes[0], missing], "none.surf.gii is not a file"),
+        (["run.nii.gz"], ["--meshes", *meshes], "no .dtseries.nii input"),
+    ):
+        assert main(["fit", *inputs, *flags, *common, "--out", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert "--meshes" in err and message in err, err
+        assert not bad.exists()
+
+
 def test_trees_cached_per_mesh(data: SyntheticCifti, ward: Parcellations, store: Path) -> None:
     """The same file with other meshes (the vertices renumbered: another graph) in the same store: the ward
     tree of the first meshes is not reused, the parcels are connected on the second graph."""
@@ -427,17 +600,7 @@ def test_gifti_meshes_and_the_series_step(
     that filtering uses, as nilearn's ``signal.clean`` with t_r=2."""
     from nilearn.signal import clean
 
-    paths = {}
-    for part in ("left", "right"):
-        mesh = data.meshes.parts[part]
-        image = nib.gifti.GiftiImage()
-        for array, intent in (
-            (np.asarray(mesh.coordinates, np.float32), "NIFTI_INTENT_POINTSET"),
-            (np.asarray(mesh.faces, np.int32), "NIFTI_INTENT_TRIANGLE"),
-        ):
-            image.add_gifti_data_array(nib.gifti.GiftiDataArray(array, intent=intent))
-        paths[part] = tmp_path / f"hemi-{part[0].upper()}_midthickness.surf.gii"
-        nib.save(image, paths[part])
+    paths = gifti_meshes(data.meshes, tmp_path)
     rows, cols = cifti_run(data.path, meshes=paths).geometry.edges()
     expected = sp.triu(graph(brain_model(data.path), data.meshes), k=1).tocoo()
     assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == set(

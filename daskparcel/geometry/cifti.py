@@ -19,6 +19,7 @@ look-up table as its label axis), ``dscalar`` / ``dtseries`` for values.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -110,9 +111,10 @@ class CiftiGeometry:
                 found.append((structure, coords, faces))
         return cls(axis, tuple(found), float(t_r))
 
-    @property
+    @functools.cached_property
     def structures(self) -> list[tuple[str, slice, Any]]:
-        """``(name, slice of its elements, its BrainModelAxis)`` of each structure, in file order."""
+        """``(name, slice of its elements, its BrainModelAxis)`` of each structure, in file order (kept: nibabel
+        takes ~0.4 s to split an fs_LR brain model, and every run's brain model is compared with the first's)."""
         return [
             (name, slice(int(span.start), int(span.start) + len(sub)), sub)
             for name, span, sub in self.axis.iter_structures()
@@ -149,6 +151,10 @@ class CiftiGeometry:
     def token(self) -> str:
         """A hash of the brain model (structures, vertex indices and counts, voxels, volume grid): runs with the
         same token have the same grayordinates in the same order."""
+        return self._token
+
+    @functools.cached_property
+    def _token(self) -> str:
         digest = hashlib.sha256()
         for name, _, sub in self.structures:
             digest.update(name.encode())
@@ -173,6 +179,8 @@ class CiftiGeometry:
     def same_mesh(self, other: Any) -> bool:
         """Whether ``other`` is a CIFTI geometry on the same brain model (and, where both have a mesh for a
         structure, the same faces)."""
+        if other is self:
+            return True
         if not isinstance(other, CiftiGeometry) or other.token() != self.token():
             return False
         for name, _, faces in self.meshes:

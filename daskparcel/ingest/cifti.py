@@ -3,9 +3,16 @@
 A ``.dtseries.nii`` path in ``imgs`` (or a ``Cifti2Image`` loaded from one) is a run without meshes (kmeans and hierarchical kmeans only);
 :func:`cifti_run` pairs a path with the cortex's meshes (what ward, complete, average and rena need). Only the
 header is read when the runs are resolved: the brain model, the series' step, and the meshes' vertex counts are
-checked before any data. The data are a dask array whose blocks read frames ``a:b`` of the file (the whole
-file is never in memory; :class:`CiftiFrames` says how they are read), laid out as the surface runs are: a (grayordinate, 1, 1, time) pseudo-grid
-(:mod:`daskparcel.geometry.cifti`). A run's identity is its file's sha256 (the meshes do not change its signals).
+checked before any data. The data are a dask array whose blocks read the whole series of a block of
+grayordinates (``daskparcel.voxel-chunk`` of them: the signals store's voxel blocks), laid out as the surface
+runs are: a (grayordinate, 1, 1, time) pseudo-grid (:mod:`daskparcel.geometry.cifti`). A dtseries stores each
+grayordinate's series contiguously, so each block is one sequential read and the signals pass reads every byte
+of the file once (blocks of frames would each read the whole file: :class:`CiftiFrames`). A run's identity is
+its file's sha256 (the meshes do not change its signals).
+
+Grayordinate data that are not a file (e.g. lazy synthetic runs,
+:func:`daskparcel.datasets_cifti.synthetic_cifti_cohort`) come as a :class:`CiftiArrayRun`: a dask array with
+its brain model and an identity.
 """
 
 from __future__ import annotations
@@ -24,7 +31,16 @@ from daskparcel.errors import InputError
 from daskparcel.geometry.cifti import CiftiGeometry
 from daskparcel.store.signals import RunInput
 
-__all__ = ["CiftiRun", "cifti_run", "is_cifti", "is_cifti_image", "is_cifti_path", "open_cifti_run"]
+__all__ = [
+    "CiftiArrayRun",
+    "CiftiRun",
+    "cifti_run",
+    "is_cifti",
+    "is_cifti_image",
+    "is_cifti_path",
+    "open_cifti_run",
+    "with_meshes",
+]
 
 CIFTI_SUFFIX = ".dtseries.nii"
 
@@ -40,8 +56,9 @@ def is_cifti_image(item: Any) -> bool:
 
 
 def is_cifti(item: Any) -> bool:
-    """Whether ``item`` is a CIFTI run: a :class:`CiftiRun`, a ``.dtseries.nii`` path or a ``Cifti2Image``."""
-    return isinstance(item, CiftiRun) or is_cifti_path(item) or is_cifti_image(item)
+    """Whether ``item`` is a CIFTI run: a :class:`CiftiRun` or :class:`CiftiArrayRun`, a ``.dtseries.nii``
+    path or a ``Cifti2Image``."""
+    return isinstance(item, CiftiRun | CiftiArrayRun) or is_cifti_path(item) or is_cifti_image(item)
 
 
 def load_cifti_header(path: str | os.PathLike[str], name: str = "imgs") -> Any:
@@ -75,6 +92,20 @@ class CiftiRun:
     geometry: CiftiGeometry
 
 
+@dataclass(frozen=True, eq=False)
+class CiftiArrayRun:
+    """Grayordinate data that are not a file: a lazy ``data`` array (grayordinate, time) on the brain model of
+    ``geometry``, with an ``identity`` (what the data are: it keys the signals store, so the same data must
+    give the same identity), a ``name`` and the repetition time ``t_r`` (s). Pass it as a run, as a
+    :class:`CiftiRun`; nothing is read until the signals pass reads its blocks."""
+
+    data: da.Array
+    geometry: CiftiGeometry
+    identity: str
+    name: str
+    t_r: float | None = None
+
+
 def cifti_run(path: str | os.PathLike[str], meshes: Any = None) -> CiftiRun:
     """A CIFTI-2 dense time series with the meshes of its cortical structures.
 
@@ -98,6 +129,25 @@ def cifti_run(path: str | os.PathLike[str], meshes: Any = None) -> CiftiRun:
     return CiftiRun(Path(path), geometry)
 
 
+def with_meshes(items: list[Any], meshes: list[str] | None, flag: str = "--meshes") -> list[Any]:
+    """The ``.dtseries.nii`` paths among ``items`` paired with ``meshes`` (left and right ``surf.gii``
+    paths) as :class:`CiftiRun` s (what ``daskparcel fit --meshes`` does); checked before any data is read."""
+    if not meshes:
+        return items
+    if not any(is_cifti_path(item) for item in items):
+        raise InputError(
+            f"{flag}: no .dtseries.nii input to pair them with; give CIFTI dense time series, or drop {flag}"
+        )
+    for path in meshes:
+        if not Path(path).is_file():
+            raise InputError(
+                f"{flag} {' '.join(map(str, meshes))}: {path} is not a file; give the left and right "
+                "surf.gii meshes"
+            )
+    pair = dict(zip(("left", "right"), meshes, strict=True))
+    return [cifti_run(item, meshes=pair) if is_cifti_path(item) else item for item in items]
+
+
 def _step(img: Any) -> float | None:
     """The repetition time (s) of a dense time series: its series' step when the unit is seconds, else None."""
     series = img.header.get_axis(0)
@@ -117,14 +167,16 @@ def _proxy(path: str, mtime_ns: int) -> Any:
 
 
 class CiftiFrames:
-    """An array-like (grayordinate, 1, 1, time) over a dense time series, read by frames on demand (what
+    """An array-like (grayordinate, 1, 1, time) over a dense time series, read on demand (what
     ``da.from_array`` wraps); only the path and the shape are pickled into the graph.
 
     A dtseries stores each grayordinate's series contiguously (nibabel's proxy is Fortran-ordered (time,
-    grayordinate)), so frames ``a:b`` are one short segment per grayordinate. They are read by runs of
-    ``GRAYORDINATES_PER_READ`` grayordinates (one sequential read of their whole series, ~16 MB for 1,000
-    frames, of which frames ``a:b`` are kept), 2-3x faster than nibabel's proxy, which seeks once per
-    grayordinate; scaled or otherwise laid-out files are read through the proxy.
+    grayordinate)): grayordinates ``a:b`` over all frames are one contiguous range of the file (how
+    :func:`open_cifti_run` chunks a run), while frames ``a:b`` of every grayordinate are one short segment
+    per grayordinate spread over the whole file. Either is read by runs of ``GRAYORDINATES_PER_READ``
+    grayordinates (one sequential read of their whole series, ~16 MB for 1,000 frames, of which the asked
+    frames are kept), 2-3x faster than nibabel's proxy, which seeks once per grayordinate; scaled or
+    otherwise laid-out files, and other selections, are read through the proxy.
     """
 
     GRAYORDINATES_PER_READ = 4096
@@ -148,9 +200,14 @@ class CiftiFrames:
         parts: list[Any] = list(key) if isinstance(key, tuple) else [key]
         elements, y, z, frames = parts + [slice(None)] * (4 - len(parts))
         try:
-            if self.raw is not None and elements == slice(None) and isinstance(frames, slice):
-                start, stop, step = frames.indices(self.shape[3])
-                out = self._read_frames(start, stop, step)
+            if (
+                self.raw is not None
+                and isinstance(elements, slice)
+                and elements.step in (None, 1)
+                and isinstance(frames, slice)
+            ):
+                first, last, _ = elements.indices(self.shape[0])
+                out = self._read_frames(frames.indices(self.shape[3]), first, max(first, last))
             else:
                 proxy = _proxy(self.path, self.mtime_ns)
                 out = np.asarray(proxy[frames, elements], dtype=np.float32).T
@@ -163,39 +220,47 @@ class CiftiFrames:
             ) from exc
         return out[:, None, None, :][:, y, z, :]
 
-    def _read_frames(self, start: int, stop: int, step: int) -> np.ndarray:
-        """Frames ``start:stop:step`` of every grayordinate, (grayordinate, frame) float32."""
+    def _read_frames(self, frames: tuple[int, int, int], begin: int, end: int) -> np.ndarray:
+        """Frames ``start:stop:step`` of grayordinates ``begin:end``, (grayordinate, frame) float32: one
+        sequential read of their series."""
         assert self.raw is not None
         dtype, offset = np.dtype(self.raw[0]), self.raw[1]
-        n_elements, n_time = self.shape[0], self.shape[3]
+        n_time = self.shape[3]
+        start, stop, step = frames
         kept = range(start, stop, step)
-        out = np.empty((n_elements, len(kept)), dtype=np.float32)
+        out = np.empty((end - begin, len(kept)), dtype=np.float32)
         with open(self.path, "rb") as handle:
-            for first in range(0, n_elements, self.GRAYORDINATES_PER_READ):
-                last = min(n_elements, first + self.GRAYORDINATES_PER_READ)
-                handle.seek(offset + first * n_time * dtype.itemsize)
+            handle.seek(offset + begin * n_time * dtype.itemsize)
+            for first in range(begin, end, self.GRAYORDINATES_PER_READ):
+                last = min(end, first + self.GRAYORDINATES_PER_READ)
                 count = (last - first) * n_time
                 series = np.fromfile(handle, dtype=dtype, count=count)
                 if len(series) != count:
                     raise EOFError(f"the file ends in grayordinate {first + len(series) // n_time}")
-                out[first:last] = series.reshape(last - first, n_time)[:, start:stop:step]
+                out[first - begin : last - begin] = series.reshape(last - first, n_time)[:, start:stop:step]  # fmt: skip
         return out
 
 
-def open_cifti_run(item: Any, index: int, chunk_volumes: int | None = None) -> RunInput:
-    """A :class:`CiftiRun` or a ``.dtseries.nii`` path as a run with its CIFTI geometry (header read only).
+def open_cifti_run(item: Any, index: int) -> RunInput:
+    """A CIFTI run as a run with its CIFTI geometry: a :class:`CiftiRun`, a ``.dtseries.nii`` path (header read
+    only) or a :class:`CiftiArrayRun`.
+
+    Its ``bold`` is (grayordinate, 1, 1, time), chunked by blocks of ``daskparcel.voxel-chunk`` grayordinates
+    over the whole run (each the series of a block of grayordinates: one sequential read of the file, and the
+    signals store's voxel blocks); a :class:`CiftiArrayRun` keeps its own chunks.
 
     Parameters
     ----------
-    item : CiftiRun, path, or a Cifti2Image loaded from a .dtseries.nii (read again from its file)
+    item : CiftiRun, CiftiArrayRun, path, or a Cifti2Image loaded from a .dtseries.nii (read again from its file)
     index : int
         Position among the runs (for messages).
-    chunk_volumes : int, optional
-        Frames per chunk (default: about ``daskparcel.chunk-mb`` MB).
     """
-    from daskparcel.ingest.nifti import run_name, volumes_per_chunk
+    from daskparcel import config
+    from daskparcel.ingest.nifti import run_name
     from daskparcel.store.runs import file_sha256
 
+    if isinstance(item, CiftiArrayRun):
+        return _array_run(item, index)
     if is_cifti_image(item):  # read from its file, lazily as a path is
         if not item.get_filename() or not str(item.get_filename()).endswith(CIFTI_SUFFIX):
             raise InputError(
@@ -212,23 +277,45 @@ def open_cifti_run(item: Any, index: int, chunk_volumes: int | None = None) -> R
     frames = CiftiFrames(path, img)
     if frames.shape[3] < 1:
         raise InputError(f"imgs[{index}]: {path}: no frames; give a dense time series with frames")
-    n = chunk_volumes or volumes_per_chunk(frames.shape)
-    bold = da.from_array(frames, chunks=(*frames.shape[:3], n), meta=np.empty((0, 0, 0, 0), np.float32))  # fmt: skip
+    block = max(1, min(frames.shape[0], int(config.get("voxel-chunk"))))
+    bold = da.from_array(frames, chunks=(block, 1, 1, -1), meta=np.empty((0, 0, 0, 0), np.float32))
     name = run_name(path).removesuffix(".dtseries")
+    t_r = _step(img)
+    identity = f"cifti:sha256:{file_sha256(path)}"
+    return RunInput(name, _dataset(bold, geometry, str(path), t_r), identity, name, t_r=t_r, geometry=geometry)  # fmt: skip
+
+
+def _array_run(item: CiftiArrayRun, index: int) -> RunInput:
+    """A :class:`CiftiArrayRun` as a run, after checking its array against its brain model (nothing read)."""
+    data = item.data
+    if not isinstance(data, da.Array) or data.ndim != 2:
+        raise InputError(
+            f"imgs[{index}]: {item.name}: its data are a {type(data).__name__} of {getattr(data, 'ndim', '?')} "
+            "dimensions; give a 2D dask array (grayordinate, time)"
+        )
+    if data.shape[0] != item.geometry.n_elements or data.shape[1] < 1:
+        raise InputError(
+            f"imgs[{index}]: {item.name}: data of shape {data.shape} for a brain model of "
+            f"{item.geometry.n_elements} grayordinates; give (grayordinate, time) data on its brain model"
+        )
+    bold = data.astype(np.float32)[:, None, None, :]
+    ds = _dataset(bold, item.geometry, item.identity, item.t_r)
+    return RunInput(item.name, ds, item.identity, item.name, t_r=item.t_r, geometry=item.geometry)
+
+
+def _dataset(bold: da.Array, geometry: CiftiGeometry, source: str, t_r: float | None) -> xr.Dataset:
     ds = xr.Dataset(
         {"bold": (("x", "y", "z", "t"), bold)},
         attrs={
             "affine": np.eye(4).tolist(),
             "geometry": "cifti",
             "brain_model": geometry.describe(),
-            "source": str(path),
+            "source": source,
         },
     )
-    t_r = _step(img)
     if t_r is not None:
         ds.attrs["t_r"] = t_r
-    identity = f"cifti:sha256:{file_sha256(path)}"
-    return RunInput(name, ds, identity, name, t_r=t_r, geometry=geometry)
+    return ds
 
 
 def check_one_brain_model(runs: list[RunInput]) -> None:

@@ -141,7 +141,7 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
     runs: list[RunInput] = []
     for item in items:
         if is_cifti(item):  # before the NIfTI paths: a .dtseries.nii is a CIFTI-2 file
-            runs.append(open_cifti_run(item, len(runs), chunk_volumes))
+            runs.append(open_cifti_run(item, len(runs)))
         elif isinstance(item, BidsRun):
             runs.append(
                 nifti_run(

@@ -155,16 +155,37 @@ def run_voxel_signals(
         )
     if stored is not None:
         return stored
-    smoothed = smooth_bold(run.data["bold"], affine, smoothing_fwhm)
+    smoothed = run_bold(run, affine, smoothing_fwhm)
     return xr.DataArray(voxel_signals(smoothed, mask), dims=("voxel", "time"))
 
 
+def run_bold(run: RunInput, affine: np.ndarray, smoothing_fwhm: Any) -> xr.DataArray:
+    """A run's bold as the signals pass takes it: smoothed (:func:`smooth_bold`, in whole volumes) for volume
+    runs; a mesh run is never smoothed (refused before) and keeps its chunks (a CIFTI run's blocks of
+    grayordinates: :func:`smooth_bold` would merge them into one chunk of the whole run), cast to float32 and
+    cleared of NaN / inf as :func:`smooth_bold` does."""
+    if run.geometry is None:
+        return smooth_bold(run.data["bold"], affine, smoothing_fwhm)
+    bold = run.data["bold"].transpose("x", "y", "z", "t")
+    data = bold.data if isinstance(bold.data, da.Array) else da.from_array(np.asarray(bold.data))
+    out = da.map_blocks(
+        smooth_block, data, sigma=None, fast=False, dtype=np.float32,
+        meta=np.empty((0, 0, 0, 0), dtype=np.float32), token="mesh-bold",
+    )  # fmt: skip
+    return xr.DataArray(out, dims=bold.dims, attrs=dict(bold.attrs))
+
+
 def voxel_signals(bold: xr.DataArray, mask: np.ndarray) -> da.Array:
-    """The mask's voxels of a volume-chunked run: (voxel, time), chunks (all voxels, the run's time blocks)."""
+    """The mask's voxels of a volume-chunked run: (voxel, time), chunks (all voxels, the run's time blocks).
+
+    A (element, 1, 1, time) pseudo-grid of a mesh run may come in blocks of elements instead (a CIFTI run:
+    blocks of whole grayordinate series, :func:`daskparcel.ingest.cifti.open_cifti_run`); they stay blocks
+    of voxels."""
     data = bold.transpose("x", "y", "z", "t").data
     if not isinstance(data, da.Array):
         data = da.from_array(np.asarray(data), chunks=(-1, -1, -1, 16))
-    if any(len(c) != 1 for c in data.chunks[:3]):
+    pseudo_grid = data.shape[1:3] == (1, 1)
+    if any(len(c) != 1 for c in data.chunks[int(pseudo_grid) : 3]):
         raise InputError(
             "bold must be chunked in whole volumes; rechunk with .chunk(x=-1, y=-1, z=-1)"
         )
@@ -270,7 +291,7 @@ def write_signals(
                     )
                 )
                 continue
-            smoothed = smooth_bold(run.data["bold"], affine, params.smoothing_fwhm)
+            smoothed = run_bold(run, affine, params.smoothing_fwhm)
             source = voxel_signals(smoothed, mask).rechunk({0: voxel_chunk, 1: store_time})
             sources.append(source)
             smoothed_targets.append(target)
