@@ -416,15 +416,25 @@ def test_fit_folder(data: SyntheticCifti, ward: Parcellations, tmp_path: Path) -
 def test_fit_folder_without_meshes(
     data: SyntheticCifti, kmeans: Parcellations, tmp_path: Path
 ) -> None:
+    """Without meshes: no cortex drawn; the run's BIDS tables and connectome as for volumes."""
+    from nilearn.connectome import ConnectivityMeasure
+
     out = tmp_path / "fit"
-    doc = write_fit_outputs(kmeans, str(data.path), out)
+    doc = write_fit_outputs(kmeans, str(data.path), out, connectomes=["correlation"])
     np.testing.assert_array_equal(
         np.asarray(nib.load(out / "atlas-kmeans20_dseg.dlabel.nii").dataobj)[0],
         np.asarray(kmeans.labels_.values),
     )
     assert doc["metrics"]["contiguity"] is None
+    (series_tsv,) = out.rglob("sub-*_atlas-kmeans20_stat-mean_timeseries.tsv")
+    series = np.loadtxt(series_tsv, skiprows=1, dtype=np.float32).astype(np.float64)
+    np.testing.assert_allclose(series, np.asarray(kmeans.transform(str(data.path))), rtol=1e-6)
+    (relmat_tsv,) = out.rglob("sub-*_atlas-kmeans20_stat-correlation_relmat.tsv")
+    expected = ConnectivityMeasure(kind="correlation").fit_transform([series])[0]
+    np.testing.assert_allclose(np.loadtxt(relmat_tsv, skiprows=1), expected, rtol=1e-7)
     html = (out / "report.html").read_text()
     assert "No brain figure" in html and "Figure not drawn" not in html
+    assert "Group connectome (correlation)" in html
 
 
 def test_bad_inputs_refused_before_any_data_is_read(data: SyntheticCifti, tmp_path: Path) -> None:
