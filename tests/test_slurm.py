@@ -57,7 +57,13 @@ def slurm() -> Iterator[None]:
         pytest.skip(
             f"no SLURM here: {START} is absent (put the project's shared/ folder beside the checkout)"
         )
-    done = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=900)
+    # start.sh declares the node's CPUs with `nproc`, which obeys OMP_NUM_THREADS: distributed sets it to 1 in
+    # this process once it has started worker processes (the nanny's pre-spawn-environ), and the node then
+    # ran one job at a time
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
+    done = subprocess.run(
+        ["bash", str(START)], capture_output=True, text=True, timeout=900, env=env
+    )
     if done.returncode != 0:
         reason = (done.stdout + done.stderr).strip().splitlines()
         pytest.skip(
