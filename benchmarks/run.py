@@ -867,6 +867,7 @@ def outofcore_suite(
         sub_row["fit_input"] = sub.name
         rows.append(sub_row)
     score(rows, cohort, opts, check_nilearn=False)
+    floor = "" if rejudge is not None else floor_table(rows, [cohort], opts)
     summary = []
     for name in names:
         capped = next(r for r in rows if r["config_key"] == name and r["impl"] == "daskparcel")
@@ -904,6 +905,7 @@ def outofcore_suite(
                 ("r2_sub", "R^2 (subsample fit)", fmt(".4f")),
             ],
         )
+        + ("\n\n" + floor if floor else "")
     )
     report("outofcore", rows, extra)
 

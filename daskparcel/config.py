@@ -33,6 +33,11 @@ SETTINGS: tuple[Setting, ...] = (
         "exact SVDs up to this many columns, randomized (one pass per power iteration) beyond",
     ),
     Setting(
+        "reduction.run-in-task-mb",
+        512,
+        "runs up to this many MB of float32 signals are reduced in one task each: one read, not two",
+    ),
+    Setting(
         "kmeans.in-memory-bytes",
         2**30,
         "features below this size go to scikit-learn's MiniBatchKMeans in memory; above, streaming",

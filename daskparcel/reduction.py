@@ -18,10 +18,11 @@ holds more than a voxel chunk and small (k x k, k x T) factors. The result is de
 ``random_state`` on any scheduler.
 
 :func:`reduce_runs` is the cohort path the estimator uses: the same features in separate passes over the
-stored signals (every run's Gram matrix in one pass, every run's components written to zarr in a second, then
-the group SVD: exact with a (sum of k)^2 Gram matrix up to ``exact-max-columns``, 4000 by default, i.e. 20 runs
-at k=200; beyond, the randomized range finder with nilearn's 3 power iterations, each in one pass over the
-stored components, so 4 passes in all).
+stored signals. Every run's components are written to zarr in one read of the signals when the run fits in a
+task (``reduction.run-in-task-mb``, 512 MB by default: 2 mm x 500 volumes), else in two (every run's Gram
+matrix, then its components). Then the group SVD: exact with a (sum of k)^2 Gram matrix up to
+``exact-max-columns``, 4000 by default, i.e. 20 runs at k=200; beyond, the randomized range finder with
+nilearn's 3 power iterations, each in one pass over the stored components, so 4 passes in all.
 """
 
 from __future__ import annotations
@@ -284,6 +285,51 @@ def _gram(x: da.Array) -> Any:
     return tree_sum(parts, 8 * x.shape[1] ** 2)
 
 
+#: Rows of a run converted to float64 at a time by :func:`_run_components` (its result does not depend on
+#: the store's chunking).
+_TASK_ROWS = 8192
+
+
+def _run_in_task_bytes() -> int:
+    """Runs with at most this many bytes of float32 signals are reduced in one task each."""
+    return int(float(config.get("reduction.run-in-task-mb")) * 2**20)
+
+
+def _windows(blocks: list[np.ndarray], rows: int) -> Any:
+    """``(start, block rows start:start + rows)`` of the row-wise concatenation of ``blocks``, without it."""
+    pending: list[np.ndarray] = []
+    held = start = 0
+    for block in blocks:
+        offset = 0
+        while offset < len(block):
+            piece = block[offset : offset + rows - held]
+            pending.append(piece)
+            held += len(piece)
+            offset += len(piece)
+            if held == rows:
+                yield start, pending[0] if len(pending) == 1 else np.concatenate(pending)
+                start += held
+                pending, held = [], 0
+    if held:
+        yield start, pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
+def _run_components(blocks: list[np.ndarray], k: int, target: Any, dtype: Any) -> None:
+    """One run's components in one task, from its voxel blocks held in memory: one read of the run.
+
+    The (time, time) Gram matrix in float64 (:func:`_block_gram`'s precision), its top ``k`` eigenvectors,
+    then ``x @ V / S`` multiplied in ``dtype`` and written to the zarr array ``target`` (voxel, k), float32.
+    Rows are taken ``_TASK_ROWS`` at a time whatever the blocks, so the result is the same on any chunking.
+    """
+    gram = np.zeros((blocks[0].shape[1],) * 2)
+    for _, rows in _windows(blocks, _TASK_ROWS):
+        gram += _block_gram(rows)
+    right = _top_eig(gram, k)[0].astype(dtype)
+    for start, rows in _windows(blocks, _TASK_ROWS):
+        part = np.asarray(rows, dtype=dtype) @ right
+        target[start : start + len(rows)] = part.astype(np.float32, copy=False)
+
+
 def _project(x: da.Array, right: np.ndarray, dtype: Any = np.float64) -> da.Array:
     """``x @ right`` in ``dtype``, ``right`` one shared chunk (not copied into every task)."""
     shared = da.from_array(np.asarray(right, dtype=dtype), chunks=right.shape)
@@ -292,9 +338,15 @@ def _project(x: da.Array, right: np.ndarray, dtype: Any = np.float64) -> da.Arra
 
 def _scratch_range(scratch: Any, n_rows: int, n_cols: int, row_chunk: int) -> Any:
     """The randomized finders' tall (voxel, oversampled rank) float32 factor, in the zarr group ``scratch``."""
-    return scratch.create_array(
-        "range", shape=(n_rows, n_cols), dtype=np.float32, chunks=(row_chunk, n_cols),
-        overwrite=True,
+    return _tall_array(scratch, "range", n_rows, n_cols, row_chunk)
+
+
+def _tall_array(group: Any, name: str, n_rows: int, n_cols: int, row_chunk: int) -> Any:
+    """A (voxel, column) float32 scratch array of ``group``, uncompressed: SVD factors do not compress, and
+    each pass over them would pay the codec."""
+    return group.create_array(
+        name, shape=(n_rows, n_cols), dtype=np.float32, chunks=(row_chunk, n_cols),
+        compressors=None, overwrite=True,
     )  # fmt: skip
 
 
@@ -468,8 +520,11 @@ def reduce_runs(
     Each run's components are written to ``group`` (a zarr group: ``runs/<index>``, voxel-chunked) before the
     group SVD reads them back, so memory is bounded by a chunk plus the (voxel, component) factors whatever the
     number of runs, where the single graph of :func:`reduce` would keep chunks of every run between passes.
-    Runs with an exact SVD are done together: one pass computes every run's Gram matrix, a second writes every
-    run's components, so the runs of a cohort keep all workers busy.
+    A run of at most ``reduction.run-in-task-mb`` (and ``exact-max-columns`` time points) is reduced in one
+    task that holds it: one read (:func:`_run_components`). Larger runs with an exact SVD are done together in
+    two passes: one computes every run's Gram matrix, a second writes every run's components. All runs are
+    computed at once, so the runs of a cohort keep all workers busy. When the group SVD is randomized (it
+    multiplies in float32), so are the runs' projections.
 
     Parameters
     ----------
@@ -510,10 +565,15 @@ def reduce_runs(
         ranks.append(k)
 
     exact = [i for i, x in enumerate(data) if x.shape[1] <= _exact_max_columns()]
-    logger.debug("runs: exact SVD of %d run(s) together, in 2 passes", len(exact))
-    grams = dask.compute(*[_gram(data[i]) for i in exact])
-    right = {i: _top_eig(gram, ranks[i])[0] for i, gram in zip(exact, grams, strict=True)}
-    if len(runs) == 1:  # one run: the group SVD would only rotate the same subspace
+    # a run that fits in a task is reduced there (one read); a larger one in a Gram pass and a projection pass
+    in_task = [i for i in exact if 4 * data[i].size <= _run_in_task_bytes()]
+    two_pass = [i for i in exact if i not in in_task]
+    logger.debug(
+        "runs: exact SVD of %d run(s) in one task each, %d in 2 passes", len(in_task), len(two_pass)
+    )
+    grams = dask.compute(*[_gram(data[i]) for i in two_pass])
+    right = {i: _top_eig(gram, ranks[i])[0] for i, gram in zip(two_pass, grams, strict=True)}
+    if len(runs) == 1 and not in_task:  # one run: the group SVD would only rotate the same subspace
         if right:
             return gather_rows(_project(data[0], right[0])).astype(np.float32)
         n_power_iter = 7 if ranks[0] < 0.1 * min(data[0].shape) else 4
@@ -521,16 +581,19 @@ def reduce_runs(
             data[0], ranks[0], n_power_iter=n_power_iter, seed=_seed(random_state, 0), what="run 0"
         ).astype(np.float32)
 
-    stored, sources, targets = [], [], []
+    # past exact-max-columns the group SVD multiplies in float32: so do the projections feeding it (2.5x faster)
+    randomized = sum(ranks) > _exact_max_columns()
+    stored, sources, targets, tasks = [], [], [], []
     for index, x in enumerate(data):
-        array = group.create_array(
-            f"runs/{index}",
-            shape=(n_voxels, ranks[index]),
-            dtype=np.float32,
-            chunks=(x.chunks[0][0], ranks[index]),
-            overwrite=True,
-        )
-        if index in right:
+        array = _tall_array(group, f"runs/{index}", n_voxels, ranks[index], x.chunks[0][0])
+        if index in in_task:
+            blocks = list(x.to_delayed().ravel())
+            tasks.append(
+                dask.delayed(_run_components, pure=False)(
+                    blocks, ranks[index], array, np.float32 if randomized else np.float64
+                )
+            )
+        elif index in right:
             sources.append(_project(x, right[index]).astype(np.float32))
             targets.append(array)
         else:  # a long run: randomized, in its own passes
@@ -541,7 +604,10 @@ def reduce_runs(
             ).astype(np.float32)  # fmt: skip
         stored.append(array)
     if sources:
-        da.store(sources, targets, lock=False)
+        tasks.append(da.store(sources, targets, lock=False, compute=False))
+    dask.compute(*tasks)
+    if len(runs) == 1:
+        return np.asarray(stored[0][...], dtype=np.float32)
     stacked = da.concatenate([da.from_zarr(a) for a in stored], axis=1)
     n_out = min(n_components, stacked.shape[1])
     seed = _seed(random_state, 2**31 - 1)

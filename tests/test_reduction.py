@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 
@@ -252,6 +253,68 @@ def test_reduce_runs_equals_reduce(tmp_path, exact_max):
     assert got.shape == expected.shape == (600, 6)
     assert _subspace_distance(got, expected, 6) < 0.5
     assert "runs" not in group
+
+
+def _counted_runs(chunks: object, n_time: int, reads: dict[str, int]) -> list[xr.DataArray]:
+    """Three low-rank (600 voxel, time) runs whose blocks count how often they are read."""
+
+    def counted(block: np.ndarray) -> np.ndarray:
+        reads["n"] += 1
+        return block
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((600, 6))
+    runs = []
+    for _ in range(3):
+        data = base @ rng.standard_normal((6, n_time)) + 0.1 * rng.standard_normal((600, n_time))
+        x = da.from_array(data.astype(np.float32), chunks=(chunks, -1))
+        x = x.map_blocks(counted, meta=np.empty((0, 0), np.float32))
+        runs.append(xr.DataArray(x, dims=("voxel", "time")))
+    return runs
+
+
+@pytest.mark.parametrize(("n_time", "exact_max"), [(40, 1500), (8, 10)])
+def test_runs_that_fit_in_a_task_are_read_once(tmp_path, n_time, exact_max):
+    """A run that fits in a task (``reduction.run-in-task-mb``) is reduced there: its blocks are read once
+    where the Gram pass and the projection pass read them twice, with the same features on any chunking (exact
+    group SVD: to float32 rounding; randomized, 3 x 6 columns past ``exact_max``: the products in float32)."""
+    import zarr
+
+    from daskparcel.reduction import reduce_runs
+
+    reads = {"n": 0}
+    out = {}
+    for budget, chunks in [(0, 128), (512, 128), (512, (97, 400, 103))]:
+        reads["n"] = 0
+        group = zarr.open_group(str(tmp_path / f"g{budget}-{len(str(chunks))}.zarr"), mode="w")
+        settings = {
+            "scheduler": "sync",
+            "daskparcel.reduction.run-in-task-mb": budget,
+            "daskparcel.reduction.exact-max-columns": exact_max,
+        }
+        with dask.config.set(settings):
+            out[budget, str(chunks)] = reduce_runs(
+                _counted_runs(chunks, n_time, reads), group, n_components=6
+            )
+        n_blocks = 3 * (5 if chunks == 128 else 3)  # 3 runs of 600 voxels
+        assert reads["n"] == (2 if budget == 0 else 1) * n_blocks, (budget, chunks)
+        assert "runs" not in group
+    two_pass, *in_task = out.values()
+    for got in in_task:
+        assert _subspace_distance(got, two_pass, 6) < 1e-3
+        np.testing.assert_allclose(np.abs(got), np.abs(two_pass), atol=1e-4)
+
+
+def test_run_windows_cover_the_rows_in_order():
+    """The in-task reduction's fixed row windows, whatever the blocks: every row once, in order."""
+    from daskparcel.reduction import _windows
+
+    x = np.arange(50 * 3).reshape(50, 3)
+    for bounds in ([0, 50], [0, 7, 8, 30, 50], [0, 20, 40, 50]):
+        blocks = [x[a:b] for a, b in itertools.pairwise(bounds)]
+        windows = list(_windows(blocks, 16))
+        assert [start for start, _ in windows] == [0, 16, 32, 48]
+        np.testing.assert_array_equal(np.concatenate([w for _, w in windows]), x)
 
 
 # ------------------------------------------------------- the group SVD: one pass per power iteration

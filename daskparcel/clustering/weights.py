@@ -19,6 +19,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["weigh_components"]
 
 
+def _block_product(u: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``u.T @ x`` of one voxel block, multiplied in float32 (the signals' precision, without a float64 copy of
+    them), as a float64 (1, component, time) part of a sum over the blocks."""
+    return (u.T @ x).astype(np.float64)[None]
+
+
 def weigh_components(features: Any, signals: xr.DataArray) -> Any:
     """Features whose Euclidean distances weigh each direction by the signals' variance along it.
 
@@ -32,7 +38,8 @@ def weigh_components(features: Any, signals: xr.DataArray) -> Any:
     between voxels change, so kmeans' labels are no longer nilearn's; the span is the same.
 
     One streaming read of the signals: per time block, ``U^T X`` (component, time block) summed over the
-    voxel blocks, then its (component, component) Gram matrix and row sums, tree-summed over time.
+    voxel blocks (each block's product in float32, the sum in float64), then its (component, component) Gram
+    matrix and row sums, tree-summed over time.
 
     Parameters
     ----------
@@ -71,8 +78,13 @@ def weigh_components(features: Any, signals: xr.DataArray) -> Any:
     x = signals.transpose("voxel", "time").data
     if not isinstance(x, da.Array):
         x = from_numpy(np.asarray(x), chunks=(u.chunks[0], -1))
-    u64 = u.astype(np.float64).rechunk({0: x.chunks[0], 1: -1})
-    projected = u64.T @ x.astype(np.float64)  # (component, time), one task row per time block
+    u32 = u.astype(np.float32).rechunk({0: x.chunks[0], 1: -1})
+    # (component, time): each voxel block's product in float32, summed over the blocks in float64
+    parts = da.blockwise(
+        _block_product, "ijk", u32, "ij", x.astype(np.float32), "ik", adjust_chunks={"i": 1},
+        dtype=np.float64, meta=np.empty((0, 0, 0)),
+    )  # fmt: skip
+    projected = parts.sum(axis=0)
     gram, sums = dask.compute(projected @ projected.T, projected.sum(axis=1))
     n_time = x.shape[1]
     centred = gram - np.outer(sums, sums) / n_time  # U^T Xc Xc^T U
@@ -84,9 +96,10 @@ def weigh_components(features: Any, signals: xr.DataArray) -> Any:
         np.sqrt(max(values.max(), 0.0)),
         np.sqrt(max(values.min(), 0.0)),
     )
+    scale = scale.astype(np.float32)  # the result's precision: no float64 copy of the features
     if isinstance(features, xr.DataArray):
-        weighted = features.transpose("voxel", "component").data.astype(np.float64) @ scale
-        return features.transpose("voxel", "component").copy(data=weighted.astype(np.float32))
+        weighted = features.transpose("voxel", "component").data.astype(np.float32) @ scale
+        return features.transpose("voxel", "component").copy(data=weighted)
     if isinstance(features, da.Array):
-        return (features.astype(np.float64) @ scale).astype(np.float32)
-    return (np.asarray(features, dtype=np.float64) @ scale).astype(np.float32)
+        return features.astype(np.float32) @ scale
+    return np.asarray(features, dtype=np.float32) @ scale
