@@ -41,6 +41,26 @@ def tree_sum(parts: Sequence[Any], part_bytes: int, max_bytes: int = 256 * 2**20
     return tree_reduce(parts, _sum, int(np.clip(max_bytes // (part_bytes or 1), 2, 8)))
 
 
+def row_windows(blocks: list[np.ndarray], rows: int) -> Any:
+    """``(start, rows start:start + rows)`` of the row-wise concatenation of ``blocks``, without making it:
+    windows of the same rows whatever the blocks (the last one shorter)."""
+    pending: list[np.ndarray] = []
+    held = start = 0
+    for block in blocks:
+        offset = 0
+        while offset < len(block):
+            piece = block[offset : offset + rows - held]
+            pending.append(piece)
+            held += len(piece)
+            offset += len(piece)
+            if held == rows:
+                yield start, pending[0] if len(pending) == 1 else np.concatenate(pending)
+                start += held
+                pending, held = [], 0
+    if held:
+        yield start, pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
 def gather_rows(tall: da.Array) -> np.ndarray:
     """Compute a tall (rows, k) array block by block into this process.
 

@@ -38,7 +38,7 @@ import numpy as np
 import xarray as xr
 
 from daskparcel import config
-from daskparcel._dask import gather_rows, tree_sum
+from daskparcel._dask import gather_rows, row_windows, tree_sum
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -295,25 +295,6 @@ def _run_in_task_bytes() -> int:
     return int(float(config.get("reduction.run-in-task-mb")) * 2**20)
 
 
-def _windows(blocks: list[np.ndarray], rows: int) -> Any:
-    """``(start, block rows start:start + rows)`` of the row-wise concatenation of ``blocks``, without it."""
-    pending: list[np.ndarray] = []
-    held = start = 0
-    for block in blocks:
-        offset = 0
-        while offset < len(block):
-            piece = block[offset : offset + rows - held]
-            pending.append(piece)
-            held += len(piece)
-            offset += len(piece)
-            if held == rows:
-                yield start, pending[0] if len(pending) == 1 else np.concatenate(pending)
-                start += held
-                pending, held = [], 0
-    if held:
-        yield start, pending[0] if len(pending) == 1 else np.concatenate(pending)
-
-
 def _run_components(blocks: list[np.ndarray], k: int, target: Any, dtype: Any) -> None:
     """One run's components in one task, from its voxel blocks held in memory: one read of the run.
 
@@ -322,12 +303,13 @@ def _run_components(blocks: list[np.ndarray], k: int, target: Any, dtype: Any) -
     Rows are taken ``_TASK_ROWS`` at a time whatever the blocks, so the result is the same on any chunking.
     """
     gram = np.zeros((blocks[0].shape[1],) * 2)
-    for _, rows in _windows(blocks, _TASK_ROWS):
+    for _, rows in row_windows(blocks, _TASK_ROWS):
         gram += _block_gram(rows)
     right = _top_eig(gram, k)[0].astype(dtype)
-    for start, rows in _windows(blocks, _TASK_ROWS):
-        part = np.asarray(rows, dtype=dtype) @ right
-        target[start : start + len(rows)] = part.astype(np.float32, copy=False)
+    for start, rows in row_windows(blocks, _TASK_ROWS):
+        target[start : start + len(rows)] = (np.asarray(rows, dtype=dtype) @ right).astype(
+            np.float32
+        )
 
 
 def _project(x: da.Array, right: np.ndarray, dtype: Any = np.float64) -> da.Array:
@@ -568,9 +550,7 @@ def reduce_runs(
     # a run that fits in a task is reduced there (one read); a larger one in a Gram pass and a projection pass
     in_task = [i for i in exact if 4 * data[i].size <= _run_in_task_bytes()]
     two_pass = [i for i in exact if i not in in_task]
-    logger.debug(
-        "runs: exact SVD of %d run(s) in one task each, %d in 2 passes", len(in_task), len(two_pass)
-    )
+    logger.debug("runs: %d reduced in a task each, %d in 2 passes", len(in_task), len(two_pass))
     grams = dask.compute(*[_gram(data[i]) for i in two_pass])
     right = {i: _top_eig(gram, ranks[i])[0] for i, gram in zip(two_pass, grams, strict=True)}
     if len(runs) == 1 and not in_task:  # one run: the group SVD would only rotate the same subspace

@@ -307,12 +307,12 @@ def test_runs_that_fit_in_a_task_are_read_once(tmp_path, n_time, exact_max):
 
 def test_run_windows_cover_the_rows_in_order():
     """The in-task reduction's fixed row windows, whatever the blocks: every row once, in order."""
-    from daskparcel.reduction import _windows
+    from daskparcel._dask import row_windows
 
     x = np.arange(50 * 3).reshape(50, 3)
     for bounds in ([0, 50], [0, 7, 8, 30, 50], [0, 20, 40, 50]):
         blocks = [x[a:b] for a, b in itertools.pairwise(bounds)]
-        windows = list(_windows(blocks, 16))
+        windows = list(row_windows(blocks, 16))
         assert [start for start, _ in windows] == [0, 16, 32, 48]
         np.testing.assert_array_equal(np.concatenate([w for _, w in windows]), x)
 
