@@ -38,17 +38,22 @@ import numpy as np
 import xarray as xr
 
 from daskparcel import config
-from daskparcel._dask import gather_rows, row_windows, tree_sum
+from daskparcel._dask import gather_rows, row_windows
 from daskparcel.errors import InputError
+from daskparcel.svd import (
+    block_gram,
+    exact_max_columns,
+    passes_left_singular,
+    project,
+    stacked_left_singular,
+    tall_array,
+    top_eig,
+    tree_gram,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["reduce", "reduce_runs"]
-
-
-def _exact_max_columns() -> int:
-    """Runs (and the stacked group matrix) with at most this many columns get an exact SVD."""
-    return int(config.get("reduction.exact-max-columns"))
 
 
 def _check_finite_block(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
@@ -70,25 +75,6 @@ def _seed(random_state: int, *keys: int) -> int:
     return int(np.random.SeedSequence([random_state, *keys]).generate_state(1)[0])
 
 
-def _top_eig(gram: np.ndarray, k: int, rtol: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
-    """Right singular vectors over singular values (0 where a value is 0), and singular values.
-
-    From the eigendecomposition of the (small) Gram matrix; each vector's largest entry is made
-    positive so that the signs do not depend on rounding. Singular values below ``rtol`` times the
-    largest count as 0.
-    """
-    w, v = np.linalg.eigh(np.asarray(gram, dtype=np.float64))
-    w, v = w[::-1][:k], v[:, ::-1][:, :k]
-    s = np.sqrt(np.maximum(w, 0.0))
-    largest = np.abs(v).argmax(axis=0)
-    v = v * np.sign(v[largest, np.arange(v.shape[1])])
-    # singular values below the Gram matrix's rounding are zero (a rank-deficient block)
-    if s.size:
-        s = np.where(s > s[0] * rtol, s, 0.0)
-    scale = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
-    return v * scale, s
-
-
 def _top_left_singular(
     x: da.Array, k: int, *, n_power_iter: int, seed: int, what: str
 ) -> tuple[da.Array, da.Array]:
@@ -98,10 +84,10 @@ def _top_left_singular(
     """
     n_rows, n_cols = x.shape
     x = x.rechunk({1: -1})
-    if n_cols <= _exact_max_columns():
+    if n_cols <= exact_max_columns():
         logger.debug("%s: exact SVD (tree-summed Gram matrix) of a %d x %d matrix", what, *x.shape)
-        gram = _gram(x)
-        factors = dask.delayed(_top_eig, nout=2, pure=True)(gram, k)
+        gram = tree_gram(x)
+        factors = dask.delayed(top_eig, nout=2, pure=True)(gram, k)
         v = da.from_delayed(factors[0], shape=(n_cols, k), dtype=np.float64)
         s = da.from_delayed(factors[1], shape=(k,), dtype=np.float64)
         return x @ v, s
@@ -265,26 +251,6 @@ def reduce(
 
 
 # ------------------------------------------------------------------------------ out of core, in passes
-def _block_gram(block: np.ndarray) -> np.ndarray:
-    """``block.T @ block`` of a (rows, columns) block in float64 with BLAS syrk (numpy picks it for
-    ``a.T @ a``: half the flops of a general product).
-
-    float64, although the signals are float32: products of float32 values are exact in float64, so Grams
-    summed over different chunkings differ only in the last bits, and the labels of the tie-sensitive
-    agglomerative methods stay the same on any chunking (float32 products flipped a few voxels).
-    """
-    b = np.ascontiguousarray(block, dtype=np.float64)
-    return b.T @ b
-
-
-def _gram(x: da.Array) -> Any:
-    """The (columns, columns) Gram matrix of a tall array as a delayed tree sum of per-block Grams."""
-    parts = [
-        dask.delayed(_block_gram, pure=True)(b) for b in x.rechunk({1: -1}).to_delayed().ravel()
-    ]
-    return tree_sum(parts, 8 * x.shape[1] ** 2)
-
-
 #: Rows of a run converted to float64 at a time by :func:`_run_components` (its result does not depend on
 #: the store's chunking).
 _TASK_ROWS = 8192
@@ -298,196 +264,18 @@ def _run_in_task_bytes() -> int:
 def _run_components(blocks: list[np.ndarray], k: int, target: Any, dtype: Any) -> None:
     """One run's components in one task, from its voxel blocks held in memory: one read of the run.
 
-    The (time, time) Gram matrix in float64 (:func:`_block_gram`'s precision), its top ``k`` eigenvectors,
+    The (time, time) Gram matrix in float64 (:func:`block_gram`'s precision), its top ``k`` eigenvectors,
     then ``x @ V / S`` multiplied in ``dtype`` and written to the zarr array ``target`` (voxel, k), float32.
     Rows are taken ``_TASK_ROWS`` at a time whatever the blocks, so the result is the same on any chunking.
     """
     gram = np.zeros((blocks[0].shape[1],) * 2)
     for _, rows in row_windows(blocks, _TASK_ROWS):
-        gram += _block_gram(rows)
-    right = _top_eig(gram, k)[0].astype(dtype)
+        gram += block_gram(rows)
+    right = top_eig(gram, k)[0].astype(dtype)
     for start, rows in row_windows(blocks, _TASK_ROWS):
         target[start : start + len(rows)] = (np.asarray(rows, dtype=dtype) @ right).astype(
             np.float32
         )
-
-
-def _project(x: da.Array, right: np.ndarray, dtype: Any = np.float64) -> da.Array:
-    """``x @ right`` in ``dtype``, ``right`` one shared chunk (not copied into every task)."""
-    shared = da.from_array(np.asarray(right, dtype=dtype), chunks=right.shape)
-    return x.rechunk({1: -1}).astype(dtype) @ shared
-
-
-def _scratch_range(scratch: Any, n_rows: int, n_cols: int, row_chunk: int) -> Any:
-    """The randomized finders' tall (voxel, oversampled rank) float32 factor, in the zarr group ``scratch``."""
-    return _tall_array(scratch, "range", n_rows, n_cols, row_chunk)
-
-
-def _tall_array(group: Any, name: str, n_rows: int, n_cols: int, row_chunk: int) -> Any:
-    """A (voxel, column) float32 scratch array of ``group``, uncompressed: SVD factors do not compress, and
-    each pass over them would pay the codec."""
-    return group.create_array(
-        name, shape=(n_rows, n_cols), dtype=np.float32, chunks=(row_chunk, n_cols),
-        compressors=None, overwrite=True,
-    )  # fmt: skip
-
-
-def _passes_left_singular(
-    x: da.Array, k: int, *, n_power_iter: int, seed: int, what: str, scratch: Any = None
-) -> np.ndarray:
-    """Top ``k`` left singular vectors of a tall (voxel, column) array, in separate passes over ``x``.
-
-    Each pass is its own compute, so no task keeps ``x``'s chunks between passes. Exact (Gram matrix) up to
-    ``exact-max-columns`` columns, else Halko's randomized range finder with ``n_power_iter`` power
-    iterations (what ``svd_compressed`` does, written as passes). The exact path runs in float64; the
-    randomized one multiplies in float32 (the signals' precision; BLAS is 2.5x faster), with sums and
-    factorisations of the small matrices in float64 (its range, orthonormalised blockwise, depends on the
-    chunking in the last bits anyway).
-
-    With a zarr group ``scratch``, the tall (voxel, k + 10) factors of the randomized path are written there
-    by the workers and orthonormalised blockwise (dask's TSQR), so this process holds only (column, k)
-    matrices until the result; without it they are gathered here.
-    """
-    n_rows, n_cols = x.shape
-    if n_cols <= _exact_max_columns():
-        logger.debug("%s: exact SVD of %d x %d in 2 passes", what, n_rows, n_cols)
-        (gram,) = dask.compute(_gram(x))
-        w, _ = _top_eig(gram, k)
-        return gather_rows(_project(x, w))
-    x32 = x.rechunk({1: -1}).astype(np.float32)
-    n_oversample = min(n_cols, k + 10)
-    logger.debug(
-        "%s: randomized SVD of %d x %d, rank %d, in %d passes",
-        what,
-        n_rows,
-        n_cols,
-        k,
-        2 * n_power_iter + 2,
-    )
-    omega = np.random.default_rng(seed).standard_normal((n_cols, n_oversample))
-    row_chunks = x32.chunks[0]
-    if scratch is None:
-
-        def orthonormal_range(right: np.ndarray) -> da.Array:  # q of x @ right: one pass, QR here
-            q, _ = np.linalg.qr(gather_rows(_project(x32, right, np.float32)).astype(np.float64))
-            return da.from_array(q.astype(np.float32), chunks=(row_chunks, -1))
-
-    else:
-        tall = _scratch_range(scratch, n_rows, n_oversample, row_chunks[0])
-
-        def orthonormal_range(
-            right: np.ndarray,
-        ) -> da.Array:  # q of x @ right: one pass, QR blockwise
-            da.store(_project(x32, right, np.float32), tall, lock=False)
-            q, _ = da.linalg.tsqr(da.from_zarr(tall).astype(np.float64))
-            return q.astype(np.float32)
-
-    def transposed_times(q: da.Array) -> np.ndarray:  # x.T @ q, one pass
-        return np.asarray(dask.compute(x32.T @ q)[0], dtype=np.float64)
-
-    q = orthonormal_range(omega)
-    for _ in range(n_power_iter):
-        z, _ = np.linalg.qr(transposed_times(q))
-        q = orthonormal_range(z)
-    b = transposed_times(q).T  # (oversample, n_cols)
-    ub, s, _ = np.linalg.svd(b, full_matrices=False)
-    right = ub[:, :k] * (s[:k] > s[0] * 1e-7)
-    u = gather_rows(_project(q, right, np.float32))
-    if scratch is not None:
-        del scratch["range"]
-    return u
-
-
-def _fused_pass_block(
-    x_block: np.ndarray, z: np.ndarray, tall: Any, start: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """One voxel block of a fused pass: ``y = x @ z``, and ``[x.T @ y ; y.T @ y]`` (float64) to be summed.
-
-    ``y`` is written to rows ``start:`` of the zarr array ``tall`` when one is given, else returned.
-    """
-    x = np.asarray(x_block, dtype=np.float32)
-    y = x @ z
-    n_cols = x.shape[1]
-    sums = np.empty((n_cols + y.shape[1], y.shape[1]))
-    sums[:n_cols] = x.T @ y
-    y64 = y.astype(np.float64)
-    sums[n_cols:] = y64.T @ y64
-    if tall is not None:
-        tall[start : start + y.shape[0]] = y
-        return sums, None
-    return sums, y
-
-
-def _stacked_left_singular(
-    x: da.Array, k: int, *, n_power_iter: int, seed: int, scratch: Any = None
-) -> np.ndarray:
-    """Top ``k`` left singular vectors of the stacked per-run components, in ``n_power_iter + 1`` passes.
-
-    The randomized range finder of :func:`_passes_left_singular` (the same subspace in exact arithmetic)
-    with each power iteration in one pass over ``x`` instead of two: a task reads a voxel block ``x_b``
-    once, computes ``y_b = x_b @ z`` and the block's share of ``x.T @ y`` and ``y.T @ y``. With
-    ``y.T @ y = V S^2 V.T``, ``q = y V / S`` is an orthonormal basis of the range of ``y``, and
-    ``x.T @ q = (x.T @ y) V / S`` is the next iteration's input: no tall QR and no second pass. The last
-    pass also keeps ``y`` (in ``scratch`` when given), and the result is ``y V / S`` times the left
-    singular vectors of ``q.T @ x``.
-
-    It squares the condition number of ``y`` (the Gram matrix ``y.T @ y``), which is safe here: the columns of
-    ``x`` are blocks of orthonormal vectors, so its singular values lie in [0, sqrt(runs)] and the directions
-    kept (singular value above 1e-5 times the largest) are well conditioned. The runs' raw signals are not
-    (a large baseline next to small fluctuations); their randomized SVD keeps the QR of
-    :func:`_passes_left_singular`.
-    """
-    x32 = x.rechunk({1: -1}).astype(np.float32)
-    # regular row blocks: each task writes whole chunks of the scratch array, no two tasks the same one
-    x32 = x32.rechunk({0: x32.chunks[0][0]})
-    n_rows, n_cols = x32.shape
-    n_oversample = min(n_cols, k + 10)
-    blocks = x32.to_delayed().ravel()
-    starts = np.concatenate([[0], np.cumsum(x32.chunks[0])[:-1]]).tolist()
-    tall = (
-        None if scratch is None else _scratch_range(scratch, n_rows, n_oversample, x32.chunks[0][0])
-    )
-
-    def fused_pass(z: np.ndarray, keep: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        shared = dask.delayed(np.ascontiguousarray(z, dtype=np.float32), pure=True)
-        sums, ys = [], []
-        for block, start in zip(blocks, starts, strict=True):
-            part, y = dask.delayed(_fused_pass_block, nout=2, pure=False)(
-                block, shared, tall if keep else None, start
-            )
-            sums.append(part)
-            ys.append(y)
-        total = tree_sum(sums, 8 * (n_cols + z.shape[1]) * z.shape[1])
-        if keep and tall is None:
-            total, *y_blocks = dask.compute(total, *ys)
-            return total[:n_cols], total[n_cols:], np.concatenate(y_blocks, axis=0)
-        (total,) = dask.compute(total)
-        return total[:n_cols], total[n_cols:], None
-
-    logger.debug(
-        "group: randomized SVD of %d x %d, rank %d, in %d fused passes",
-        n_rows,
-        n_cols,
-        k,
-        n_power_iter + 1,
-    )
-    omega = np.random.default_rng(seed).standard_normal((n_cols, n_oversample))
-    xty, yty, y = fused_pass(omega, keep=n_power_iter == 0)
-    basis, _ = _top_eig(yty, n_oversample, rtol=1e-5)  # q = y @ basis is orthonormal
-    for i in range(n_power_iter):
-        z, _ = np.linalg.qr(xty @ basis)  # x.T @ q, orthonormalised
-        xty, yty, y = fused_pass(z, keep=i == n_power_iter - 1)
-        basis, _ = _top_eig(yty, n_oversample, rtol=1e-5)
-    b = (xty @ basis).T  # q.T @ x, (oversample, n_cols)
-    ub, s, _ = np.linalg.svd(b, full_matrices=False)
-    # directions without energy (zero columns of basis, or s ~ 0) give zero columns, as the exact path
-    right = basis @ (ub[:, :k] * (s[:k] > s[0] * 1e-7))
-    if tall is None:
-        assert y is not None
-        return (y.astype(np.float64) @ right).astype(np.float32)
-    u = gather_rows(_project(da.from_zarr(tall), right, np.float32))
-    del scratch["range"]
-    return u
 
 
 def reduce_runs(
@@ -546,26 +334,26 @@ def reduce_runs(
         data.append(x)
         ranks.append(k)
 
-    exact = [i for i, x in enumerate(data) if x.shape[1] <= _exact_max_columns()]
+    exact = [i for i, x in enumerate(data) if x.shape[1] <= exact_max_columns()]
     # a run that fits in a task is reduced there (one read); a larger one in a Gram pass and a projection pass
     in_task = [i for i in exact if 4 * data[i].size <= _run_in_task_bytes()]
     two_pass = [i for i in exact if i not in in_task]
     logger.debug("runs: %d reduced in a task each, %d in 2 passes", len(in_task), len(two_pass))
-    grams = dask.compute(*[_gram(data[i]) for i in two_pass])
-    right = {i: _top_eig(gram, ranks[i])[0] for i, gram in zip(two_pass, grams, strict=True)}
+    grams = dask.compute(*[tree_gram(data[i]) for i in two_pass])
+    right = {i: top_eig(gram, ranks[i])[0] for i, gram in zip(two_pass, grams, strict=True)}
     if len(runs) == 1 and not in_task:  # one run: the group SVD would only rotate the same subspace
         if right:
-            return gather_rows(_project(data[0], right[0])).astype(np.float32)
+            return gather_rows(project(data[0], right[0])).astype(np.float32)
         n_power_iter = 7 if ranks[0] < 0.1 * min(data[0].shape) else 4
-        return _passes_left_singular(
+        return passes_left_singular(
             data[0], ranks[0], n_power_iter=n_power_iter, seed=_seed(random_state, 0), what="run 0"
         ).astype(np.float32)
 
     # past exact-max-columns the group SVD multiplies in float32: so do the projections feeding it (2.5x faster)
-    randomized = sum(ranks) > _exact_max_columns()
+    randomized = sum(ranks) > exact_max_columns()
     stored, sources, targets, tasks = [], [], [], []
     for index, x in enumerate(data):
-        array = _tall_array(group, f"runs/{index}", n_voxels, ranks[index], x.chunks[0][0])
+        array = tall_array(group, f"runs/{index}", n_voxels, ranks[index], x.chunks[0][0])
         if index in in_task:
             blocks = list(x.to_delayed().ravel())
             tasks.append(
@@ -574,11 +362,11 @@ def reduce_runs(
                 )
             )
         elif index in right:
-            sources.append(_project(x, right[index]).astype(np.float32))
+            sources.append(project(x, right[index]).astype(np.float32))
             targets.append(array)
         else:  # a long run: randomized, in its own passes
             n_power_iter = 7 if ranks[index] < 0.1 * min(x.shape) else 4
-            array[...] = _passes_left_singular(
+            array[...] = passes_left_singular(
                 x, ranks[index], n_power_iter=n_power_iter, seed=_seed(random_state, index),
                 what=f"run {index}", scratch=group,
             ).astype(np.float32)  # fmt: skip
@@ -591,10 +379,10 @@ def reduce_runs(
     stacked = da.concatenate([da.from_zarr(a) for a in stored], axis=1)
     n_out = min(n_components, stacked.shape[1])
     seed = _seed(random_state, 2**31 - 1)
-    if stacked.shape[1] <= _exact_max_columns():
-        features = _passes_left_singular(stacked, n_out, n_power_iter=3, seed=seed, what="group")
+    if stacked.shape[1] <= exact_max_columns():
+        features = passes_left_singular(stacked, n_out, n_power_iter=3, seed=seed, what="group")
     else:
-        features = _stacked_left_singular(stacked, n_out, n_power_iter=3, seed=seed, scratch=group)
+        features = stacked_left_singular(stacked, n_out, n_power_iter=3, seed=seed, scratch=group)
     if isinstance(group, zarr.Group) and "runs" in group:
         del group["runs"]
     return features.astype(np.float32)

@@ -338,14 +338,14 @@ def test_fused_group_svd_equals_two_pass_range_finder(tmp_path, chunk, use_scrat
     gathered."""
     import zarr
 
-    from daskparcel.reduction import _passes_left_singular, _stacked_left_singular
+    from daskparcel.svd import passes_left_singular, stacked_left_singular
 
     x = _stacked_bases(800, 6, 20, shared=8, seed=0)  # 120 columns
     dx = da.from_array(x, chunks=(chunk, 20))
     group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w") if use_scratch else None
-    fused = _stacked_left_singular(dx, 20, n_power_iter=3, seed=7, scratch=group)
+    fused = stacked_left_singular(dx, 20, n_power_iter=3, seed=7, scratch=group)
     with dask.config.set({"daskparcel.reduction.exact-max-columns": 50}):  # its randomized path
-        two_pass = _passes_left_singular(dx, 20, n_power_iter=3, seed=7, what="group")
+        two_pass = passes_left_singular(dx, 20, n_power_iter=3, seed=7, what="group")
     exact = np.linalg.svd(x.astype(np.float64), full_matrices=False)[0][:, :20]
     assert fused.shape == (800, 20) and fused.dtype == np.float32
     # the same subspace as the two-pass finder (equal in exact arithmetic) ...
@@ -367,11 +367,11 @@ def test_fused_group_svd_equals_two_pass_range_finder(tmp_path, chunk, use_scrat
 def test_fused_group_svd_gives_zero_columns_beyond_the_rank():
     """Runs that span the same directions: the stack's rank is below k + oversampling; the directions without
     energy are dropped (zero columns, as the exact path), the others are the exact ones."""
-    from daskparcel.reduction import _stacked_left_singular
+    from daskparcel.svd import stacked_left_singular
 
     one = _stacked_bases(500, 1, 12, shared=0, seed=1)
     x = np.hstack([one, one, one])  # rank 12, 36 columns
-    fused = _stacked_left_singular(da.from_array(x, chunks=(128, 12)), 16, n_power_iter=3, seed=0)
+    fused = stacked_left_singular(da.from_array(x, chunks=(128, 12)), 16, n_power_iter=3, seed=0)
     norms = np.linalg.norm(fused.astype(np.float64), axis=0)
     np.testing.assert_allclose(norms[:12], 1.0, atol=1e-4)
     np.testing.assert_array_equal(norms[12:], 0.0)
@@ -380,7 +380,7 @@ def test_fused_group_svd_gives_zero_columns_beyond_the_rank():
 
 def test_fused_group_svd_reads_the_stack_once_per_power_iteration():
     """n_power_iter + 1 passes over the stacked components (the two-pass finder makes 2 n_power_iter + 2)."""
-    from daskparcel.reduction import _passes_left_singular, _stacked_left_singular
+    from daskparcel.svd import passes_left_singular, stacked_left_singular
 
     x = _stacked_bases(600, 4, 10, shared=4, seed=2)
     reads = {"n": 0}
@@ -391,9 +391,9 @@ def test_fused_group_svd_reads_the_stack_once_per_power_iteration():
 
     dx = da.from_array(x, chunks=(150, 10)).map_blocks(counted, meta=np.empty((0, 0), np.float32))
     with dask.config.set({"scheduler": "sync", "daskparcel.reduction.exact-max-columns": 20}):
-        _stacked_left_singular(dx, 10, n_power_iter=3, seed=0)
+        stacked_left_singular(dx, 10, n_power_iter=3, seed=0)
         fused_reads, reads["n"] = reads["n"], 0
-        _passes_left_singular(dx, 10, n_power_iter=3, seed=0, what="group")
+        passes_left_singular(dx, 10, n_power_iter=3, seed=0, what="group")
     assert fused_reads == 4 * 16  # 4 x 4 blocks, 4 passes
     assert reads["n"] == 8 * 16
 
@@ -405,16 +405,16 @@ def test_fused_group_svd_on_worker_processes(tmp_path):
     import zarr
     from distributed import Client, LocalCluster
 
-    from daskparcel.reduction import _stacked_left_singular
+    from daskparcel.svd import stacked_left_singular
 
     x = _stacked_bases(900, 5, 16, shared=6, seed=3)
     dx = da.from_array(x, chunks=(200, 16))
     with dask.config.set(scheduler="sync"):
-        expected = _stacked_left_singular(dx, 16, n_power_iter=3, seed=4)
+        expected = stacked_left_singular(dx, 16, n_power_iter=3, seed=4)
     group = zarr.open_group(str(tmp_path / "scratch.zarr"), mode="w")
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
     ) as cluster, Client(cluster):  # fmt: skip
-        got = _stacked_left_singular(dx, 16, n_power_iter=3, seed=4, scratch=group)
+        got = stacked_left_singular(dx, 16, n_power_iter=3, seed=4, scratch=group)
     np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=1e-4)
     assert "range" not in group
