@@ -382,7 +382,7 @@ def reduce_runs(
     if stacked.shape[1] <= exact_max_columns():
         features = passes_left_singular(stacked, n_out, n_power_iter=3, seed=seed, what="group")
     else:
-        features = stacked_left_singular(stacked, n_out, n_power_iter=3, seed=seed, scratch=group)
+        features = stacked_left_singular(stored, n_out, n_power_iter=3, seed=seed, scratch=group)
     if isinstance(group, zarr.Group) and "runs" in group:
         del group["runs"]
     return features.astype(np.float32)

@@ -158,14 +158,30 @@ def passes_left_singular(
     return u
 
 
+class ZarrRows:
+    """Rows ``start:stop`` of zarr arrays side by side, read by the task that multiplies them, on the worker
+    that runs it: a block of the stacked components never travels between workers."""
+
+    def __init__(self, arrays: list[Any], start: int, stop: int) -> None:
+        self.arrays, self.start, self.stop = arrays, start, stop
+
+    def read(self) -> np.ndarray:
+        out = np.empty((self.stop - self.start, sum(a.shape[1] for a in self.arrays)), np.float32)
+        column = 0
+        for array in self.arrays:
+            out[:, column : column + array.shape[1]] = array[self.start : self.stop]
+            column += array.shape[1]
+        return out
+
+
 def _fused_pass_block(
-    x_block: np.ndarray, z: np.ndarray, tall: Any, start: int
+    x_block: np.ndarray | ZarrRows, z: np.ndarray, tall: Any, start: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One voxel block of a fused pass: ``y = x @ z``, and ``[x.T @ y ; y.T @ y]`` (float64) to be summed.
 
     ``y`` is written to rows ``start:`` of the zarr array ``tall`` when one is given, else returned.
     """
-    x = np.asarray(x_block, dtype=np.float32)
+    x = x_block.read() if isinstance(x_block, ZarrRows) else np.asarray(x_block, np.float32)
     y = x @ z
     n_cols = x.shape[1]
     sums = np.empty((n_cols + y.shape[1], y.shape[1]))
@@ -179,7 +195,7 @@ def _fused_pass_block(
 
 
 def stacked_left_singular(
-    x: da.Array, k: int, *, n_power_iter: int, seed: int, scratch: Any = None
+    x: da.Array | list[Any], k: int, *, n_power_iter: int, seed: int, scratch: Any = None
 ) -> np.ndarray:
     """Top ``k`` left singular vectors of the stacked per-run components, in ``n_power_iter + 1`` passes.
 
@@ -196,17 +212,23 @@ def stacked_left_singular(
     kept (singular value above 1e-5 times the largest) are well conditioned. The runs' raw signals are not
     (a large baseline next to small fluctuations); their randomized SVD keeps the QR of
     :func:`passes_left_singular`.
+
+    ``x`` is a dask array, or a list of zarr arrays (voxel, columns) side by side (the runs' stored
+    components): then each task reads its rows of them itself (:class:`ZarrRows`).
     """
-    x32 = x.rechunk({1: -1}).astype(np.float32)
-    # regular row blocks: each task writes whole chunks of the scratch array, no two tasks the same one
-    x32 = x32.rechunk({0: x32.chunks[0][0]})
-    n_rows, n_cols = x32.shape
+    blocks: list[Any]
+    if isinstance(x, da.Array):
+        x32 = x.rechunk({1: -1}).astype(np.float32)
+        # regular row blocks: each task writes whole chunks of the scratch array, no two tasks the same one
+        x32 = x32.rechunk({0: x32.chunks[0][0]})
+        (n_rows, n_cols), row_chunk = x32.shape, x32.chunks[0][0]
+        blocks = list(x32.to_delayed().ravel())
+    else:  # zarr arrays side by side, each block read by the task that uses it
+        n_rows, n_cols, row_chunk = x[0].shape[0], sum(a.shape[1] for a in x), x[0].chunks[0]
+        blocks = [ZarrRows(x, s, min(s + row_chunk, n_rows)) for s in range(0, n_rows, row_chunk)]
+    starts = list(range(0, n_rows, row_chunk))
     n_oversample = min(n_cols, k + 10)
-    blocks = x32.to_delayed().ravel()
-    starts = np.concatenate([[0], np.cumsum(x32.chunks[0])[:-1]]).tolist()
-    tall = (
-        None if scratch is None else _scratch_range(scratch, n_rows, n_oversample, x32.chunks[0][0])
-    )
+    tall = None if scratch is None else _scratch_range(scratch, n_rows, n_oversample, row_chunk)
 
     def fused_pass(z: np.ndarray, keep: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         shared = dask.delayed(np.ascontiguousarray(z, dtype=np.float32), pure=True)

@@ -412,9 +412,45 @@ def test_fused_group_svd_on_worker_processes(tmp_path):
     with dask.config.set(scheduler="sync"):
         expected = stacked_left_singular(dx, 16, n_power_iter=3, seed=4)
     group = zarr.open_group(str(tmp_path / "scratch.zarr"), mode="w")
+    stored = _as_zarr_runs(x, 16, 200, group)
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
     ) as cluster, Client(cluster):  # fmt: skip
         got = stacked_left_singular(dx, 16, n_power_iter=3, seed=4, scratch=group)
+        # the runs' stored components, each block read by the worker's task that multiplies it
+        from_zarr = stacked_left_singular(stored, 16, n_power_iter=3, seed=4, scratch=group)
     np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=1e-4)
+    np.testing.assert_allclose(np.abs(from_zarr), np.abs(expected), atol=1e-4)
     assert "range" not in group
+
+
+def _as_zarr_runs(x: np.ndarray, width: int, rows: int, group: object) -> list:
+    """``x``'s column blocks of ``width`` as zarr arrays of ``group`` (row chunks of ``rows``), as the runs'
+    stored components."""
+    arrays = []
+    for i in range(x.shape[1] // width):
+        array = group.create_array(  # type: ignore[attr-defined]
+            f"runs/{i}", shape=(x.shape[0], width), dtype=np.float32, chunks=(rows, width)
+        )
+        array[...] = x[:, i * width : (i + 1) * width]
+        arrays.append(array)
+    return arrays
+
+
+@pytest.mark.parametrize("rows", [128, 500])
+def test_fused_group_svd_reads_zarr_runs_in_its_tasks(tmp_path, rows):
+    """Given the runs' zarr arrays, each task reads its rows of every run: the result of the dask array of
+    the same columns, on two row chunkings."""
+    import zarr
+
+    from daskparcel.svd import stacked_left_singular
+
+    x = _stacked_bases(700, 4, 12, shared=5, seed=5)
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    stored = _as_zarr_runs(x, 12, rows, group)
+    with dask.config.set(scheduler="sync"):
+        expected = stacked_left_singular(
+            da.from_array(x, chunks=(rows, 12)), 12, n_power_iter=3, seed=1
+        )
+        got = stacked_left_singular(stored, 12, n_power_iter=3, seed=1, scratch=group)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
