@@ -72,7 +72,7 @@ def gather_rows(tall: da.Array) -> np.ndarray:
     return np.concatenate([np.asarray(b) for b in blocks], axis=0)
 
 
-def _distributed_client() -> Any:
+def distributed_client() -> Any:
     """The distributed client dask computes on now, or None (a local scheduler)."""
     scheduler = (
         dask.base.get_scheduler()
@@ -93,7 +93,7 @@ def shared(value: Any, *, name: str | None = None) -> Any:
     again right after its previous copy was released (hierarchical kmeans between its two levels, two fits of
     the same features) could meet that release on the worker, and the tasks failed with "lost dependencies".
     """
-    client = _distributed_client()
+    client = distributed_client()
     if client is not None and getattr(value, "nbytes", 0) > SCATTER_BYTES:
         return client.scatter(value, hash=False)
     return dask.delayed(value, pure=True, name=name)
@@ -103,7 +103,7 @@ def from_numpy(arr: np.ndarray, chunks: Any = "auto") -> da.Array:
     """``da.from_array(arr, chunks)``, whose blocks, on a distributed cluster, are scattered to the workers
     rather than shipped inside every graph that uses them (see :func:`shared`)."""
     x = da.from_array(arr, chunks=chunks)
-    client = _distributed_client()
+    client = distributed_client()
     if client is None or arr.nbytes <= SCATTER_BYTES or any(len(c) > 1 for c in x.chunks[1:]):
         return x
     bounds = np.cumsum((0, *x.chunks[0]))

@@ -38,7 +38,7 @@ import numpy as np
 import xarray as xr
 
 from daskparcel import config
-from daskparcel._dask import gather_rows, row_windows
+from daskparcel._dask import distributed_client, gather_rows, row_windows
 from daskparcel.errors import InputError
 from daskparcel.svd import (
     block_gram,
@@ -261,13 +261,26 @@ def _run_in_task_bytes() -> int:
     return int(float(config.get("reduction.run-in-task-mb")) * 2**20)
 
 
-def _run_components(blocks: list[np.ndarray], k: int, target: Any, dtype: Any) -> None:
+class _RunInTask:
+    """A run's dask array that dask does not look into: the task that gets it reads the blocks itself (on a
+    distributed cluster, on its worker: no block travels to it from other workers)."""
+
+    def __init__(self, x: da.Array) -> None:
+        self.x = x
+
+    def blocks(self) -> list[np.ndarray]:
+        return list(dask.compute(*self.x.to_delayed().ravel(), scheduler="sync"))
+
+
+def _run_components(blocks: list[np.ndarray] | _RunInTask, k: int, target: Any, dtype: Any) -> None:
     """One run's components in one task, from its voxel blocks held in memory: one read of the run.
 
     The (time, time) Gram matrix in float64 (:func:`block_gram`'s precision), its top ``k`` eigenvectors,
     then ``x @ V / S`` multiplied in ``dtype`` and written to the zarr array ``target`` (voxel, k), float32.
     Rows are taken ``_TASK_ROWS`` at a time whatever the blocks, so the result is the same on any chunking.
     """
+    if isinstance(blocks, _RunInTask):
+        blocks = blocks.blocks()
     gram = np.zeros((blocks[0].shape[1],) * 2)
     for _, rows in row_windows(blocks, _TASK_ROWS):
         gram += block_gram(rows)
@@ -351,11 +364,13 @@ def reduce_runs(
 
     # past exact-max-columns the group SVD multiplies in float32: so do the projections feeding it (2.5x faster)
     randomized = sum(ranks) > exact_max_columns()
+    distributed = distributed_client() is not None
     stored, sources, targets, tasks = [], [], [], []
     for index, x in enumerate(data):
         array = tall_array(group, f"runs/{index}", n_voxels, ranks[index], x.chunks[0][0])
         if index in in_task:
-            blocks = list(x.to_delayed().ravel())
+            # a cluster's task reads its run itself; local threads share the blocks' memory anyway
+            blocks = _RunInTask(x) if distributed else list(x.to_delayed().ravel())
             tasks.append(
                 dask.delayed(_run_components, pure=False)(
                     blocks, ranks[index], array, np.float32 if randomized else np.float64

@@ -305,6 +305,36 @@ def test_runs_that_fit_in_a_task_are_read_once(tmp_path, n_time, exact_max):
         np.testing.assert_allclose(np.abs(got), np.abs(two_pass), atol=1e-4)
 
 
+@pytest.mark.cluster
+def test_runs_in_tasks_on_worker_processes(tmp_path):
+    """On a distributed cluster each run's task reads the run from its zarr store itself: the features
+    computed in this process."""
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from daskparcel.reduction import reduce_runs
+
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((700, 5))
+    runs = []
+    for i in range(3):
+        data = base @ rng.standard_normal((5, 30)) + 0.1 * rng.standard_normal((700, 30))
+        array = zarr.create_array(
+            str(tmp_path / f"run{i}.zarr"), shape=data.shape, dtype=np.float32, chunks=(200, 30)
+        )
+        array[...] = data
+        runs.append(xr.DataArray(da.from_zarr(array), dims=("voxel", "time")))
+    with dask.config.set(scheduler="sync"):
+        expected = reduce_runs(
+            runs, zarr.open_group(str(tmp_path / "a.zarr"), mode="w"), n_components=5
+        )
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster, Client(cluster):  # fmt: skip
+        got = reduce_runs(runs, zarr.open_group(str(tmp_path / "b.zarr"), mode="w"), n_components=5)
+    np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=1e-5)
+
+
 def test_run_windows_cover_the_rows_in_order():
     """The in-task reduction's fixed row windows, whatever the blocks: every row once, in order."""
     from daskparcel._dask import row_windows
