@@ -272,12 +272,15 @@ class _RunInTask:
         return list(dask.compute(*self.x.to_delayed().ravel(), scheduler="sync"))
 
 
-def _run_components(blocks: list[np.ndarray] | _RunInTask, k: int, target: Any, dtype: Any) -> None:
+def _run_components(
+    blocks: list[np.ndarray] | _RunInTask, k: int, target: Any, dtype: Any
+) -> np.ndarray | None:
     """One run's components in one task, from its voxel blocks held in memory: one read of the run.
 
     The (time, time) Gram matrix in float64 (:func:`block_gram`'s precision), its top ``k`` eigenvectors,
-    then ``x @ V / S`` multiplied in ``dtype`` and written to the zarr array ``target`` (voxel, k), float32.
-    Rows are taken ``_TASK_ROWS`` at a time whatever the blocks, so the result is the same on any chunking.
+    then ``x @ V / S`` multiplied in ``dtype`` and written to the zarr array ``target`` (voxel, k), float32,
+    or returned when ``target`` is None. Rows are taken ``_TASK_ROWS`` at a time whatever the blocks, so the
+    result is the same on any chunking.
     """
     if isinstance(blocks, _RunInTask):
         blocks = blocks.blocks()
@@ -285,10 +288,12 @@ def _run_components(blocks: list[np.ndarray] | _RunInTask, k: int, target: Any, 
     for _, rows in row_windows(blocks, _TASK_ROWS):
         gram += block_gram(rows)
     right = top_eig(gram, k)[0].astype(dtype)
+    out = target
+    if target is None:
+        out = np.empty((sum(len(b) for b in blocks), k), np.float32)
     for start, rows in row_windows(blocks, _TASK_ROWS):
-        target[start : start + len(rows)] = (np.asarray(rows, dtype=dtype) @ right).astype(
-            np.float32
-        )
+        out[start : start + len(rows)] = (np.asarray(rows, dtype=dtype) @ right).astype(np.float32)
+    return out if target is None else None
 
 
 def reduce_runs(
@@ -354,7 +359,17 @@ def reduce_runs(
     logger.debug("runs: %d reduced in a task each, %d in 2 passes", len(in_task), len(two_pass))
     grams = dask.compute(*[tree_gram(data[i]) for i in two_pass])
     right = {i: top_eig(gram, ranks[i])[0] for i, gram in zip(two_pass, grams, strict=True)}
-    if len(runs) == 1 and not in_task:  # one run: the group SVD would only rotate the same subspace
+    # a cluster's task reads its run itself; local threads share the blocks' memory anyway
+    distributed = distributed_client() is not None
+
+    def run_blocks(x: da.Array) -> Any:
+        return _RunInTask(x) if distributed else list(x.to_delayed().ravel())
+
+    if len(runs) == 1:  # one run: the group SVD would only rotate the same subspace
+        if in_task:
+            task = dask.delayed(_run_components, pure=False)
+            (out,) = dask.compute(task(run_blocks(data[0]), ranks[0], None, np.float64))
+            return np.asarray(out)
         if right:
             return gather_rows(project(data[0], right[0])).astype(np.float32)
         n_power_iter = 7 if ranks[0] < 0.1 * min(data[0].shape) else 4
@@ -364,16 +379,13 @@ def reduce_runs(
 
     # past exact-max-columns the group SVD multiplies in float32: so do the projections feeding it (2.5x faster)
     randomized = sum(ranks) > exact_max_columns()
-    distributed = distributed_client() is not None
     stored, sources, targets, tasks = [], [], [], []
     for index, x in enumerate(data):
         array = tall_array(group, f"runs/{index}", n_voxels, ranks[index], x.chunks[0][0])
         if index in in_task:
-            # a cluster's task reads its run itself; local threads share the blocks' memory anyway
-            blocks = _RunInTask(x) if distributed else list(x.to_delayed().ravel())
             tasks.append(
                 dask.delayed(_run_components, pure=False)(
-                    blocks, ranks[index], array, np.float32 if randomized else np.float64
+                    run_blocks(x), ranks[index], array, np.float32 if randomized else np.float64
                 )
             )
         elif index in right:
@@ -389,8 +401,6 @@ def reduce_runs(
     if sources:
         tasks.append(da.store(sources, targets, lock=False, compute=False))
     dask.compute(*tasks)
-    if len(runs) == 1:
-        return np.asarray(stored[0][...], dtype=np.float32)
     stacked = da.concatenate([da.from_zarr(a) for a in stored], axis=1)
     n_out = min(n_components, stacked.shape[1])
     seed = _seed(random_state, 2**31 - 1)

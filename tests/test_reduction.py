@@ -305,6 +305,27 @@ def test_runs_that_fit_in_a_task_are_read_once(tmp_path, n_time, exact_max):
         np.testing.assert_allclose(np.abs(got), np.abs(two_pass), atol=1e-4)
 
 
+def test_one_run_in_a_task_is_read_once(tmp_path):
+    """One run (no group SVD): read once in its task, its components returned as the two passes give them."""
+    import zarr
+
+    from daskparcel.reduction import reduce_runs
+
+    reads = {"n": 0}
+    out = []
+    for budget in (0, 512):
+        reads["n"] = 0
+        settings = {"scheduler": "sync", "daskparcel.reduction.run-in-task-mb": budget}
+        with dask.config.set(settings):
+            run = _counted_runs(128, 40, reads)[0]
+            out.append(
+                reduce_runs([run], zarr.open_group(str(tmp_path / f"{budget}.zarr"), mode="w"))
+            )
+        assert reads["n"] == (2 if budget == 0 else 1) * 5
+    assert out[1].dtype == np.float32 and out[1].shape == (600, 40)
+    np.testing.assert_allclose(np.abs(out[1]), np.abs(out[0]), atol=1e-5)
+
+
 @pytest.mark.cluster
 def test_runs_in_tasks_on_worker_processes(tmp_path):
     """On a distributed cluster each run's task reads the run from its zarr store itself: the features
