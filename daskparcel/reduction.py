@@ -306,8 +306,9 @@ def reduce_runs(
     """:func:`reduce` for cohorts: the same features, computed in passes over the runs' stored signals.
 
     Each run's components are written to ``group`` (a zarr group: ``runs/<index>``, voxel-chunked) before the
-    group SVD reads them back, so memory is bounded by a chunk plus the (voxel, component) factors whatever the
-    number of runs, where the single graph of :func:`reduce` would keep chunks of every run between passes.
+    group SVD reads them back, so a task's memory is bounded by a chunk (or one run of at most
+    ``reduction.run-in-task-mb``) plus the (voxel, component) factors whatever the number of runs, where the
+    single graph of :func:`reduce` would keep chunks of every run between passes.
     A run of at most ``reduction.run-in-task-mb`` (and ``exact-max-columns`` time points) is reduced in one
     task that holds it: one read (:func:`_run_components`). Larger runs with an exact SVD are done together in
     two passes: one computes every run's Gram matrix, a second writes every run's components. All runs are
