@@ -269,7 +269,9 @@ class _RunInTask:
         self.x = x
 
     def blocks(self) -> list[np.ndarray]:
-        return list(dask.compute(*self.x.to_delayed().ravel(), scheduler="sync"))
+        # no callbacks: a progress bar of this process (an in-process worker's) must not show this inner compute
+        parts = self.x.to_delayed().ravel()
+        return list(dask.compute(*parts, scheduler="sync", callbacks=[]))
 
 
 def _run_components(
