@@ -1051,7 +1051,9 @@ def main(argv: list[str] | None = None) -> None:
         "--kill-above-gib", type=float, default=20.0, help="kill a run past this RSS"
     )
     parser.add_argument(
-        "--memory-cap-gib", type=float, help="outofcore: total cap (default 4, --quick 2)"
+        "--memory-cap-gib",
+        type=float,
+        help="outofcore: total cap in GiB (default 4, also with --quick)",
     )
     parser.add_argument("--workers", type=int, default=2, help="outofcore: LocalCluster workers")
     parser.add_argument(
@@ -1078,7 +1080,7 @@ def main(argv: list[str] | None = None) -> None:
         nilearn_timeout=args.nilearn_timeout,
         timeout=args.timeout,
         kill_above=int(args.kill_above_gib * GIB),
-        memory_cap=int((args.memory_cap_gib or (2.0 if args.quick else 4.0)) * GIB),
+        memory_cap=int((args.memory_cap_gib or 4.0) * GIB),
         workers=args.workers,
         force_nilearn=args.force_nilearn,
         share_store=args.share_store,
