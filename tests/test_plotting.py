@@ -159,14 +159,12 @@ def _collections(display, direction: str) -> list:
 
 
 def test_parcel_contours_outline_every_border_of_the_cut() -> None:
-    from daskparcel.outputs.plotting import plot_parcel_contours
-
     rng = np.random.default_rng(1)
     shape = (10, 12, 8)
     labels = np.zeros(shape, np.int32)
     labels[1:9, 1:11, 1:7] = rng.integers(1, 300, size=(8, 10, 6))  # K=300: neighbours share hues
     img = nib.Nifti1Image(labels, np.diag([2.0, 2.0, 2.0, 1.0]))
-    display = plot_parcel_contours(img, display_mode="z", cut_coords=[6.0])
+    display = plot_labels(img, display_mode="z", cut_coords=[6.0], view_type="contours")
     plane = labels[:, :, 3]  # z = 6 mm with 2 mm voxels from 0
     expected = np.count_nonzero(np.diff(plane, axis=0)) + np.count_nonzero(np.diff(plane, axis=1))
     (lines,) = _collections(display, "z")
@@ -174,13 +172,27 @@ def test_parcel_contours_outline_every_border_of_the_cut() -> None:
     assert_png(figure_to_png_bytes(display))
 
 
-def test_parcel_contours_sit_between_the_voxels_nilearn_draws() -> None:
-    from daskparcel.outputs.plotting import plot_parcel_contours
+def test_plot_labels_view_types(images) -> None:
+    from matplotlib.collections import LineCollection
 
+    def outlines(display) -> int:
+        return sum(
+            isinstance(c, LineCollection) for v in display.axes.values() for c in v.ax.collections
+        )
+
+    assert outlines(plot_labels(images["labels"], view_type="continuous")) == 0
+    assert outlines(plot_labels(images["labels"], view_type="contours")) == 2  # one per cut of "xz"
+    with pytest.raises(
+        InputError, match="view_type='outline': unknown; pass 'continuous' or 'contours'"
+    ):
+        plot_labels(images["labels"], view_type="outline")
+
+
+def test_parcel_contours_sit_between_the_voxels_nilearn_draws() -> None:
     labels = np.ones((10, 10, 10), np.int32)
     labels[5:] = 2  # one border, between x index 4 and 5
     img = nib.Nifti1Image(labels, np.diag([2.0, 2.0, 2.0, 1.0]))
-    display = plot_parcel_contours(img, display_mode="z", cut_coords=[8.0])
+    display = plot_labels(img, display_mode="z", cut_coords=[8.0], view_type="contours")
     (lines,) = _collections(display, "z")
     segments = np.asarray(lines.get_segments())
     assert len(segments) == 10  # one per row of y

@@ -1,7 +1,7 @@
 """The figures of the report of a fit folder, each a PNG ``data:`` URI or a note saying why it is absent.
 
-Parcels are outlined over the mean image (:func:`daskparcel.outputs.plotting.plot_parcel_contours`: at
-K = 1000 neighbouring parcels share hues, their borders do not), the original and compressed means share one
+Parcels are outlined over the mean image (:func:`daskparcel.outputs.plotting.plot_labels`, ``view_type="contours"``:
+at K = 1000 neighbouring parcels share hues, their borders do not), the original and compressed means share one
 grey scale, and the R^2 map is masked to the brain; the slices of every brain figure are the first one's.
 """
 
@@ -79,7 +79,7 @@ class Figures:
         )
 
     def html(self) -> str:
-        from daskparcel.outputs.plotting import plot_compressed, plot_parcel_contours, plot_r2_map
+        from daskparcel.outputs.plotting import plot_compressed, plot_labels, plot_r2_map
 
         params = _mapping(self.doc.get("parameters"))
         metrics = _mapping(self.doc.get("metrics"))
@@ -94,11 +94,12 @@ class Figures:
         cuts: dict[str, Any] = {}
 
         def labels() -> Any:
-            display = plot_parcel_contours(
+            display = plot_labels(
                 self.image("labels"),
                 self.image("mean"),
                 title=f"{method} parcellation",
                 display_mode="xz",
+                view_type="contours",
             )
             cuts["xz"] = display.cut_coords
             return display

@@ -33,7 +33,6 @@ __all__ = [
     "label_colormap",
     "plot_compressed",
     "plot_labels",
-    "plot_parcel_contours",
     "plot_r2_map",
     "plot_size_histograms",
 ]
@@ -115,10 +114,13 @@ def plot_labels(
     title: str | None = None,
     display_mode: str = "xz",
     cut_coords: Any = None,
+    view_type: str = "continuous",
     axes: Any = None,
     figure: Any = None,
     seed: int = 0,
-    alpha: float = 0.7,
+    alpha: float | None = None,
+    line_color: str = "black",
+    line_width: float = 0.6,
 ) -> Any:
     """Parcels over a background image, as ``nilearn.plotting.plot_roi`` (one colour per parcel).
 
@@ -136,22 +138,32 @@ def plot_labels(
     cut_coords : optional
         nilearn cut coordinates; reuse ``display.cut_coords`` of a first plot to compare
         parcellations on the same slices.
+    view_type : {"continuous", "contours"}, default "continuous"
+        As nilearn's ``plot_roi``: ``"continuous"`` fills each parcel with its colour;
+        ``"contours"`` also outlines every parcel, in the plane of each cut, over a lighter fill.
+        With hundreds of parcels colours alone cannot tell neighbours apart (neighbours share
+        hues): the outlines can.
     axes, figure : optional
         Where to draw (as in nilearn). Default: a new ``matplotlib.figure.Figure`` outside pyplot
         (nothing to close, no global state).
     seed : int
         Seed of the colour shuffle (:func:`label_colormap`).
-    alpha : float, default 0.7
-        Opacity of the parcels (nilearn's default).
+    alpha : float, optional
+        Opacity of the parcels' fill: default 0.7 (nilearn's) with ``"continuous"``, 0.35 with
+        ``"contours"`` (0: outlines only).
+    line_color, line_width : str, float
+        Colour and width (points) of the outlines (``"contours"``).
 
     Returns
     -------
     nilearn display (``nilearn.plotting.displays.BaseSlicer``)
         Its figure is ``display.frame_axes.figure``; pass the display to
-        :func:`figure_to_png_bytes`.
+        :func:`figure_to_png_bytes`. ``display.cut_coords`` gives the cuts to reuse in other figures.
     """
     from nilearn import plotting
 
+    if view_type not in ("continuous", "contours"):
+        raise InputError(f"view_type={view_type!r}: unknown; pass 'continuous' or 'contours'")
     labels_img = _check_img(labels_img, "labels_img")
     values = as_int_labels(labels_img, "labels_img")
     n_labels = int(values.max()) if values.size else 0
@@ -161,7 +173,9 @@ def plot_labels(
         background_img = _check_img(background_img, "background_img")
     if axes is None and figure is None:
         figure = Figure(figsize=(8.0, 3.5) if len(display_mode) == 2 else (8.0, 3.0))
-    return plotting.plot_roi(
+    if alpha is None:
+        alpha = 0.7 if view_type == "continuous" else 0.35
+    display = plotting.plot_roi(
         labels_img,
         bg_img=background_img,
         title=title,
@@ -176,59 +190,20 @@ def plot_labels(
         draw_cross=False,
         alpha=alpha,
     )
+    if view_type == "contours":
+        _outline_parcels(display, labels_img, display_mode, line_color, line_width)
+    return display
 
 
-@quiet_matplotlib
-def plot_parcel_contours(
-    labels_img: Any,
-    background_img: Any = None,
-    *,
-    title: str | None = None,
-    display_mode: str = "xz",
-    cut_coords: Any = None,
-    fill_alpha: float = 0.35,
-    line_color: str = "black",
-    line_width: float = 0.6,
-    figure: Any = None,
-    seed: int = 0,
-) -> Any:
-    """Parcels as outlines over a background image: each parcel's border drawn on every cut, over a light fill.
-
-    With hundreds of parcels, colours alone cannot tell neighbours apart (neighbours share hues); the border
-    between two voxels of different parcels is drawn as a line, in the plane of each cut, so every parcel
-    is outlined whatever its colour.
-
-    Parameters
-    ----------
-    labels_img : nibabel image, 3D int
-        Labels image, ``0`` = background, ``1..K`` parcels.
-    background_img : nibabel image, 3D, optional
-        E.g. the mean functional image.
-    title, display_mode, cut_coords, figure, seed
-        As in :func:`plot_labels`.
-    fill_alpha : float, default 0.35
-        Opacity of the parcels' colour fill (0: outlines only).
-    line_color : str
-        Colour of the outlines.
-    line_width : float
-        Width of the outlines in points.
-
-    Returns
-    -------
-    nilearn display
-        As :func:`plot_labels`; ``display.cut_coords`` gives the cuts to reuse in other figures.
-    """
+def _outline_parcels(
+    display: Any, labels_img: Any, display_mode: str, line_color: str, line_width: float
+) -> None:
+    """Draw each parcel's border on every cut of ``display``: a line between two pixels of different parcels."""
     from matplotlib.collections import LineCollection
     from nilearn.image import reorder_img
 
-    display = plot_labels(
-        labels_img, background_img, title=title, display_mode=display_mode,
-        cut_coords=cut_coords, figure=figure, seed=seed, alpha=fill_alpha,
-    )  # fmt: skip
     # the slicer shows images resampled to an axis-aligned (RAS) grid: outline on that grid too
-    aligned = reorder_img(
-        _check_img(labels_img, "labels_img"), resample="nearest", copy_header=True
-    )
+    aligned = reorder_img(labels_img, resample="nearest", copy_header=True)
     volume = np.asarray(aligned.dataobj)
     steps = np.diag(aligned.affine)[:3]
     origin = aligned.affine[:3, 3]
@@ -254,7 +229,6 @@ def plot_parcel_contours(
             view.ax.add_collection(
                 LineCollection(list(segments), colors=line_color, linewidths=line_width, zorder=5)
             )
-    return display
 
 
 def border_segments(plane: np.ndarray, origin: np.ndarray, step: np.ndarray) -> np.ndarray:
