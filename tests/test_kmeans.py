@@ -237,6 +237,54 @@ def test_refine_lowers_the_inertia_of_minibatch():
     assert len(np.unique(refined.labels)) == 40
 
 
+@pytest.mark.parametrize("rows", [1000, 8192])
+def test_lloyd_in_memory_is_scikit_learns_kmeans(rows):
+    """The refine step's Lloyd against scikit-learn's KMeans from the same centres, on two block sizes."""
+    from daskparcel.clustering._blocks import lloyd_in_memory
+
+    x, _ = make_blobs(n_samples=9000, centers=30, n_features=8, cluster_std=2.0, random_state=2)
+    x = x.astype(np.float32)
+    start = x[np.random.default_rng(0).choice(len(x), 30, replace=False)].astype(np.float64)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        reference = KMeans(30, init=start, n_init=1, max_iter=100, tol=1e-4).fit(x)
+    labels, d2, n_iter = lloyd_in_memory(x, start, max_iter=100, tol=1e-4, threads=2, rows=rows)
+    assert adjusted_rand_score(reference.labels_, labels) > 0.999
+    assert abs(n_iter - reference.n_iter_) <= 1
+    assert np.isclose(d2.sum(), _within_ss(x, labels), rtol=1e-6)
+    assert np.isclose(_within_ss(x, labels), _within_ss(x, reference.labels_), rtol=1e-4)
+
+
+def test_lloyd_in_memory_gives_the_same_result_on_any_number_of_threads():
+    """Overlapping clusters (many near ties), 20 iterations: bitwise the same labels and distances on 1, 2
+    and 5 threads, as the blocks' sums are added in block order (scikit-learn's change with its threads)."""
+    from daskparcel.clustering._blocks import lloyd_in_memory
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40_000, 12)).astype(np.float32)
+    start = x[:25].astype(np.float64)
+    runs = [
+        lloyd_in_memory(x, start, max_iter=20, tol=0.0, threads=t, rows=4096) for t in (1, 2, 5)
+    ]
+    for labels, d2, n_iter in runs[1:]:
+        np.testing.assert_array_equal(labels, runs[0][0])
+        np.testing.assert_array_equal(d2, runs[0][1])
+        assert n_iter == runs[0][2]
+
+
+@pytest.mark.parametrize("num_workers", [1, 3])
+def test_refined_kmeans_is_the_same_on_any_number_of_dask_threads(num_workers):
+    """kmeans' in-memory start runs in a dask task: its OpenMP (per thread, not limited by the client's
+    limit) and its Lloyd threads (dask's num_workers) must not change the labels."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(30_000, 10)).astype(np.float32)
+    with dask.config.set(scheduler="sync"):
+        reference = kmeans(x, 20, random_state=0, refine=True)
+    with dask.config.set(scheduler="threads", num_workers=num_workers):
+        result = kmeans(x, 20, random_state=0, refine=True)
+    np.testing.assert_array_equal(result.labels, reference.labels)
+    np.testing.assert_array_equal(result.centers, reference.centers)
+
+
 # ----------------------------------------------------------------------------------------------
 # several starts, judged by the compression R^2 of the signals
 

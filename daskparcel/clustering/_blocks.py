@@ -1,23 +1,27 @@
 """The blockwise steps kmeans is made of: nearest centres of a block of voxels, per-cluster sums tree-summed
 over the blocks, the final statistics, and the re-seeding of empty clusters (used by kmeans and hierarchical
-kmeans, in memory and streamed)."""
+kmeans, in memory and streamed), and Lloyd's iterations in memory on threads."""
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask
 import dask.array as da
+import numba
 import numpy as np
 import scipy.sparse
 
-from daskparcel._dask import tree_reduce
+from daskparcel._dask import task_threads, tree_reduce
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 _CANDIDATE_BLOCK = 2048
+#: Rows of the fixed blocks of :func:`lloyd_in_memory` (its sums do not depend on the number of threads).
+LLOYD_ROWS = 8192
 
 
 def raise_non_finite(where: str) -> None:
@@ -126,6 +130,113 @@ def finalize(x: da.Array, labels: np.ndarray, k: int, *, check: bool = False) ->
     centers = stats["sums"] / np.maximum(counts, 1)[:, None]
     inertia = stats["sumsq"] - float((counts * (centers * centers).sum(axis=1)).sum())
     return {"centers": centers, "inertia": max(inertia, 0.0), "counts": counts}
+
+
+@numba.njit(cache=True, nogil=True)
+def _nearest_and_sums(
+    d: np.ndarray, x: np.ndarray, x_sq: np.ndarray, labels: np.ndarray, best: np.ndarray,
+    sums: np.ndarray, counts: np.ndarray,
+) -> None:  # fmt: skip
+    """From ``d`` = the centres' squared norms - 2 x.c: each row's nearest centre (the first of ties, as
+    ``argmin``), its squared distance, and the rows added into their cluster's sums (float64)."""
+    for i in range(d.shape[0]):
+        nearest = 0
+        low = d[i, 0]
+        for j in range(1, d.shape[1]):
+            if d[i, j] < low:
+                low = d[i, j]
+                nearest = j
+        labels[i] = nearest
+        best[i] = max(low + x_sq[i], 0.0)
+        counts[nearest] += 1
+        for f in range(x.shape[1]):
+            sums[nearest, f] += x[i, f]
+
+
+def _lloyd_block(
+    x: np.ndarray, x_sq: np.ndarray, centers: np.ndarray, center_sq: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lloyd's E-step on a block of rows, the distances in the rows' dtype: (labels, squared distances,
+    the clusters' float64 sums, counts)."""
+    d = x @ centers.T
+    d *= -2.0
+    d += center_sq.astype(d.dtype)[None, :]
+    k = centers.shape[0]
+    labels = np.empty(x.shape[0], dtype=np.int64)
+    best = np.empty(x.shape[0], dtype=np.float64)
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.int64)
+    _nearest_and_sums(d, x, x_sq, labels, best, sums, counts)
+    return labels, best, sums, counts
+
+
+def lloyd_in_memory(
+    x: np.ndarray,
+    centers: np.ndarray,
+    *,
+    max_iter: int,
+    tol: float,
+    threads: int | None = None,
+    rows: int = LLOYD_ROWS,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Lloyd's iterations from ``centers`` on features in memory, as scikit-learn's
+    ``KMeans(init=centers, n_init=1, max_iter, tol)``: stop when no label changes or when the centres move
+    by at most ``tol`` times the features' mean variance (squared, summed), then label by the final centres.
+
+    Each iteration takes the rows in fixed blocks of ``rows`` on ``threads`` threads (default:
+    :func:`daskparcel._dask.task_threads`) and adds the blocks' sums in block order: labels and centres are
+    the same on any number of threads, where scikit-learn's OpenMP sums change with its thread count (its
+    labels differed between the local scheduler and a cluster's one-thread workers; issue 18).
+
+    Returns the labels, the squared distances to their centres and the number of iterations.
+    """
+    n, k = x.shape[0], centers.shape[0]
+    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    x = np.asarray(x, dtype=dtype)
+    blocks = [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
+    x_sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    tol_abs = float(tol) * float(np.mean(np.var(x, axis=0, dtype=np.float64)))
+    centers = np.asarray(centers, dtype=np.float64)
+    labels = np.empty(0, dtype=np.int64)
+    d2 = np.empty(0)
+    converged = False
+    n_iter = 0
+    with ThreadPoolExecutor(max(1, threads or task_threads())) as pool:
+
+        def e_step(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            """Labels, squared distances, and the clusters' sums and counts (added in block order)."""
+            c_x, c_sq = c.astype(dtype), (c * c).sum(axis=1)
+            parts = list(
+                pool.map(lambda rows: _lloyd_block(x[rows], x_sq[rows], c_x, c_sq), blocks)
+            )
+            labels = np.concatenate([p[0] for p in parts])
+            sums, counts = parts[0][2], parts[0][3]
+            for p in parts[1:]:
+                sums, counts = sums + p[2], counts + p[3]
+            return labels, np.concatenate([p[1] for p in parts]), sums, counts
+
+        def sums_of(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            parts = list(pool.map(lambda rows: label_sums(x[rows], labels[rows], k), blocks))
+            sums, counts = parts[0]
+            for p in parts[1:]:  # in block order
+                sums, counts = sums + p[0], counts + p[1]
+            return sums, counts
+
+        while n_iter < max_iter:
+            n_iter += 1
+            new_labels, d2, sums, counts = e_step(centers)
+            if (counts == 0).any():
+                new_labels, _ = reseed_empty(new_labels, d2, k)
+                sums, counts = sums_of(new_labels)
+            new_centers = sums / np.maximum(counts, 1)[:, None]
+            converged = np.array_equal(labels, new_labels)
+            shift = float(((new_centers - centers) ** 2).sum())
+            centers, labels = new_centers, new_labels
+            if converged or shift <= tol_abs:
+                break
+        if not converged:  # the labels of the final centres
+            labels, d2, _, _ = e_step(centers)
+    return labels, d2, n_iter
 
 
 # ---------------------------------------------------------------------------------------------

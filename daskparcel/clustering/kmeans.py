@@ -40,6 +40,7 @@ from daskparcel.clustering._blocks import (
     assign,
     delayed_blocks,
     finalize,
+    lloyd_in_memory,
     nearest,
     raise_non_finite,
     reseed_empty,
@@ -232,27 +233,30 @@ def minibatch_in_memory(
     init: str,
     refine: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    mbk = MiniBatchKMeans(
-        n_clusters=k,
-        init=init,
-        n_init=n_init,
-        max_iter=max_iter,
-        tol=tol,
-        batch_size=batch_size,
-        max_no_improvement=max_no_improvement,
-        random_state=random_state,
-    ).fit(x)
+    from threadpoolctl import threadpool_limits
+
+    # one OpenMP thread, in the thread that runs this (OpenMP limits are per thread: the client's do not
+    # reach dask's threads): scikit-learn's sums depend on its thread count, and mini-batch steps are too
+    # small to gain from more
+    with threadpool_limits(limits=1, user_api="openmp"):
+        mbk = MiniBatchKMeans(
+            n_clusters=k,
+            init=init,
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            batch_size=batch_size,
+            max_no_improvement=max_no_improvement,
+            random_state=random_state,
+        ).fit(x)
     labels = np.asarray(mbk.labels_, dtype=np.int64)
     centers = np.asarray(mbk.cluster_centers_, dtype=np.float64)
     n_iter = int(mbk.n_iter_)
     if refine:
-        # full Lloyd iterations from the mini-batch centres: mini-batch stops short of a local optimum
-        full = KMeans(
-            n_clusters=k, init=centers, n_init=1, max_iter=50, random_state=random_state
-        ).fit(x)
-        labels = np.asarray(full.labels_, dtype=np.int64)
-        centers = np.asarray(full.cluster_centers_, dtype=np.float64)
-        n_iter += int(full.n_iter_)
+        # full Lloyd iterations from the mini-batch centres (mini-batch stops short of a local optimum), on
+        # every thread the task has, with the same result on any number of them
+        labels, d2, refine_iter = lloyd_in_memory(x, centers, max_iter=50, tol=1e-4)
+        return labels, d2, n_iter + refine_iter
     diff = np.asarray(x, dtype=np.float64) - centers[labels]
     return labels, np.einsum("ij,ij->i", diff, diff), n_iter
 

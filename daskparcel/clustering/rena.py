@@ -44,6 +44,7 @@ from scipy.sparse import coo_matrix, csgraph, dia_matrix
 
 from daskparcel._checks import check_n_clusters
 from daskparcel._dask import shared as shared_value
+from daskparcel._dask import shared_many
 from daskparcel.clustering.agglomerative import allocate
 from daskparcel.clustering.connectivity import grid_edges
 from daskparcel.errors import InputError
@@ -298,14 +299,15 @@ def _rena_connected(
     # graph must be the whole lattice, or a mask cut by such edges could not be merged down to K
     gone = np.empty(0, dtype=np.int64)
     for it in range(n_iter):
-        tasks = []
-        for b in range(int(level.home.max()) + 1):
-            own_order, local_ids, li, lj, pieces, n_own = _block_local_edges(level, b, ei, ej)
-            tasks.append(
-                dask.delayed(_nn_task, pure=False)(
-                    it, threshold, n_own, own_order, local_ids, li, lj, *pieces
-                )
+        local = [_block_local_edges(level, b, ei, ej) for b in range(int(level.home.max()) + 1)]
+        # the first rounds' edge lists are MBs at 2 mm: sent to a cluster's workers, not in the graph
+        shared_edges = iter(shared_many([a for block in local for a in block[:4]]))
+        tasks = [
+            dask.delayed(_nn_task, pure=False)(
+                it, threshold, n_own, *[next(shared_edges) for _ in range(4)], *pieces
             )
+            for *_, pieces, n_own in local
+        ]
         results = dask.compute(*tasks)  # compute point 1: nearest neighbours of every node
         nn = np.concatenate([r[0] for r in results], axis=1)
         dropped = np.concatenate([r[1] for r in results], axis=1)
@@ -363,7 +365,7 @@ def _rena_connected(
         ei, ej = key // n_nodes, key % n_nodes
         tasks = []
         for b in range(int(level.home.max()) + 1):
-            own_order, local_ids, li, lj, pieces, n_own = _block_local_edges(level, b, ei, ej)
+            _, local_ids, li, lj, pieces, _ = _block_local_edges(level, b, ei, ej)
             # weights of the edges whose smaller end lives here (each edge once)
             first = level.home[local_ids[li]] == b
             first &= local_ids[li] < local_ids[lj]
