@@ -56,7 +56,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "runtime.blas-threads",
         1,
-        "threads per BLAS / OpenMP pool inside dask tasks (None: leave them alone)",
+        "BLAS threads per dask thread, and OpenMP threads of the client's own steps (None: leave them alone)",
     ),
     Setting("runtime.dashboard-address", ":8787", "dashboard address of the local process cluster"),
 )
