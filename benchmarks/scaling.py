@@ -114,8 +114,12 @@ def scaling_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -
             rows.append(
                 {"config": name, "mode": mode, "input": inp.name, "cores": cores, "kind": kind,
                  "status": m.status, "peak_gib": m.peak_rss / run.GIB, "error": m.error,
-                 **{k: timings.get(k) for k in ("total", *STEPS)}}
+                 **{k: timings.get(k) for k in ("total", *STEPS)},
+                 "serial": sum(v for k, v in timings.items() if k.startswith("serial: ")),
+                 "serial_steps": ", ".join(k[8:] for k in timings if k.startswith("serial: ")) or None}
             )  # fmt: skip
+            if rows[-1]["total"]:
+                rows[-1]["serial_share"] = rows[-1]["serial"] / rows[-1]["total"]
             print(f"{m.status}: fit {timings.get('total', float('nan')):.1f} s", flush=True)
             if m.error:
                 print("    " + m.error.replace("\n", "\n    "), flush=True)
@@ -127,6 +131,8 @@ def scaling_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -
                ("total_speedup", "speed-up", f2), ("total_eff", "efficiency", f2)]  # fmt: skip
     for step in STEPS:
         columns += [(step, f"{step} (s)", f1), (f"{step}_eff", f"{step} eff.", f2)]
+    columns += [("serial", "serial (s)", f1), ("serial_share", "serial share", f2),
+                ("serial_steps", "serial steps", run.fmt(""))]  # fmt: skip
     run.publish(
         "scaling",
         {"rows": rows, "cores_available": available},
@@ -138,8 +144,10 @@ def scaling_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -
             f"{available} core(s) available. Each fit in its own process pinned to its cores, from an empty "
             "store, default mask, .nii.gz inputs. Strong: the same cohort; speed-up = time on 1 core / time, "
             "efficiency = speed-up / cores. Weak: one subject per core; efficiency = time of 1 subject on 1 "
-            "core / time. Processes: a LocalCluster of 2-thread workers on the same cores. Serial client "
-            "steps: ward/complete/average's merge loop is one thread whatever the cores (its share is the "
-            "clustering column).",
+            "core / time. Processes: a LocalCluster of 2-thread workers on the same cores. Serial: the seconds "
+            "of the fit in steps that run on one core by nature (ward/complete/average's merge loop, "
+            "ReNA's groupings; ``serial: <step>`` in ``timings_``), and their share of the fit: what no "
+            "number of cores shortens. kmeans' mini-batch start is one thread too (its OpenMP sums would "
+            "change with the thread count), inside a task; its Lloyd iterations use the task's threads.",
         ],
     )

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 _STEP: ContextVar[str | None] = ContextVar("daskparcel_step", default=None)
 _BARS: ContextVar[TextIO | None] = ContextVar("daskparcel_progress_bars", default=None)
+_SERIAL: ContextVar[dict[str, float] | None] = ContextVar("daskparcel_serial", default=None)
 BAR_WIDTH = 30
 
 
@@ -165,6 +166,30 @@ def _distributed_bar(futures: list[Any], label: str, out: TextIO) -> Any:
                 out.flush()
 
     return Bar(futures, scheduler=futures[0].client.scheduler.address, width=BAR_WIDTH)
+
+
+@contextmanager
+def collect_serial(timings: dict[str, float]) -> Iterator[None]:
+    """Within the block, :func:`serial_step` adds its seconds to ``timings`` as ``"serial: <name>"``."""
+    token = _SERIAL.set(timings)
+    try:
+        yield
+    finally:
+        _SERIAL.reset(token)
+
+
+@contextmanager
+def serial_step(name: str) -> Iterator[None]:
+    """Time a step that runs on one core by nature (ward's merge loop, ReNA's groupings), so that a fit's
+    timings (and the scaling benchmark) say how much of the wall time no number of cores can shorten."""
+    timings = _SERIAL.get()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            key = f"serial: {name}"
+            timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
 
 @contextmanager

@@ -39,7 +39,7 @@ from daskparcel._checks import (
     positive_or_none,
 )
 from daskparcel._fit_cluster import check_k_or_threshold, cluster, k_or_none
-from daskparcel._log import timed, verbosity
+from daskparcel._log import collect_serial, timed, verbosity
 from daskparcel.atlas import label_parcels, load_atlas
 from daskparcel.clustering import METHODS
 from daskparcel.errors import InputError
@@ -277,7 +277,7 @@ class Parcellations(TransformerMixin, BaseEstimator):
         check_surface_params(self.get_params(), imgs)
         timings: dict[str, float] = {}
         step = partial(timed, timings)
-        with step("total"):
+        with step("total"), collect_serial(timings):
             runs = prepare_runs(  # 3D maps: one run whose "time" axis is the maps
                 maps_dataset(imgs) if is_maps(imgs, 2) else imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
                 confounds_columns=self.confounds_columns,

@@ -58,6 +58,12 @@ def test_every_method_gives_exactly_k_parcels_and_nilearn_attributes(method, syn
     if method in ("ward", "complete", "average", "rena"):
         for k in range(1, 21):
             assert ndimage.label(labels == k)[1] == 1, f"{method} parcel {k} is not connected"
+    # the steps no number of cores can shorten are named in the timings, within the clustering step
+    serial = {k: v for k, v in est.timings_.items() if k.startswith("serial: ")}
+    expected = {"ward": "ward merge loop", "complete": "complete merge loop",
+                "average": "average merge loop", "rena": "rena groupings"}.get(method)  # fmt: skip
+    assert list(serial) == ([f"serial: {expected}"] if expected else [])
+    assert all(0 < v <= est.timings_["clustering"] for v in serial.values())
     if method in ("ward", "kmeans", "hierarchical_kmeans", "rena"):
         # the planted parcellation is recovered (in the voxels of both masks)
         true = np.asarray(truth.dataobj)

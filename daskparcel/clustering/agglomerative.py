@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from daskparcel._checks import check_n_clusters
+from daskparcel._log import serial_step
 from daskparcel.clustering._common import features_array
 from daskparcel.clustering._merge import cut, linkage_loop, merge_components, ward_loop
 from daskparcel.clustering.connectivity import check_connectivity, components, grid_connectivity
@@ -288,12 +289,14 @@ def build_tree(
         children = np.empty((0, 2), dtype=np.int64)
         distances = np.empty(0)
     elif linkage == "ward":
-        children, inertia = ward_loop(indptr, indices, x.astype(np.float64, copy=False), w)
+        with serial_step(f"{linkage} merge loop"):
+            children, inertia = ward_loop(indptr, indices, x.astype(np.float64, copy=False), w)
         distances = np.sqrt(2.0 * inertia)
     else:
         rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
         dist = _pairwise_row_distances(x, rows, indices).astype(x.dtype).astype(np.float64)
-        children, distances = linkage_loop(indptr, indices, dist, _LINKAGE_CODE[linkage])
+        with serial_step(f"{linkage} merge loop"):
+            children, distances = linkage_loop(indptr, indices, dist, _LINKAGE_CODE[linkage])
     merge_comp = merge_components(np.asarray(children), comp)
     logger.debug("%s tree: %d leaves, %d merges, %d components", linkage, n, len(children), n_comp)
     return MergeTree(

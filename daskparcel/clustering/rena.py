@@ -45,6 +45,7 @@ from scipy.sparse import coo_matrix, csgraph, dia_matrix
 from daskparcel._checks import check_n_clusters
 from daskparcel._dask import shared as shared_value
 from daskparcel._dask import shared_many
+from daskparcel._log import serial_step
 from daskparcel.clustering.agglomerative import allocate
 from daskparcel.clustering.connectivity import grid_edges
 from daskparcel.errors import InputError
@@ -318,7 +319,8 @@ def _rena_connected(
             keep = ~np.isin(key, pairs)
             ei, ej = ei[keep], ej[keep]
             gone = np.union1d(gone, pairs)
-        new = _nn_grouping(n_nodes, nn[0], nn[1], n_clusters)
+        with serial_step("rena groupings"):
+            new = _nn_grouping(n_nodes, nn[0], nn[1], n_clusters)
         n_new = int(new.max()) + 1
         labels = new[labels]
         gone = _relabel_pairs(gone, n_nodes, new, n_new)
@@ -377,7 +379,8 @@ def _rena_connected(
         wi = np.concatenate([t[0] for t in tasks])
         wj = np.concatenate([t[1] for t in tasks])
         w = np.concatenate(weights)
-        final = _union_find_merge(n_nodes, wi, wj, w, n_clusters)
+        with serial_step("rena groupings"):
+            final = _union_find_merge(n_nodes, wi, wj, w, n_clusters)
         labels = final[labels]
     return labels
 
