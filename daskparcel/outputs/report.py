@@ -299,7 +299,15 @@ def _timings_section(timings: Mapping[str, Any]) -> str:
         return _note("fit.json records no timings.")
     known = {key for key, _, _ in TIMING_STEPS}
     steps = [(k, label, what) for k, label, what in TIMING_STEPS if k in timings]
-    steps += [(k, k, "") for k in timings if k not in known]
+    steps += [
+        (
+            k,
+            k,
+            "of the clustering, on one core whatever the cores" if k.startswith("serial: ") else "",
+        )
+        for k in timings
+        if k not in known
+    ]
     total_keys = ("total", "fit")
     longest = max((float(timings[k]) for k, _, _ in steps if _is_number(timings[k])), default=0.0)
     rows = []
