@@ -206,9 +206,7 @@ def lloyd_in_memory(
         def e_step(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             """Labels, squared distances, and the clusters' sums and counts (added in block order)."""
             c_x, c_sq = c.astype(dtype), (c * c).sum(axis=1)
-            parts = list(
-                pool.map(lambda rows: _lloyd_block(x[rows], x_sq[rows], c_x, c_sq), blocks)
-            )
+            parts = list(pool.map(lambda b: _lloyd_block(x[b], x_sq[b], c_x, c_sq), blocks))
             labels = np.concatenate([p[0] for p in parts])
             sums, counts = parts[0][2], parts[0][3]
             for p in parts[1:]:
@@ -216,7 +214,7 @@ def lloyd_in_memory(
             return labels, np.concatenate([p[1] for p in parts]), sums, counts
 
         def sums_of(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            parts = list(pool.map(lambda rows: label_sums(x[rows], labels[rows], k), blocks))
+            parts = list(pool.map(lambda b: label_sums(x[b], labels[b], k), blocks))
             sums, counts = parts[0]
             for p in parts[1:]:  # in block order
                 sums, counts = sums + p[0], counts + p[1]
