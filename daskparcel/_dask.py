@@ -83,19 +83,24 @@ def distributed_client() -> Any:
     return client if type(client).__name__ == "Client" else None
 
 
+def local_cores() -> int:
+    """The threads of the local threaded scheduler: dask's ``num_workers``, else the cores this process may
+    run on (its CPU affinity: a process pinned to 2 cores of 16 gets 2)."""
+    configured = dask.config.get("num_workers", None)
+    if configured:
+        return max(1, int(configured))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def task_threads() -> int:
     """Threads a task may use for work it splits itself: its worker's threads on a distributed cluster,
-    else dask's ``num_workers`` or the cores this process may run on."""
+    else :func:`local_cores`."""
     try:
         from distributed import get_worker
 
         return max(1, int(get_worker().state.nthreads))
     except (ImportError, ValueError):  # not in a worker
-        pass
-    configured = dask.config.get("num_workers", None)
-    if configured:
-        return max(1, int(configured))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return local_cores()
 
 
 def shared(value: Any, *, name: str | None = None) -> Any:

@@ -38,6 +38,7 @@ import numpy as np
 import xarray as xr
 
 from daskparcel import config
+from daskparcel._checks import check_int
 from daskparcel._dask import distributed_client, gather_rows, row_windows
 from daskparcel.errors import InputError
 from daskparcel.svd import (
@@ -172,20 +173,16 @@ def reduce(
             f"signals: expected an xarray.DataArray with dims ('voxel', 'time'), got "
             f"{type(signals).__name__} with dims {dims}; build it with the masking step"
         )
-    if (
-        isinstance(n_components, bool)
-        or not isinstance(n_components, numbers.Integral)
-        or n_components < 1
-    ):
-        raise InputError(
-            f"n_components={n_components!r}: must be an integer >= 1; pass n_components=200 "
-            "(nilearn's value) or another positive integer"
-        )
+    n_components = check_int(
+        "n_components",
+        n_components,
+        1,
+        "pass n_components=200 (nilearn's value) or another positive integer",
+    )
     if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
         raise InputError(
             f"random_state={random_state!r}: must be an integer; pass random_state=0 or another seed"
         )
-    n_components = int(n_components)
     signals = signals.transpose("voxel", "time")
     n_voxels = signals.sizes["voxel"]
     if n_voxels < 1 or signals.sizes["time"] < 1:
@@ -332,12 +329,7 @@ def reduce_runs(
     """
     import zarr
 
-    if (
-        isinstance(n_components, bool)
-        or not isinstance(n_components, numbers.Integral)
-        or n_components < 1
-    ):
-        raise InputError(f"n_components={n_components!r}: must be an integer >= 1")
+    n_components = check_int("n_components", n_components, 1)
     n_voxels = runs[0].sizes["voxel"]
     data, ranks = [], []
     for index, signals in enumerate(runs):

@@ -78,11 +78,6 @@ def project(x: da.Array, right: np.ndarray, dtype: Any = np.float64) -> da.Array
     return x.rechunk({1: -1}).astype(dtype) @ shared
 
 
-def _scratch_range(scratch: Any, n_rows: int, n_cols: int, row_chunk: int) -> Any:
-    """The randomized finders' tall (voxel, oversampled rank) float32 factor, in the zarr group ``scratch``."""
-    return tall_array(scratch, "range", n_rows, n_cols, row_chunk)
-
-
 def tall_array(group: Any, name: str, n_rows: int, n_cols: int, row_chunk: int) -> Any:
     """A (voxel, column) float32 scratch array of ``group``, uncompressed: SVD factors do not compress, and
     each pass over them would pay the codec."""
@@ -133,7 +128,7 @@ def passes_left_singular(
             return da.from_array(q.astype(np.float32), chunks=(row_chunks, -1))
 
     else:
-        tall = _scratch_range(scratch, n_rows, n_oversample, row_chunks[0])
+        tall = tall_array(scratch, "range", n_rows, n_oversample, row_chunks[0])
 
         def orthonormal_range(
             right: np.ndarray,
@@ -228,7 +223,9 @@ def stacked_left_singular(
         blocks = [ZarrRows(x, s, min(s + row_chunk, n_rows)) for s in range(0, n_rows, row_chunk)]
     starts = list(range(0, n_rows, row_chunk))
     n_oversample = min(n_cols, k + 10)
-    tall = None if scratch is None else _scratch_range(scratch, n_rows, n_oversample, row_chunk)
+    tall = (
+        None if scratch is None else tall_array(scratch, "range", n_rows, n_oversample, row_chunk)
+    )
 
     def fused_pass(z: np.ndarray, keep: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         shared = dask.delayed(np.ascontiguousarray(z, dtype=np.float32), pure=True)

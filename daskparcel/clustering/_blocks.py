@@ -5,6 +5,7 @@ kmeans, in memory and streamed), and Lloyd's iterations in memory on threads."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -170,6 +171,44 @@ def _lloyd_block(
     return labels, best, sums, counts
 
 
+def lloyd(
+    e_step: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    sums_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    centers: np.ndarray,
+    *,
+    max_iter: int,
+    tol_abs: float,
+    relabel: bool,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Lloyd's iterations from ``centers``, whatever holds the rows: ``e_step(centres)`` gives the labels, the
+    squared distances and the clusters' sums and counts; ``sums_of(labels)`` the sums and counts of given
+    labels (after empty clusters are re-seeded). Stops when no label changes or the centres move by at most
+    ``tol_abs`` (squared, summed); with ``relabel``, the labels are then those of the final centres (as
+    scikit-learn's). Returns the labels, their squared distances and the number of iterations."""
+    k = centers.shape[0]
+    centers = np.asarray(centers, dtype=np.float64)
+    labels = np.empty(0, dtype=np.int64)
+    d2 = np.empty(0)
+    converged = False
+    n_iter = 0
+    while n_iter < max_iter:
+        n_iter += 1
+        new_labels, d2, sums, counts = e_step(centers)
+        if (counts == 0).any():
+            new_labels, _ = reseed_empty(new_labels, d2, k)
+            sums, counts = sums_of(new_labels)
+        new_centers = sums / np.maximum(counts, 1)[:, None]
+        converged = np.array_equal(labels, new_labels)
+        shift = float(((new_centers - centers) ** 2).sum())
+        logger.debug("lloyd iteration %d: centre shift %.3g", n_iter, shift)
+        centers, labels = new_centers, new_labels
+        if converged or shift <= tol_abs:
+            break
+    if relabel and not converged:
+        labels, d2, _, _ = e_step(centers)
+    return labels, d2, n_iter
+
+
 def lloyd_in_memory(
     x: np.ndarray,
     centers: np.ndarray,
@@ -179,16 +218,13 @@ def lloyd_in_memory(
     threads: int | None = None,
     rows: int = LLOYD_ROWS,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Lloyd's iterations from ``centers`` on features in memory, as scikit-learn's
-    ``KMeans(init=centers, n_init=1, max_iter, tol)``: stop when no label changes or when the centres move
-    by at most ``tol`` times the features' mean variance (squared, summed), then label by the final centres.
+    """:func:`lloyd` on features in memory, as scikit-learn's ``KMeans(init=centers, n_init=1, max_iter,
+    tol)``: ``tol`` is relative to the features' mean variance, and the labels are those of the final centres.
 
     Each iteration takes the rows in fixed blocks of ``rows`` on ``threads`` threads (default:
     :func:`daskparcel._dask.task_threads`) and adds the blocks' sums in block order: labels and centres are
     the same on any number of threads, where scikit-learn's OpenMP sums change with its thread count (its
     labels differed between the local scheduler and a cluster's one-thread workers; issue 18).
-
-    Returns the labels, the squared distances to their centres and the number of iterations.
     """
     n, k = x.shape[0], centers.shape[0]
     dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
@@ -196,45 +232,25 @@ def lloyd_in_memory(
     blocks = [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
     x_sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
     tol_abs = float(tol) * float(np.mean(np.var(x, axis=0, dtype=np.float64)))
-    centers = np.asarray(centers, dtype=np.float64)
-    labels = np.empty(0, dtype=np.int64)
-    d2 = np.empty(0)
-    converged = False
-    n_iter = 0
     with ThreadPoolExecutor(max(1, threads or task_threads())) as pool:
 
+        def in_block_order(parts: list[Any], i: int) -> Any:
+            total = parts[0][i]
+            for part in parts[1:]:
+                total = total + part[i]
+            return total
+
         def e_step(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-            """Labels, squared distances, and the clusters' sums and counts (added in block order)."""
             c_x, c_sq = c.astype(dtype), (c * c).sum(axis=1)
             parts = list(pool.map(lambda b: _lloyd_block(x[b], x_sq[b], c_x, c_sq), blocks))
-            labels = np.concatenate([p[0] for p in parts])
-            sums, counts = parts[0][2], parts[0][3]
-            for p in parts[1:]:
-                sums, counts = sums + p[2], counts + p[3]
-            return labels, np.concatenate([p[1] for p in parts]), sums, counts
+            labels, d2 = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
+            return labels, d2, in_block_order(parts, 2), in_block_order(parts, 3)
 
         def sums_of(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             parts = list(pool.map(lambda b: label_sums(x[b], labels[b], k), blocks))
-            sums, counts = parts[0]
-            for p in parts[1:]:  # in block order
-                sums, counts = sums + p[0], counts + p[1]
-            return sums, counts
+            return in_block_order(parts, 0), in_block_order(parts, 1)
 
-        while n_iter < max_iter:
-            n_iter += 1
-            new_labels, d2, sums, counts = e_step(centers)
-            if (counts == 0).any():
-                new_labels, _ = reseed_empty(new_labels, d2, k)
-                sums, counts = sums_of(new_labels)
-            new_centers = sums / np.maximum(counts, 1)[:, None]
-            converged = np.array_equal(labels, new_labels)
-            shift = float(((new_centers - centers) ** 2).sum())
-            centers, labels = new_centers, new_labels
-            if converged or shift <= tol_abs:
-                break
-        if not converged:  # the labels of the final centres
-            labels, d2, _, _ = e_step(centers)
-    return labels, d2, n_iter
+        return lloyd(e_step, sums_of, centers, max_iter=max_iter, tol_abs=tol_abs, relabel=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from daskparcel.clustering._blocks import (
     assign,
     delayed_blocks,
     finalize,
+    lloyd,
     lloyd_in_memory,
     nearest,
     raise_non_finite,
@@ -172,29 +173,18 @@ def _lloyd(
 def _lloyd_iterate(
     x: da.Array, centers: np.ndarray, *, max_iter: int, tol_abs: float
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Lloyd iterations from ``centers``, one pass each; empty clusters re-seeded on the way."""
+    """:func:`~daskparcel.clustering._blocks.lloyd` on dask, one pass over ``x`` an iteration."""
     k = centers.shape[0]
-    labels = np.empty(0, dtype=np.int64)
-    d2 = np.empty(0)
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        stats, new_labels, d2 = assign(x, centers)
-        counts = stats["counts"]
-        sums = stats["sums"]
-        if (counts == 0).any():
-            new_labels, _ = reseed_empty(new_labels, d2, k)
-            full = finalize(x, new_labels, k)
-            sums, counts = full["centers"] * full["counts"][:, None], full["counts"]
-        new_centers = sums / np.maximum(counts, 1)[:, None]
-        shift = float(((new_centers - centers) ** 2).sum())
-        unchanged = labels.size == new_labels.size and np.array_equal(labels, new_labels)
-        centers, labels = new_centers, new_labels
-        logger.debug(
-            "lloyd iteration %d: inertia %.6g, centre shift %.3g", n_iter, stats["inertia"], shift
-        )
-        if unchanged or shift <= tol_abs:
-            break
-    return labels, d2, n_iter
+
+    def e_step(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        stats, labels, d2 = assign(x, c)
+        return labels, d2, stats["sums"], stats["counts"]
+
+    def sums_of(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        full = finalize(x, labels, k)
+        return full["centers"] * full["counts"][:, None], full["counts"]
+
+    return lloyd(e_step, sums_of, centers, max_iter=max_iter, tol_abs=tol_abs, relabel=False)
 
 
 def _sample_kmeans_plusplus(x: da.Array, k: int, seed: int, *, n_trials: int) -> np.ndarray:

@@ -55,6 +55,7 @@ import xarray as xr
 import zarr
 
 from daskparcel import config
+from daskparcel._dask import local_cores
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import NiftiVolumes
 from daskparcel.preprocessing.cleaning import (
@@ -434,8 +435,7 @@ def _threads_per_stream(n_streams: int) -> int:
         pass
     if dask.config.get("scheduler", "threads") not in ("threads", "threading"):
         return 1
-    cores = int(dask.config.get("num_workers", None) or len(os.sched_getaffinity(0)))
-    return max(1, cores // max(1, n_streams))
+    return max(1, local_cores() // max(1, n_streams))
 
 
 def _ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], threads: int) -> Iterator[Any]:
