@@ -479,7 +479,7 @@ def _stream_smoothed(
     n = 0
 
     def smooth(item: tuple[int, np.ndarray]) -> np.ndarray:
-        return smooth_block(item[1], sigma, fast)[mask]
+        return smooth_block(item[1], sigma, fast, mask=mask)
 
     for signals in _ordered_map(smooth, volumes.stream(time_chunk), threads):
         if moments is not None:
