@@ -52,22 +52,32 @@ def top_eig(gram: np.ndarray, k: int, rtol: float = 1e-7) -> tuple[np.ndarray, n
     return v * scale, s
 
 
-def block_gram(block: np.ndarray) -> np.ndarray:
-    """``block.T @ block`` of a (rows, columns) block in float64 with BLAS syrk (numpy picks it for
-    ``a.T @ a``: half the flops of a general product).
+#: Singular values below this times the largest count as 0 when the Gram matrix was multiplied in float32: its
+#: rounding (~4e-7 of the largest eigenvalue in spectral norm on the 10-subject 2 mm group, whose smallest
+#: kept singular value is 0.5 of the largest) gives the null directions of a rank-deficient matrix (a run
+#: given twice) singular values of ~1.6e-4 of the largest, which must not become unit-norm noise features.
+FLOAT32_GRAM_RTOL = 1e-2
 
-    float64, although the signals are float32: products of float32 values are exact in float64, so Grams
-    summed over different chunkings differ only in the last bits, and the labels of the tie-sensitive
-    agglomerative methods stay the same on any chunking (float32 products flipped a few voxels).
+
+def block_gram(block: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+    """``block.T @ block`` of a (rows, columns) block with BLAS syrk (numpy picks it for ``a.T @ a``: half
+    the flops of a general product), multiplied in ``dtype``, returned in float64.
+
+    float64 by default, although the signals are float32: products of float32 values are exact in float64,
+    so Grams summed over different chunkings differ only in the last bits, and the labels of the
+    tie-sensitive agglomerative methods stay the same on any chunking (float32 products flipped a few voxels).
+    float32 (2.8x faster) is for the group SVD of many runs, whose columns are unit-norm components.
     """
-    b = np.ascontiguousarray(block, dtype=np.float64)
-    return b.T @ b
+    b = np.ascontiguousarray(block, dtype=dtype)
+    return np.asarray(b.T @ b, dtype=np.float64)
 
 
-def tree_gram(x: da.Array) -> Any:
-    """The (columns, columns) Gram matrix of a tall array as a delayed tree sum of per-block Grams."""
+def tree_gram(x: da.Array, dtype: Any = np.float64) -> Any:
+    """The (columns, columns) Gram matrix of a tall array as a delayed tree sum of per-block Grams, each
+    multiplied in ``dtype`` and summed in float64."""
     parts = [
-        dask.delayed(block_gram, pure=True)(b) for b in x.rechunk({1: -1}).to_delayed().ravel()
+        dask.delayed(block_gram, pure=True)(b, dtype)
+        for b in x.rechunk({1: -1}).to_delayed().ravel()
     ]
     return tree_sum(parts, 8 * x.shape[1] ** 2)
 
@@ -88,16 +98,24 @@ def tall_array(group: Any, name: str, n_rows: int, n_cols: int, row_chunk: int) 
 
 
 def passes_left_singular(
-    x: da.Array, k: int, *, n_power_iter: int, seed: int, what: str, scratch: Any = None
+    x: da.Array,
+    k: int,
+    *,
+    n_power_iter: int,
+    seed: int,
+    what: str,
+    scratch: Any = None,
+    exact_dtype: Any = np.float64,
 ) -> np.ndarray:
     """Top ``k`` left singular vectors of a tall (voxel, column) array, in separate passes over ``x``.
 
     Each pass is its own compute, so no task keeps ``x``'s chunks between passes. Exact (Gram matrix) up to
     ``exact-max-columns`` columns, else Halko's randomized range finder with ``n_power_iter`` power
-    iterations (what ``svd_compressed`` does, written as passes). The exact path runs in float64; the
-    randomized one multiplies in float32 (the signals' precision; BLAS is 2.5x faster), with sums and
-    factorisations of the small matrices in float64 (its range, orthonormalised blockwise, depends on the
-    chunking in the last bits anyway).
+    iterations (what ``svd_compressed`` does, written as passes). The exact path multiplies in
+    ``exact_dtype`` (float64 by default; float32 for the group of unit-norm run components, whose top
+    subspace it gives to 0.01 degree, with :data:`FLOAT32_GRAM_RTOL`); the randomized one multiplies in
+    float32 (the signals' precision; BLAS is 2.5x faster), with sums and factorisations of the small matrices
+    in float64 (its range, orthonormalised blockwise, depends on the chunking in the last bits anyway).
 
     With a zarr group ``scratch``, the tall (voxel, k + 10) factors of the randomized path are written there
     by the workers and orthonormalised blockwise (dask's TSQR), so this process holds only (column, k)
@@ -106,9 +124,10 @@ def passes_left_singular(
     n_rows, n_cols = x.shape
     if n_cols <= exact_max_columns():
         logger.debug("%s: exact SVD of %d x %d in 2 passes", what, n_rows, n_cols)
-        (gram,) = dask.compute(tree_gram(x))
-        w, _ = top_eig(gram, k)
-        return gather_rows(project(x, w))
+        (gram,) = dask.compute(tree_gram(x, exact_dtype))
+        rtol = FLOAT32_GRAM_RTOL if np.dtype(exact_dtype) == np.float32 else 1e-7
+        w, _ = top_eig(gram, k, rtol=rtol)
+        return gather_rows(project(x, w, exact_dtype))
     x32 = x.rechunk({1: -1}).astype(np.float32)
     n_oversample = min(n_cols, k + 10)
     logger.debug(

@@ -429,6 +429,25 @@ def test_fused_group_svd_gives_zero_columns_beyond_the_rank():
     assert _angles_deg(fused[:, :12], one).max() < 0.01
 
 
+def test_float32_group_gram_gives_zero_columns_beyond_the_rank(tmp_path):
+    """The exact group SVD multiplies its Gram matrix in float32: a run given twice has a stack of half rank,
+    and the directions without energy are zero columns (float32 rounding must not make them unit-norm noise),
+    the others the span of the one run's."""
+    import zarr
+
+    from daskparcel.reduction import reduce_runs
+
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal((5000, 200)).astype(np.float32)
+    run = xr.DataArray(da.from_array(data, chunks=(2048, -1)), dims=("voxel", "time"))
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    got = reduce_runs([run, run], group, n_components=300)  # 2 x 200 columns of rank 200
+    norms = np.linalg.norm(got.astype(np.float64), axis=0)
+    np.testing.assert_allclose(norms[:200], 1.0, atol=1e-4)
+    np.testing.assert_array_equal(norms[200:], 0.0)
+    assert _angles_deg(got[:, :200], data).max() < 0.01
+
+
 def test_fused_group_svd_reads_the_stack_once_per_power_iteration():
     """n_power_iter + 1 passes over the stacked components (the two-pass finder makes 2 n_power_iter + 2)."""
     from daskparcel.svd import passes_left_singular, stacked_left_singular

@@ -66,6 +66,7 @@ from daskparcel.preprocessing.cleaning import (
 from daskparcel.preprocessing.smoothing import smooth_block, smooth_bold, smoothing_kernel
 from daskparcel.store.runs import quiet_zarr, set_store_info, store_info, store_lock
 from daskparcel.store.signals import (
+    SIGNALS_COMPRESSORS,
     CleanParams,
     RunInput,
     SignalsStore,
@@ -269,6 +270,7 @@ def write_signals(
                 target = zarr.create_array(
                     str(path), name=f"smoothed/{run.name}", shape=shape, dtype=np.float32,
                     chunks=(voxel_chunk, store_time), dimension_names=("voxel", "time"), overwrite=True,
+                    compressors=SIGNALS_COMPRESSORS,
                 )  # fmt: skip
                 if ddof is not None:
                     moments = zarr.create_array(
@@ -343,7 +345,7 @@ def write_signals(
                 target = zarr.create_array(
                     str(path), name=f"cleaned/{run.name}", shape=cleaned.shape, dtype=np.float32,
                     chunks=(voxel_chunk, cleaned.shape[1]), dimension_names=("voxel", "time"),
-                    overwrite=True,
+                    overwrite=True, compressors=SIGNALS_COMPRESSORS,
                 )  # fmt: skip
             cleaned_graphs.append(cleaned.data.astype(np.float32))
             cleaned_targets.append(target)

@@ -52,6 +52,12 @@ logger = logging.getLogger(__name__)
 #: Version of the layout above; part of every store's identity.
 LAYOUT = 3
 
+#: The codec of the signals arrays (``smoothed/``, ``cleaned/``): LZ4 after a bit shuffle, which groups the
+#: float32 values' sign, exponent and high mantissa bits. Against zarr's default (zstd level 0) on one 2 mm run
+#: of 300 volumes: 192 vs 236 MB (0.80 vs 0.85 of the raw size on a real scan), written in 0.28 vs 0.48 s and
+#: read in 0.11 vs 0.21 s; every pass of a fit reads the signals again.
+SIGNALS_COMPRESSORS = (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),)
+
 
 @dataclass(frozen=True)
 class CleanParams:
