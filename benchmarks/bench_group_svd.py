@@ -87,17 +87,20 @@ def main() -> None:
     class Captured(Exception):
         """The per-run components are written: stop before reduce_runs' group step deletes them."""
 
-    def capture(stacked: da.Array, k: int, **kwargs: Any) -> np.ndarray:
+    def capture(stacked: da.Array | list[Any], k: int, **kwargs: Any) -> np.ndarray:
         if kwargs.get("what", "group") != "group":  # a long run's own randomized SVD
             return two_pass(stacked, k, **kwargs)
+        # the fused finder's input: the runs' zarr arrays side by side
+        if isinstance(stacked, list):
+            stacked = da.concatenate([da.from_zarr(a) for a in stacked], axis=1)
         captured["stacked"], captured["k"] = stacked, k
         raise Captured
 
     scratch_path = Path(tempfile.mkdtemp(dir=RESULTS, prefix="group-svd-"))
     atexit.register(shutil.rmtree, scratch_path, True)  # ~8 GB at 40 subjects, removed on any exit
     scratch = zarr.open_group(str(scratch_path), mode="w", zarr_format=3)
-    two_pass, fused = red._passes_left_singular, red._stacked_left_singular
-    red._passes_left_singular = red._stacked_left_singular = capture  # type: ignore[assignment]
+    two_pass, fused = red.passes_left_singular, red.stacked_left_singular
+    red.passes_left_singular = red.stacked_left_singular = capture  # type: ignore[assignment]
     sampler.reset()
     t0 = time.perf_counter()
     try:
@@ -105,7 +108,7 @@ def main() -> None:
     except Captured:
         pass
     finally:
-        red._passes_left_singular, red._stacked_left_singular = two_pass, fused
+        red.passes_left_singular, red.stacked_left_singular = two_pass, fused  # type: ignore[assignment]
     per_run_s, per_run_peak = time.perf_counter() - t0, sampler.reset()
     stacked, k = captured["stacked"], captured["k"]
     print(
