@@ -62,6 +62,17 @@ def _filter_rows(
 
 
 @numba.njit(cache=True, nogil=True)
+def _filter_lines(
+    lines: np.ndarray, w: np.ndarray, buf: np.ndarray, acc: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Filter a plane's lines along its axis 0, in place (float32): copied to the contiguous ``buf`` first."""
+    buf[:, :] = lines
+    for row in range(lines.shape[0]):
+        _filter_rows(buf, w, acc, row)
+        lines[row, :] = acc
+
+
+@numba.njit(cache=True, nogil=True)
 def _smooth(
     block: np.ndarray, w0: np.ndarray, w1: np.ndarray, w2: np.ndarray, index: np.ndarray,
     rows: np.ndarray, out: np.ndarray,
@@ -79,24 +90,11 @@ def _smooth(
                 for x in range(nx):
                     v = block[x, y, z, t]
                     work[z, y, x] = v if np.isfinite(v) else np.float32(0.0)
-        if w0.size:
-            for z in range(nz):
-                for y in range(ny):
-                    for x in range(nx):
-                        plane_x[x, y] = work[z, y, x]
-                for x in range(nx):
-                    _filter_rows(plane_x, w0, acc_y, x)
-                    for y in range(ny):
-                        work[z, y, x] = acc_y[y]
-        if w1.size:
-            for z in range(nz):
-                for y in range(ny):
-                    for x in range(nx):
-                        plane_y[y, x] = work[z, y, x]
-                for y in range(ny):
-                    _filter_rows(plane_y, w1, acc_x, y)
-                    for x in range(nx):
-                        work[z, y, x] = acc_x[x]
+        for z in range(nz):
+            if w0.size:
+                _filter_lines(work[z].T, w0, plane_x, acc_y)
+            if w1.size:
+                _filter_lines(work[z], w1, plane_y, acc_x)
         for y in range(ny):
             if w2.size:
                 for z in range(nz):
