@@ -4,7 +4,9 @@ kmeans, in memory and streamed), and Lloyd's iterations in memory on threads."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -235,10 +237,7 @@ def lloyd_in_memory(
     with ThreadPoolExecutor(max(1, threads or task_threads())) as pool:
 
         def in_block_order(parts: list[Any], i: int) -> Any:
-            total = parts[0][i]
-            for part in parts[1:]:
-                total = total + part[i]
-            return total
+            return functools.reduce(operator.add, (part[i] for part in parts))
 
         def e_step(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             c_x, c_sq = c.astype(dtype), (c * c).sum(axis=1)

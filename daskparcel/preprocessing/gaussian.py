@@ -133,9 +133,10 @@ def smooth_volumes(
         index = np.arange(out.shape[0], dtype=np.int32).reshape(shape, order="F")
         rows = np.ones((shape[2], shape[1]), bool)
     else:
+        n_voxels = int(mask.sum())
         index = np.full(shape, -1, np.int32)
-        index[mask] = np.arange(int(mask.sum()), dtype=np.int32)
-        out = result = np.empty((int(mask.sum()), block.shape[3]), np.float32, order="F")
+        index[mask] = np.arange(n_voxels, dtype=np.int32)
+        out = result = np.empty((n_voxels, block.shape[3]), np.float32, order="F")
         rows = np.ascontiguousarray(mask.any(axis=0).T)
     _smooth(block, weights[0], weights[1], weights[2], index, rows, out)
     return result

@@ -108,6 +108,14 @@ def _fast_smooth(arr: np.ndarray) -> np.ndarray:
     return smoothed
 
 
+def as_float(arr: np.ndarray) -> np.ndarray:
+    """nilearn's cast before smoothing: integers (and booleans) become float32, 64-bit integers float64;
+    floats are returned as they are (no copy)."""
+    if arr.dtype.kind in ("i", "u", "b"):
+        return arr.astype(np.float64 if arr.dtype.itemsize == 8 else np.float32)
+    return arr
+
+
 def smooth_array(
     arr: np.ndarray,
     sigma: np.ndarray | None,
@@ -121,10 +129,8 @@ def smooth_array(
     (64-bit integers float64), non-finite values become 0 when ``ensure_finite``, then one in-place
     ``gaussian_filter1d`` (mode 'reflect', truncate 4) per axis whose sigma is > 0. Always a copy.
     """
-    if arr.dtype.kind in ("i", "u", "b"):
-        arr = arr.astype(np.float64 if arr.dtype.itemsize == 8 else np.float32)
-    else:
-        arr = np.array(arr, copy=True)
+    floating = as_float(arr)
+    arr = np.array(floating, copy=True) if floating is arr else floating
     if ensure_finite:
         arr[~np.isfinite(arr)] = 0
     if fast:
@@ -160,8 +166,7 @@ def smooth_block(
     A float32 (or 8/16/32-bit integer) block with a Gaussian sigma runs the numba kernel of
     :mod:`daskparcel.preprocessing.gaussian` (the same numbers); a float64 one is smoothed in float64, as
     nilearn does, then cast."""
-    if block.dtype.kind in ("i", "u", "b") and block.dtype.itemsize < 8:
-        block = block.astype(np.float32)
+    block = as_float(block)
     if sigma is not None and not fast and ensure_finite and block.dtype == np.float32:
         return smooth_volumes(block, sigma, mask)
     out = smooth_array(block, sigma, fast=fast, ensure_finite=ensure_finite)

@@ -30,8 +30,8 @@ calling a multi-threaded BLAS oversubscribes the cores, and OpenBLAS's spinning 
 ``OPENBLAS_NUM_THREADS=1``; :func:`connect` does the same for the threaded scheduler with
 ``threadpoolctl`` (setting ``daskparcel.runtime.blas-threads``, default 1). The measurements behind this
 choice are the README's "Workers" table (``benchmarks/run.py --suite workers``).
-``daskparcel.runtime.local: processes`` (or a ``kind: local`` cluster file) starts a ``LocalCluster`` of processes, with a dashboard, when the
-workload is Python-bound or when you want to watch it.
+``daskparcel.runtime.local: processes`` (or a ``kind: local`` cluster file) starts a ``LocalCluster`` of
+processes, with a dashboard, when the workload is Python-bound or when you want to watch it.
 
 The settings (``daskparcel.runtime.*``: timeout, local, local-workers, blas-threads, dashboard-address)
 are listed with their defaults in :mod:`daskparcel.config`.
