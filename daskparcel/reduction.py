@@ -386,7 +386,8 @@ def reduce_runs(
                 )
             )
         elif index in right:
-            sources.append(project(x, right[index], np.float32))
+            # whole zarr chunks per task: two tasks writing parts of one chunk would race
+            sources.append(project(x, right[index], np.float32).rechunk({0: array.chunks[0]}))
             targets.append(array)
         else:  # a long run: randomized, in its own passes
             n_power_iter = 7 if ranks[index] < 0.1 * min(x.shape) else 4
