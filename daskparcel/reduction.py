@@ -47,7 +47,7 @@ from daskparcel.svd import (
     exact_max_columns,
     passes_left_singular,
     project,
-    stacked_left_singular,
+    stacked_svd,
     tall_array,
     top_eig,
     tree_gram,
@@ -272,28 +272,56 @@ class _RunInTask:
         return list(dask.compute(*parts, scheduler="sync", callbacks=[]))
 
 
+def _spectrum(right: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(2, k): a run's singular values, and its right singular vectors' sums over time (``V.T @ 1``), from
+    :func:`top_eig`'s ``V / S`` and ``S``: what :func:`_scatter` needs of the run."""
+    return np.stack([s, (right * s).sum(axis=0)])
+
+
 def _run_components(
     blocks: list[np.ndarray] | _RunInTask, k: int, target: Any, dtype: Any
-) -> np.ndarray | None:
+) -> tuple[np.ndarray | None, np.ndarray]:
     """One run's components in one task, from its voxel blocks held in memory: one read of the run.
 
     The (time, time) Gram matrix in float64 (:func:`block_gram`'s precision), its top ``k`` eigenvectors,
     then ``x @ V / S`` multiplied in ``dtype`` and written to the zarr array ``target`` (voxel, k), float32,
-    or returned when ``target`` is None. Rows are taken ``_TASK_ROWS`` at a time whatever the blocks, so the
-    result is the same on any chunking.
+    or returned when ``target`` is None; and the run's :func:`_spectrum`. Rows are taken ``_TASK_ROWS`` at a
+    time whatever the blocks, so the result is the same on any chunking.
     """
     if isinstance(blocks, _RunInTask):
         blocks = blocks.blocks()
     gram = np.zeros((blocks[0].shape[1],) * 2)
     for _, rows in row_windows(blocks, _TASK_ROWS):
         gram += block_gram(rows)
-    right = top_eig(gram, k)[0].astype(dtype)
+    right64, s = top_eig(gram, k)
+    right = right64.astype(dtype)
     out = target
     if target is None:
         out = np.empty((sum(len(b) for b in blocks), k), np.float32)
     for start, rows in row_windows(blocks, _TASK_ROWS):
         out[start : start + len(rows)] = (np.asarray(rows, dtype=dtype) @ right).astype(np.float32)
-    return out if target is None else None
+    return (out if target is None else None), _spectrum(right64, s)
+
+
+def _scatter(xtu: np.ndarray, spectra: list[np.ndarray], n_time: int) -> np.ndarray:
+    """The signals' scatter along the features, ``U.T @ Xc @ Xc.T @ U`` (``Xc``: all ``n_time`` time points of
+    all runs, centred over time), from the runs' reductions instead of a read of the signals.
+
+    Each run is taken as its top components, ``X_r ~ U_r S_r V_r.T``, so ``U.T @ X_r = (U.T @ U_r) S_r V_r.T``:
+    ``xtu`` is the stacked ``U_r.T @ U`` (the group SVD's last pass gives it), ``spectra`` each run's
+    :func:`_spectrum`. Exact when a run keeps all its time points (``n_components`` >= its length); otherwise
+    what the runs' trailing components carry is left out (on the real scan split in runs that keep half their
+    variance, the weighted features' parcellations have the same R^2 within 5e-4).
+    """
+    n_out = xtu.shape[1]
+    scatter, sums = np.zeros((n_out, n_out)), np.zeros(n_out)
+    start = 0
+    for s, time_sums in spectra:
+        part = xtu[start : start + len(s)]
+        scatter += (part * s[:, None] ** 2).T @ part
+        sums += part.T @ (s * time_sums)
+        start += len(s)
+    return scatter - np.outer(sums, sums) / n_time
 
 
 def reduce_runs(
@@ -316,12 +344,17 @@ def reduce_runs(
     float32 (their Gram matrices are float64), as the stored components are float32; one run alone is
     projected in float64, as :func:`reduce` does.
 
+    When the group SVD is randomized (a large cohort), the signals' scatter along the features (what
+    :func:`daskparcel.clustering.weights.weigh_components` needs) is computed from the runs' reductions
+    (:func:`_scatter`) and written to ``group["scatter"]`` (float64, (component, component)), so that weighing
+    the features needs no read of the signals; the caller keeps it before removing ``group``.
+
     Parameters
     ----------
     runs : list of xarray.DataArray ("voxel", "time")
         One per run (e.g. read from the signals store), voxel-chunked.
     group : zarr.Group
-        Where the per-run components are written.
+        Where the per-run components (and the scatter) are written.
     n_components, random_state
         As :func:`reduce`.
 
@@ -355,7 +388,8 @@ def reduce_runs(
     two_pass = [i for i in exact if i not in in_task]
     logger.debug("runs: %d reduced in a task each, %d in 2 passes", len(in_task), len(two_pass))
     grams = dask.compute(*[tree_gram(data[i]) for i in two_pass])
-    right = {i: top_eig(gram, ranks[i])[0] for i, gram in zip(two_pass, grams, strict=True)}
+    eig = {i: top_eig(gram, ranks[i]) for i, gram in zip(two_pass, grams, strict=True)}
+    right = {i: factors[0] for i, factors in eig.items()}
     # a cluster's task reads its run itself; local threads share the blocks' memory anyway
     distributed = distributed_client() is not None
 
@@ -365,7 +399,7 @@ def reduce_runs(
     if len(runs) == 1:  # one run: the group SVD would only rotate the same subspace
         if in_task:
             task = dask.delayed(_run_components, pure=False)
-            (out,) = dask.compute(task(run_blocks(data[0]), ranks[0], None, np.float64))
+            ((out, _),) = dask.compute(task(run_blocks(data[0]), ranks[0], None, np.float64))
             return np.asarray(out)
         if right:
             return gather_rows(project(data[0], right[0])).astype(np.float32)
@@ -377,14 +411,13 @@ def reduce_runs(
     # the runs' components are float32 (what is stored and stacked): their projections multiply in float32,
     # 3.6x faster than in float64, over fixed row windows (the same numbers on any chunking)
     stored, sources, targets, tasks = [], [], [], []
+    spectra: dict[int, Any] = {i: _spectrum(*factors) for i, factors in eig.items()}
     for index, x in enumerate(data):
         array = tall_array(group, f"runs/{index}", n_voxels, ranks[index], x.chunks[0][0])
         if index in in_task:
-            tasks.append(
-                dask.delayed(_run_components, pure=False)(
-                    run_blocks(x), ranks[index], array, np.float32
-                )
-            )
+            task = dask.delayed(_run_components, nout=2, pure=False)
+            spectra[index] = task(run_blocks(x), ranks[index], array, np.float32)[1]
+            tasks.append(spectra[index])
         elif index in right:
             # whole zarr chunks per task: two tasks writing parts of one chunk would race
             sources.append(project(x, right[index], np.float32).rechunk({0: array.chunks[0]}))
@@ -398,7 +431,8 @@ def reduce_runs(
         stored.append(array)
     if sources:
         tasks.append(da.store(sources, targets, lock=False, compute=False))
-    dask.compute(*tasks)
+    done = dask.compute(*tasks)
+    spectra.update({i: done[n] for n, i in enumerate(in_task)})
     stacked = da.concatenate([da.from_zarr(a) for a in stored], axis=1)
     n_out = min(n_components, stacked.shape[1])
     seed = _seed(random_state, 2**31 - 1)
@@ -407,7 +441,11 @@ def reduce_runs(
             stacked, n_out, n_power_iter=3, seed=seed, what="group", exact_dtype=np.float32
         )
     else:
-        features = stacked_left_singular(stored, n_out, n_power_iter=3, seed=seed, scratch=group)
+        features, xtu = stacked_svd(stored, n_out, n_power_iter=3, seed=seed, scratch=group)
+        if len(spectra) == len(runs):  # not after a randomized run: no singular values
+            n_time = sum(x.shape[1] for x in data)
+            scatter = _scatter(xtu, [spectra[i] for i in range(len(runs))], n_time)
+            group.create_array("scatter", data=scatter, overwrite=True)
     if isinstance(group, zarr.Group) and "runs" in group:
         del group["runs"]
     return features.astype(np.float32)

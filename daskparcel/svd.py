@@ -22,6 +22,7 @@ __all__ = [
     "passes_left_singular",
     "project",
     "stacked_left_singular",
+    "stacked_svd",
     "tall_array",
     "top_eig",
     "tree_gram",
@@ -211,7 +212,16 @@ def _fused_pass_block(
 def stacked_left_singular(
     x: da.Array | list[Any], k: int, *, n_power_iter: int, seed: int, scratch: Any = None
 ) -> np.ndarray:
-    """Top ``k`` left singular vectors of the stacked per-run components, in ``n_power_iter + 1`` passes.
+    """Top ``k`` left singular vectors of the stacked per-run components, in ``n_power_iter + 1`` passes
+    (:func:`stacked_svd`'s first result)."""
+    return stacked_svd(x, k, n_power_iter=n_power_iter, seed=seed, scratch=scratch)[0]
+
+
+def stacked_svd(
+    x: da.Array | list[Any], k: int, *, n_power_iter: int, seed: int, scratch: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` left singular vectors ``u`` of the stacked per-run components, in ``n_power_iter + 1``
+    passes, and ``x.T @ u`` (float64, (columns, k)), which the last pass gives for free.
 
     The randomized range finder of :func:`passes_left_singular` (the same subspace in exact arithmetic)
     with each power iteration in one pass over ``x`` instead of two: a task reads a voxel block ``x_b``
@@ -228,7 +238,9 @@ def stacked_left_singular(
     :func:`passes_left_singular`.
 
     ``x`` is a dask array, or a list of zarr arrays (voxel, columns) side by side (the runs' stored
-    components): then each task reads its rows of them itself (:class:`ZarrRows`).
+    components): then each task reads its rows of them itself (:class:`ZarrRows`). ``x.T @ u`` is
+    ``(x.T @ y) @ right``, with ``x.T @ y`` summed in the last pass (:mod:`daskparcel.reduction` weighs the
+    features with it, without another read of the signals).
     """
     blocks: list[Any]
     if isinstance(x, da.Array):
@@ -280,9 +292,10 @@ def stacked_left_singular(
     ub, s, _ = np.linalg.svd(b, full_matrices=False)
     # directions without energy (zero columns of basis, or s ~ 0) give zero columns, as the exact path
     right = basis @ (ub[:, :k] * (s[:k] > s[0] * 1e-7))
+    xtu = xty @ right
     if tall is None:
         assert y is not None
-        return (y.astype(np.float64) @ right).astype(np.float32)
+        return (y.astype(np.float64) @ right).astype(np.float32), xtu
     u = gather_rows(project(da.from_zarr(tall), right, np.float32))
     del scratch["range"]
-    return u
+    return u, xtu

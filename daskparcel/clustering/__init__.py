@@ -172,19 +172,15 @@ def run_method(
     """Labels 0..K-1 of the mask's voxels by ``method``, and its merge tree (None for partitions).
 
     ``key`` names the features in ``cache`` (``reduced/c<k>-r<seed>``). A weighted method clusters the
-    features weighted by their signal (``<key>-weighted``, kept in the cache) unless
-    ``job.options["weighting"]`` is False. A tree method's tree is read from ``cache`` (group
-    ``trees/...-<method>[-<graph token>]``) when it is there, else built and kept there; either way it is cut
-    at ``job.n_clusters``.
+    features weighted by their signal (``<key>-weighted``, kept in the cache; from the reduction's
+    ``<key>-scatter`` when it left one) unless ``job.options["weighting"]`` is False. A tree method's tree is
+    read from ``cache`` (group ``trees/...-<method>[-<graph token>]``) when it is there, else built and kept
+    there; either way it is cut at ``job.n_clusters``.
     """
     if method.weighted and job.options.get("weighting", True) and job.signals is not None:
-        from daskparcel.clustering.weights import weigh_components
+        from daskparcel.clustering.weights import weighted
 
-        def weigh() -> np.ndarray:
-            return np.asarray(weigh_components(job.features, job.signals))
-
-        weighted = cache.derived(f"{key}-weighted", weigh) if cache is not None else weigh()
-        job = dataclasses.replace(job, features=weighted)
+        job = dataclasses.replace(job, features=weighted(cache, key, job.features, job.signals))
     if method.tree is None:
         assert method.labels is not None
         # CIFTI: each structure on its own, with its share of K

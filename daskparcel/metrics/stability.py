@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -199,36 +200,24 @@ def _sample_features(
     """The reduction of a sample's fitted parts, written to the store (``stability/<token>``) and weighted as
     the estimator's method clusters them (``stability/<token>-weighted``): the sample's key and the group of
     the features to cluster (the clustering task reads them from there: no array travels in the graph)."""
-    import zarr
-
     from daskparcel.clustering import METHODS
     from daskparcel.reduction import reduce_runs
-    from daskparcel.store.runs import quiet_zarr
 
     token = dask.base.tokenize(
         store.path.name, sample.fit, int(est.n_components), int(est.random_state)
     )
     name = f"stability/{token}"
     parts = _parts(signals, sample.fit)
-
-    def compute() -> np.ndarray:
-        with quiet_zarr():
-            root = zarr.open_group(str(store.path), mode="a", zarr_format=3)
-            scratch = root.require_group(name + "-work")
-        features = reduce_runs(
-            parts, scratch, n_components=int(est.n_components), random_state=int(est.random_state)
-        )
-        with quiet_zarr():
-            del root[name + "-work"]
-        return features
-
-    features = store.derived(name, compute)
+    reduce = partial(
+        reduce_runs, n_components=int(est.n_components), random_state=int(est.random_state)
+    )
+    features = store.reduced(name, lambda: parts, reduce)
     if not (METHODS[str(est.method)].weighted and est.weighting):
         return name, name
-    from daskparcel.clustering.weights import weigh_components
+    from daskparcel.clustering.weights import weighted
 
     joined = xr.concat(parts, dim="time") if len(parts) > 1 else parts[0]
-    store.derived(name + "-weighted", lambda: np.asarray(weigh_components(features, joined)))
+    weighted(store, name, features, joined)
     return name, name + "-weighted"
 
 

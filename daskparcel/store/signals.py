@@ -209,16 +209,32 @@ class SignalsStore:
         random_state: int,
         reduce: Callable[[list[xr.DataArray], zarr.Group], np.ndarray],
     ) -> np.ndarray:
-        """The reduction's (voxel, component) features, read from ``reduced/c<k>-r<seed>`` when a complete
-        copy is there, else computed by ``reduce(cleaned run signals, scratch group)`` and written (fits that
-        differ only in method or n_parcels reuse them). ``reduce`` may keep per-run results in the scratch
-        group (``reduced/c<k>-r<seed>-work``), which is removed once the features are written."""
+        """The reduction's (voxel, component) features of the cleaned runs, kept in ``reduced/c<k>-r<seed>``
+        (fits that differ only in method or n_parcels reuse them); see :meth:`reduced`."""
         name = self.features_group(n_components, random_state)
+        return self.reduced(name, lambda: self.run_signals("cleaned"), reduce)
+
+    def reduced(
+        self,
+        name: str,
+        runs: Callable[[], list[xr.DataArray]],
+        reduce: Callable[[list[xr.DataArray], zarr.Group], np.ndarray],
+    ) -> np.ndarray:
+        """Features read from ``name`` when a complete copy is there, else computed by ``reduce(runs(),
+        scratch group)`` and written. ``reduce`` may keep per-run results in the scratch group
+        (``<name>-work``), which is removed once the features are written; a ``scatter`` it leaves there
+        (:func:`daskparcel.reduction.reduce_runs`) is kept as ``<name>-scatter`` for the weighting."""
 
         def compute() -> np.ndarray:
             with quiet_zarr():
                 root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
-                features = reduce(self.run_signals("cleaned"), root.require_group(name + "-work"))
+                if name + "-scatter" in root:  # another reduction's (e.g. before a setting changed)
+                    del root[name + "-scatter"]
+                work = root.require_group(name + "-work")
+                features = reduce(runs(), work)
+                if "scatter" in work:
+                    scatter = np.asarray(work["scatter"][...])  # type: ignore[index]
+                    self.write_arrays(name + "-scatter", {"scatter": scatter})
                 del root[name + "-work"]
             return features
 
