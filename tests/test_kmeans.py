@@ -360,3 +360,32 @@ def test_bad_judge_signals():
         kmeans(features, 12, n_init=2, signals=x)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="n_init=0: must be an integer >= 1"):
         kmeans(features, 12, n_init=0)
+
+
+@pytest.mark.parametrize("n_rows", [40000, 100003])  # whole 8192-row blocks and a partial one
+def test_minibatch_in_memory_distances_without_a_float64_copy_of_the_features(n_rows):
+    """A mini-batch start's distances (what hierarchical kmeans reseeds empty clusters with) are each row's
+    squared distance to its centre, computed 8192 rows at a time: the task's traced peak stays under twice the
+    features (a float64 copy of them, and of their centres, made it 4x: 1.1 GB at 2 mm, which killed a
+    1.5 GiB worker of the 40-subject run)."""
+    import tracemalloc
+
+    from daskparcel.clustering.kmeans import minibatch_in_memory
+
+    x = np.random.default_rng(0).standard_normal((n_rows, 50)).astype(np.float32)
+    options = dict(
+        random_state=0, n_init=1, max_iter=100, tol=0.0, batch_size=1000, max_no_improvement=10,
+        init="k-means++",
+    )  # fmt: skip
+    minibatch_in_memory(x, 10, **options)  # imports and numba's compilation outside the trace
+    tracemalloc.start()
+    try:
+        labels, d2, _ = minibatch_in_memory(x, 10, **options)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * x.nbytes
+    mbk = MiniBatchKMeans(10, **{k: v for k, v in options.items() if k != "init"}).fit(x)
+    np.testing.assert_array_equal(labels, mbk.labels_)
+    expected = ((x.astype(np.float64) - mbk.cluster_centers_[labels].astype(np.float64)) ** 2).sum(1)
+    np.testing.assert_allclose(d2, expected, rtol=1e-12)
