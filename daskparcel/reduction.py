@@ -23,7 +23,9 @@ task (``reduction.run-in-task-mb``, 512 MB by default: 2 mm x 500 volumes), else
 matrix, then its components). Then the group SVD: exact with a (sum of k)^2 Gram matrix (multiplied in
 float32, summed in float64: the columns are unit-norm float32 components) up to
 ``exact-max-columns``, 4000 by default, i.e. 20 runs at k=200; beyond, the randomized range finder with
-nilearn's 3 power iterations, each in one pass over the stored components, so 4 passes in all.
+nilearn's 3 power iterations, each in one pass over the stored components, so 4 passes in all, and the signals'
+scatter along the features (for the kmeans family's weighting) from the runs' singular values, without
+another read of the signals.
 """
 
 from __future__ import annotations
