@@ -225,6 +225,9 @@ def capped_client(memory_cap: int, n_workers: int = 2) -> Iterator[Any]:
     (:func:`client_reserve`) sum to ``memory_cap``, so the whole run's peak can be checked against the cap."""
     from distributed import Client, LocalCluster
 
+    from daskparcel.runtime.workers import set_worker_malloc
+
+    set_worker_malloc()  # what daskparcel's own clusters do (README: workers you start yourself)
     with (
         LocalCluster(
             n_workers=n_workers,

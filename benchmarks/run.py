@@ -290,6 +290,9 @@ def fit_on_cluster(
         if n_workers:
             from distributed import Client, LocalCluster
 
+            from daskparcel.runtime.workers import set_worker_malloc
+
+            set_worker_malloc()
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,

@@ -38,6 +38,9 @@ def fit_pinned(imgs: list[str], config: dict[str, Any], store: str, cores: int, 
     if kind == "processes":  # workers inherit the affinity; 2 threads each where there are 2 cores
         from distributed import Client, LocalCluster
 
+        from daskparcel.runtime.workers import set_worker_malloc
+
+        set_worker_malloc()
         threads = 2 if cores >= 2 else 1
         cluster = LocalCluster(
             n_workers=max(1, cores // threads), threads_per_worker=threads, host="127.0.0.1",

@@ -20,6 +20,7 @@ import yaml
 from dask.utils import parse_bytes
 
 from daskparcel import runtime
+from daskparcel.runtime.workers import WORKER_MALLOC
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -122,6 +123,10 @@ def test_slurm_job_script_has_the_asked_resources():
     assert worker[worker.index("--local-directory") + 1] == doc["local_directory"]
     for line in doc["job_script_prologue"]:
         assert line in script.splitlines()
+    # glibc's malloc settings exported before the worker starts (and before the file's own prologue)
+    lines = script.splitlines()
+    exports = [lines.index(f"export {k}={v}") for k, v in WORKER_MALLOC.items()]
+    assert max(exports) < lines.index(doc["job_script_prologue"][0]) < len(lines) - 1
 
 
 def test_pbs_job_script_has_the_asked_resources():

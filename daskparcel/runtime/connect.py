@@ -328,7 +328,10 @@ class Runtime:
             stack.callback(self.client.close)
         else:
             if self.kind == "processes":
+                from daskparcel.runtime.workers import set_worker_malloc
+
                 choice = default_scheduler()
+                set_worker_malloc()
                 self.cluster = distributed.LocalCluster(
                     n_workers=choice.n_workers,
                     threads_per_worker=1,

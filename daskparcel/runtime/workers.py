@@ -44,6 +44,29 @@ class IdentifyWorkers(WorkerPlugin):
         worker.log_event(TOPIC, identity)
 
 
+#: glibc's malloc settings for worker processes. distributed's nanny starts workers with
+#: ``MALLOC_TRIM_THRESHOLD_=65536`` (to give freed memory back); any explicit threshold also freezes glibc's
+#: mmap threshold at 128 KiB, so every array above it (a run's 8192-row window, a pass's block) is mapped and
+#: page-faulted afresh: one run's reduction took 2.0 s instead of 1.3 s, and the 40-subject reduction on a
+#: 2-worker cluster 117 s against 76 s on threads. With these, arrays up to 32 MiB are reused from the heap and
+#: more than 64 MiB of free heap is still given back (one run: 1.3 s).
+WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "67108864", "MALLOC_MMAP_THRESHOLD_": "33554432"}
+
+
+def set_worker_malloc() -> dict[str, str]:
+    """Have the worker processes started from now on by this process's nannies (a ``LocalCluster``) use
+    :data:`WORKER_MALLOC`; returns it (the variables to export where workers start elsewhere).
+
+    glibc reads them when a process starts, so they go in this process's environment, which a nanny's worker
+    inherits and which, for a variable that dask's ``distributed.nanny.pre-spawn-environ`` also sets, wins over
+    it. A value already set other than distributed's own default is the user's and is kept.
+    """
+    for name, value in WORKER_MALLOC.items():
+        if os.environ.get(name) in (None, "65536"):
+            os.environ[name] = value
+    return dict(WORKER_MALLOC)
+
+
 def register(client: Any) -> None:
     """Have every worker of ``client``'s cluster, now and later, log who it is (a no-op if it cannot)."""
     try:
