@@ -223,6 +223,13 @@ def test_compose_has_scheduler_two_workers_and_jupyter_sharing_data():
     for worker in workers:
         assert address in worker["command"]
         assert "scheduler" in worker["depends_on"]
+        assert {k: worker["environment"].get(k) for k in WORKER_MALLOC} == WORKER_MALLOC
+
+
+def test_the_image_sets_the_workers_malloc():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    for name, value in WORKER_MALLOC.items():
+        assert re.search(rf"^\s*{name}={value}\b", dockerfile, re.M), name
 
 
 def _free_port() -> int:
