@@ -13,6 +13,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -127,6 +128,10 @@ def test_slurm_job_script_has_the_asked_resources():
     lines = script.splitlines()
     exports = [lines.index(f"export {k}={v}") for k, v in WORKER_MALLOC.items()]
     assert max(exports) < lines.index(doc["job_script_prologue"][0]) < len(lines) - 1
+    with dask.config.set(
+        {"daskparcel.runtime.worker-malloc": False}
+    ):  # distributed's own, as asked
+        assert "MALLOC" not in runtime.job_script(path, "tcp://10.0.0.1:8786")
 
 
 def test_pbs_job_script_has_the_asked_resources():

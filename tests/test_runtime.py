@@ -409,7 +409,10 @@ def test_kubernetes_config_maps_to_kubecluster(monkeypatch):
     cluster = runtime.make_cluster(path)
     assert isinstance(cluster, FakeKubeCluster)
     (_, kwargs), (_, adapt) = calls
-    assert kwargs == {k: v for k, v in doc.items() if k not in ("kind", "adapt", "scale")}
+    expected = {k: v for k, v in doc.items() if k not in ("kind", "adapt", "scale")}
+    # the pods also get glibc's malloc settings for the workers; the file's own env is kept and wins
+    expected["env"] = {**WORKER_MALLOC, **doc["env"]}
+    assert kwargs == expected
     assert kwargs["image"] and kwargs["resources"]["limits"]["memory"]
     assert adapt == doc["adapt"]
 

@@ -505,22 +505,24 @@ def _worker_malloc(kind: str, options: dict[str, Any]) -> dict[str, Any]:
     """The workers get glibc's malloc settings of :data:`daskparcel.runtime.workers.WORKER_MALLOC` (they must be
     in a process's environment when it starts): a local cluster's workers inherit them from this process, a
     batch job exports them first (``job_script_prologue``), a Kubernetes pod has them in its ``env``. Values
-    the configuration sets itself win."""
-    from daskparcel.runtime.workers import WORKER_MALLOC, set_worker_malloc
+    the configuration sets itself win; the setting ``daskparcel.runtime.worker-malloc`` False turns it off."""
+    from daskparcel.runtime.workers import set_worker_malloc, worker_malloc
 
     options = dict(options)
-    if kind == "local":
-        set_worker_malloc()
-    elif kind in _JOB_CLASSES:
-        exports = [f"export {name}={value}" for name, value in WORKER_MALLOC.items()]
+    # the local workers inherit it from this process's environment
+    malloc = set_worker_malloc() if kind == "local" else worker_malloc()
+    if not malloc:
+        return options
+    if kind in _JOB_CLASSES:
+        exports = [f"export {name}={value}" for name, value in malloc.items()]
         options["job_script_prologue"] = [*exports, *options.get("job_script_prologue", [])]
     elif kind == "kubernetes":
         env = options.get("env") or {}
         if isinstance(env, dict):
-            options["env"] = {**WORKER_MALLOC, **env}
+            options["env"] = {**malloc, **env}
         else:
             given = {item["name"] for item in env}
-            extra = [{"name": k, "value": v} for k, v in WORKER_MALLOC.items() if k not in given]
+            extra = [{"name": k, "value": v} for k, v in malloc.items() if k not in given]
             options["env"] = [*env, *extra]
     return options
 

@@ -53,18 +53,27 @@ class IdentifyWorkers(WorkerPlugin):
 WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "67108864", "MALLOC_MMAP_THRESHOLD_": "33554432"}
 
 
+def worker_malloc() -> dict[str, str]:
+    """:data:`WORKER_MALLOC`, or nothing with the setting ``daskparcel.runtime.worker-malloc`` False."""
+    from daskparcel import config
+
+    return dict(WORKER_MALLOC) if config.get("runtime.worker-malloc") else {}
+
+
 def set_worker_malloc() -> dict[str, str]:
     """Have the worker processes started from now on by this process's nannies (a ``LocalCluster``) use
     :data:`WORKER_MALLOC`; returns it (the variables to export where workers start elsewhere).
 
     glibc reads them when a process starts, so they go in this process's environment, which a nanny's worker
     inherits and which, for a variable that dask's ``distributed.nanny.pre-spawn-environ`` also sets, wins over
-    it. A value already set other than distributed's own default is the user's and is kept.
+    it. A value already set other than distributed's own default is the user's and is kept. With the setting
+    ``daskparcel.runtime.worker-malloc`` False, nothing is set and an empty dict is returned.
     """
-    for name, value in WORKER_MALLOC.items():
+    malloc = worker_malloc()
+    for name, value in malloc.items():
         if os.environ.get(name) in (None, "65536"):
             os.environ[name] = value
-    return dict(WORKER_MALLOC)
+    return malloc
 
 
 def register(client: Any) -> None:
