@@ -474,7 +474,9 @@ def make_cluster(config: ClusterConfig | Mapping[str, Any] | str | os.PathLike[s
             )
         if config.adapt is not None or config.scale is not None:
             options.setdefault("n_workers", 0)
-    options = _worker_malloc(config.kind, options)
+    from daskparcel.runtime.workers import with_worker_malloc  # imports distributed
+
+    options = with_worker_malloc(config.kind, options, batch=config.kind in _JOB_CLASSES)
     adapt = config.adapt
     if config.kind in _JOB_CLASSES:
         options = _retire_before_walltime(options)
@@ -499,32 +501,6 @@ def make_cluster(config: ClusterConfig | Mapping[str, Any] | str | os.PathLike[s
         cluster.close()
         raise
     return cluster
-
-
-def _worker_malloc(kind: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The workers get glibc's malloc settings of :data:`daskparcel.runtime.workers.WORKER_MALLOC` (they must be
-    in a process's environment when it starts): a local cluster's workers inherit them from this process, a
-    batch job exports them first (``job_script_prologue``), a Kubernetes pod has them in its ``env``. Values
-    the configuration sets itself win; the setting ``daskparcel.runtime.worker-malloc`` False turns it off."""
-    from daskparcel.runtime.workers import set_worker_malloc, worker_malloc
-
-    options = dict(options)
-    # the local workers inherit it from this process's environment
-    malloc = set_worker_malloc() if kind == "local" else worker_malloc()
-    if not malloc:
-        return options
-    if kind in _JOB_CLASSES:
-        exports = [f"export {name}={value}" for name, value in malloc.items()]
-        options["job_script_prologue"] = [*exports, *options.get("job_script_prologue", [])]
-    elif kind == "kubernetes":
-        env = options.get("env") or {}
-        if isinstance(env, dict):
-            options["env"] = {**malloc, **env}
-        else:
-            given = {item["name"] for item in env}
-            extra = [{"name": k, "value": v} for k, v in malloc.items() if k not in given]
-            options["env"] = [*env, *extra]
-    return options
 
 
 def _retire_before_walltime(options: dict[str, Any], *, log: bool = True) -> dict[str, Any]:
@@ -594,7 +570,10 @@ def job_script(
         )
     job_cls = _import_backend(config.kind, *_JOB_CLASSES[config.kind])
     # the script make_cluster submits
-    options = _retire_before_walltime(_worker_malloc(config.kind, config.options), log=False)
+    from daskparcel.runtime.workers import with_worker_malloc
+
+    malloc = with_worker_malloc(config.kind, config.options, batch=True)
+    options = _retire_before_walltime(malloc, log=False)
     kwargs = {k: v for k, v in options.items() if k not in _JOBQUEUE_CLUSTER_ONLY}
     return str(job_cls(scheduler_address, name="dummy-name", **kwargs).job_script())
 

@@ -76,6 +76,29 @@ def set_worker_malloc() -> dict[str, str]:
     return malloc
 
 
+def with_worker_malloc(kind: str, options: dict[str, Any], *, batch: bool) -> dict[str, Any]:
+    """A cluster's ``options`` whose workers get glibc's malloc settings (:func:`worker_malloc`; they must be in a
+    process's environment when it starts): local workers (``kind`` "local") inherit them from this process, a
+    ``batch`` job (SLURM, PBS) exports them first (``job_script_prologue``), a Kubernetes pod has them in
+    ``env``; the configuration's own values win."""
+    options = dict(options)
+    malloc = set_worker_malloc() if kind == "local" else worker_malloc()
+    if malloc and batch:
+        exports = [f"export {name}={value}" for name, value in malloc.items()]
+        options["job_script_prologue"] = [*exports, *options.get("job_script_prologue", [])]
+    elif malloc and kind == "kubernetes":  # env: a mapping, or a list of {name, value}
+        env = options.get("env") or {}
+        if isinstance(env, dict):
+            options["env"] = {**malloc, **env}
+        else:
+            given = {item["name"] for item in env}
+            options["env"] = [
+                *env,
+                *({"name": k, "value": v} for k, v in malloc.items() if k not in given),
+            ]
+    return options
+
+
 def register(client: Any) -> None:
     """Have every worker of ``client``'s cluster, now and later, log who it is (a no-op if it cannot)."""
     try:
