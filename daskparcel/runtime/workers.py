@@ -6,6 +6,9 @@ or a walltime, an adaptive cluster growing). It logs the worker's name, host, pi
 (``SLURM_JOB_ID``, ``PBS_JOBID``) as a scheduler event; :func:`workers_seen` reads the events back, so a
 fit records all the workers it had, not only those alive at its end. The record is ``fit.json``'s
 ``runtime.workers`` and the estimator's ``workers_``.
+
+The workers daskparcel starts also get glibc's malloc settings in their environment (:data:`WORKER_MALLOC`,
+:func:`with_worker_malloc`).
 """
 
 from __future__ import annotations
