@@ -87,7 +87,7 @@ def main() -> None:
     class Captured(Exception):
         """The per-run components are written: stop before reduce_runs' group step deletes them."""
 
-    def capture(stacked: da.Array | list[Any], k: int, **kwargs: Any) -> np.ndarray:
+    def capture(stacked: da.Array | list[Any], k: int, **kwargs: Any) -> Any:
         if kwargs.get("what", "group") != "group":  # a long run's own randomized SVD
             return two_pass(stacked, k, **kwargs)
         # the fused finder's input: the runs' zarr arrays side by side
@@ -99,8 +99,8 @@ def main() -> None:
     scratch_path = Path(tempfile.mkdtemp(dir=RESULTS, prefix="group-svd-"))
     atexit.register(shutil.rmtree, scratch_path, True)  # ~8 GB at 40 subjects, removed on any exit
     scratch = zarr.open_group(str(scratch_path), mode="w", zarr_format=3)
-    two_pass, fused = red.passes_left_singular, red.stacked_left_singular
-    red.passes_left_singular = red.stacked_left_singular = capture  # type: ignore[assignment]
+    two_pass, fused = red.passes_left_singular, red.stacked_svd
+    red.passes_left_singular = red.stacked_svd = capture  # type: ignore[assignment]
     sampler.reset()
     t0 = time.perf_counter()
     try:
@@ -108,7 +108,7 @@ def main() -> None:
     except Captured:
         pass
     finally:
-        red.passes_left_singular, red.stacked_left_singular = two_pass, fused  # type: ignore[assignment]
+        red.passes_left_singular, red.stacked_svd = two_pass, fused  # type: ignore[assignment]
     per_run_s, per_run_peak = time.perf_counter() - t0, sampler.reset()
     stacked, k = captured["stacked"], captured["k"]
     print(
@@ -123,7 +123,7 @@ def main() -> None:
             8,
             lambda: two_pass(stacked, k, n_power_iter=3, seed=seed, what="group", scratch=scratch),
         ),
-        "fused": (4, lambda: fused(stacked, k, n_power_iter=3, seed=seed, scratch=scratch)),
+        "fused": (4, lambda: fused(stacked, k, n_power_iter=3, seed=seed, scratch=scratch)[0]),
     }
     for name, (passes, finder) in finders.items():
         t = time.perf_counter()

@@ -1,6 +1,6 @@
 """Out-of-core SVD building blocks: Gram matrices tree-summed over voxel blocks, their top eigenvectors, and the
 randomized range finder over a tall (voxel, column) array in separate passes, one pass per power iteration for
-the stacked per-run components (:func:`stacked_left_singular`). :mod:`daskparcel.reduction` runs them."""
+the stacked per-run components (:func:`stacked_svd`). :mod:`daskparcel.reduction` runs them."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ __all__ = [
     "exact_max_columns",
     "passes_left_singular",
     "project",
-    "stacked_left_singular",
     "stacked_svd",
     "tall_array",
     "top_eig",
@@ -207,14 +206,6 @@ def _fused_pass_block(
         tall[start : start + y.shape[0]] = y
         return sums, None
     return sums, y
-
-
-def stacked_left_singular(
-    x: da.Array | list[Any], k: int, *, n_power_iter: int, seed: int, scratch: Any = None
-) -> np.ndarray:
-    """Top ``k`` left singular vectors of the stacked per-run components, in ``n_power_iter + 1`` passes
-    (:func:`stacked_svd`'s first result)."""
-    return stacked_svd(x, k, n_power_iter=n_power_iter, seed=seed, scratch=scratch)[0]
 
 
 def stacked_svd(

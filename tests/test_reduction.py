@@ -389,12 +389,12 @@ def test_fused_group_svd_equals_two_pass_range_finder(tmp_path, chunk, use_scrat
     gathered."""
     import zarr
 
-    from daskparcel.svd import passes_left_singular, stacked_left_singular
+    from daskparcel.svd import passes_left_singular, stacked_svd
 
     x = _stacked_bases(800, 6, 20, shared=8, seed=0)  # 120 columns
     dx = da.from_array(x, chunks=(chunk, 20))
     group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w") if use_scratch else None
-    fused = stacked_left_singular(dx, 20, n_power_iter=3, seed=7, scratch=group)
+    fused = stacked_svd(dx, 20, n_power_iter=3, seed=7, scratch=group)[0]
     with dask.config.set({"daskparcel.reduction.exact-max-columns": 50}):  # its randomized path
         two_pass = passes_left_singular(dx, 20, n_power_iter=3, seed=7, what="group")
     exact = np.linalg.svd(x.astype(np.float64), full_matrices=False)[0][:, :20]
@@ -418,11 +418,11 @@ def test_fused_group_svd_equals_two_pass_range_finder(tmp_path, chunk, use_scrat
 def test_fused_group_svd_gives_zero_columns_beyond_the_rank():
     """Runs that span the same directions: the stack's rank is below k + oversampling; the directions without
     energy are dropped (zero columns, as the exact path), the others are the exact ones."""
-    from daskparcel.svd import stacked_left_singular
+    from daskparcel.svd import stacked_svd
 
     one = _stacked_bases(500, 1, 12, shared=0, seed=1)
     x = np.hstack([one, one, one])  # rank 12, 36 columns
-    fused = stacked_left_singular(da.from_array(x, chunks=(128, 12)), 16, n_power_iter=3, seed=0)
+    fused = stacked_svd(da.from_array(x, chunks=(128, 12)), 16, n_power_iter=3, seed=0)[0]
     norms = np.linalg.norm(fused.astype(np.float64), axis=0)
     np.testing.assert_allclose(norms[:12], 1.0, atol=1e-4)
     np.testing.assert_array_equal(norms[12:], 0.0)
@@ -450,7 +450,7 @@ def test_float32_group_gram_gives_zero_columns_beyond_the_rank(tmp_path):
 
 def test_fused_group_svd_reads_the_stack_once_per_power_iteration():
     """n_power_iter + 1 passes over the stacked components (the two-pass finder makes 2 n_power_iter + 2)."""
-    from daskparcel.svd import passes_left_singular, stacked_left_singular
+    from daskparcel.svd import passes_left_singular, stacked_svd
 
     x = _stacked_bases(600, 4, 10, shared=4, seed=2)
     reads = {"n": 0}
@@ -461,7 +461,7 @@ def test_fused_group_svd_reads_the_stack_once_per_power_iteration():
 
     dx = da.from_array(x, chunks=(150, 10)).map_blocks(counted, meta=np.empty((0, 0), np.float32))
     with dask.config.set({"scheduler": "sync", "daskparcel.reduction.exact-max-columns": 20}):
-        stacked_left_singular(dx, 10, n_power_iter=3, seed=0)
+        stacked_svd(dx, 10, n_power_iter=3, seed=0)[0]
         fused_reads, reads["n"] = reads["n"], 0
         passes_left_singular(dx, 10, n_power_iter=3, seed=0, what="group")
     assert fused_reads == 4 * 16  # 4 x 4 blocks, 4 passes
@@ -475,20 +475,20 @@ def test_fused_group_svd_on_worker_processes(tmp_path):
     import zarr
     from distributed import Client, LocalCluster
 
-    from daskparcel.svd import stacked_left_singular
+    from daskparcel.svd import stacked_svd
 
     x = _stacked_bases(900, 5, 16, shared=6, seed=3)
     dx = da.from_array(x, chunks=(200, 16))
     with dask.config.set(scheduler="sync"):
-        expected = stacked_left_singular(dx, 16, n_power_iter=3, seed=4)
+        expected = stacked_svd(dx, 16, n_power_iter=3, seed=4)[0]
     group = zarr.open_group(str(tmp_path / "scratch.zarr"), mode="w")
     stored = _as_zarr_runs(x, 16, 200, group)
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
     ) as cluster, Client(cluster):  # fmt: skip
-        got = stacked_left_singular(dx, 16, n_power_iter=3, seed=4, scratch=group)
+        got = stacked_svd(dx, 16, n_power_iter=3, seed=4, scratch=group)[0]
         # the runs' stored components, each block read by the worker's task that multiplies it
-        from_zarr = stacked_left_singular(stored, 16, n_power_iter=3, seed=4, scratch=group)
+        from_zarr = stacked_svd(stored, 16, n_power_iter=3, seed=4, scratch=group)[0]
     np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=1e-4)
     np.testing.assert_allclose(np.abs(from_zarr), np.abs(expected), atol=1e-4)
     assert "range" not in group
@@ -513,16 +513,14 @@ def test_fused_group_svd_reads_zarr_runs_in_its_tasks(tmp_path, rows):
     the same columns, on two row chunkings."""
     import zarr
 
-    from daskparcel.svd import stacked_left_singular
+    from daskparcel.svd import stacked_svd
 
     x = _stacked_bases(700, 4, 12, shared=5, seed=5)
     group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     stored = _as_zarr_runs(x, 12, rows, group)
     with dask.config.set(scheduler="sync"):
-        expected = stacked_left_singular(
-            da.from_array(x, chunks=(rows, 12)), 12, n_power_iter=3, seed=1
-        )
-        got = stacked_left_singular(stored, 12, n_power_iter=3, seed=1, scratch=group)
+        expected = stacked_svd(da.from_array(x, chunks=(rows, 12)), 12, n_power_iter=3, seed=1)[0]
+        got = stacked_svd(stored, 12, n_power_iter=3, seed=1, scratch=group)[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 

@@ -34,7 +34,7 @@ from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
 
 from daskparcel import config
 from daskparcel._checks import check_int, check_n_clusters
-from daskparcel._dask import from_numpy
+from daskparcel._dask import from_numpy, row_windows
 from daskparcel._dask import shared as shared_value
 from daskparcel.clustering._blocks import (
     assign,
@@ -254,10 +254,9 @@ def _squared_distances(x: np.ndarray, centers: np.ndarray, labels: np.ndarray) -
     """Each row's squared distance to its centre, in float64, 8192 rows at a time: a float64 copy of the whole
     of ``x`` (and of its centres) would be 4x the features (1.1 GB for 2 mm x 200 components, in a task)."""
     d2 = np.empty(len(x))
-    for start in range(0, len(x), 8192):
-        rows = slice(start, start + 8192)
-        diff = np.asarray(x[rows], dtype=np.float64) - centers[labels[rows]]
-        d2[rows] = np.einsum("ij,ij->i", diff, diff)
+    for start, rows in row_windows([x], 8192):
+        diff = np.asarray(rows, dtype=np.float64) - centers[labels[start : start + len(rows)]]
+        d2[start : start + len(rows)] = np.einsum("ij,ij->i", diff, diff)
     return d2
 
 

@@ -33,8 +33,8 @@ choice are the README's "Workers" table (``benchmarks/run.py --suite workers``).
 ``daskparcel.runtime.local: processes`` (or a ``kind: local`` cluster file) starts a ``LocalCluster`` of
 processes, with a dashboard, when the workload is Python-bound or when you want to watch it.
 
-The settings (``daskparcel.runtime.*``: timeout, local, local-workers, blas-threads, dashboard-address)
-are listed with their defaults in :mod:`daskparcel.config`.
+The settings (``daskparcel.runtime.*``: timeout, local, local-workers, blas-threads, dashboard-address,
+worker-malloc) are listed with their defaults in :mod:`daskparcel.config`.
 """
 
 from __future__ import annotations
