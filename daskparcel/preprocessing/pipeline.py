@@ -61,6 +61,7 @@ from daskparcel.preprocessing.cleaning import (
 )
 from daskparcel.preprocessing.smoothing import smooth_block, smooth_bold, smoothing_kernel
 from daskparcel.preprocessing.streaming import (
+    Copy,
     StreamedMask,
     copy_rows,
     gzipped_volumes,
@@ -259,7 +260,8 @@ def write_signals(
     if isinstance(mask, np.ndarray):
         return _write_store(runs, mask, affine, params, cache_dir, voxel_chunk, time_chunk, {})
     sigma, fast = smoothing_kernel(params.smoothing_fwhm, affine)
-    streamed = streamed_mask_pass(mask, runs, sigma, fast, time_chunk, voxel_chunk, cache_dir)
+    ddof = {"zscore_sample": 1, "zscore": 0}.get(_zscore_alone(runs, params) or "")
+    streamed = streamed_mask_pass(mask, runs, sigma, fast, time_chunk, voxel_chunk, cache_dir, ddof)
     with streamed as (computed, copies):
         computed = checked_mask(computed, None)
         return _write_store(
@@ -275,7 +277,7 @@ def _write_store(
     cache_dir: Path,
     voxel_chunk: int,
     time_chunk: int,
-    copies: dict[str, tuple[str, np.ndarray]],
+    copies: dict[str, Copy],
 ) -> SignalsStore:
     """:func:`write_signals` once the mask is known; ``copies``: the runs whose smoothed signals are in a
     scratch store already (:func:`~daskparcel.preprocessing.streaming.streamed_mask_pass`)."""
@@ -320,10 +322,10 @@ def _write_store(
                     )  # fmt: skip
             volumes = gzipped[run.name]
             if run.name in copies:
-                scratch, rows = copies[run.name]
+                copy = copies[run.name]
                 streams.append(
                     dask.delayed(copy_rows, pure=False)(
-                        scratch, run.name, rows, str(path), time_chunk, store_time, ddof
+                        copy.scratch, run.name, copy.rows, str(path), store_time, copy.moments
                     )
                 )
                 continue

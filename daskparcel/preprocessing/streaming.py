@@ -47,7 +47,7 @@ from daskparcel._dask import local_cores
 from daskparcel.ingest.nifti import NiftiVolumes
 from daskparcel.preprocessing.smoothing import smooth_block
 from daskparcel.store.runs import quiet_zarr
-from daskparcel.store.signals import SIGNALS_COMPRESSORS, RunInput, store_time_chunk
+from daskparcel.store.signals import RunInput, store_time_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,10 @@ SUPERSET_DILATION = 2
 #: No superset is taken when it would hold more than this share of the grid (the scratch store would then
 #: cost about what the second inflate saves).
 SUPERSET_MAX_FRACTION = 0.5
+#: Bytes a zarr write or copy handles at once: under glibc's largest mmap threshold (32 MiB), so buffers are
+#: reused from the heap; larger ones are mapped, faulted and unmapped every time, and with several threads
+#: that kernel time was a quarter of the streaming passes' CPU.
+PIECE_BYTES = 16 << 20
 
 
 class Moments:
@@ -126,15 +130,26 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], threads: int) ->
             yield pending.popleft().result()
 
 
+def row_pieces(n_rows: int, chunk_rows: int, row_bytes: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of row ranges of whole chunks (``chunk_rows`` rows each) of about
+    :data:`PIECE_BYTES` at most, covering ``n_rows`` rows of ``row_bytes`` bytes."""
+    step = chunk_rows * max(1, PIECE_BYTES // max(1, chunk_rows * row_bytes))
+    for start in range(0, n_rows, step):
+        yield start, min(n_rows, start + step)
+
+
 def write_blocks(
-    blocks: Iterable[np.ndarray], store: str, path: str, store_time: int, ddof: int | None = None
+    blocks: Iterable[np.ndarray],
+    store: str,
+    path: str,
+    store_time: int,
+    moments: Moments | None = None,
 ) -> int:
     """Write (voxel, time) blocks, in time order, to the array ``path`` of ``store`` by whole zarr chunks of
-    ``store_time`` volumes; with ``ddof``, also each voxel's mean and standard deviation (merged block by
-    block) to ``zscore/<run>`` beside it. Returns the number of volumes written."""
+    ``store_time`` volumes (in :func:`row_pieces`), adding each block to ``moments`` when given. Returns the
+    volumes written."""
     with quiet_zarr():
         target = zarr.open_array(store, path=path, mode="r+", zarr_format=3)
-    moments = Moments() if ddof is not None else None
     pending: list[np.ndarray] = []
     written = n = 0
     for block in blocks:
@@ -143,14 +158,19 @@ def write_blocks(
         pending.append(block)
         n += block.shape[1]
         if n - written >= store_time or n == target.shape[1]:
-            target[:, written:n] = np.concatenate(pending, axis=1)
+            row_bytes = (n - written) * target.dtype.itemsize
+            for r0, r1 in row_pieces(target.shape[0], target.chunks[0], row_bytes):
+                parts = [p[r0:r1] for p in pending]
+                target[r0:r1, written:n] = parts[0] if len(parts) == 1 else np.concatenate(parts, 1)
             pending, written = [], n
-    if moments is not None:
-        with quiet_zarr():
-            run = path.rsplit("/", 1)[-1]
-            stats = zarr.open_array(store, path=f"zscore/{run}", mode="r+", zarr_format=3)
-        stats[:] = moments.result(ddof or 0)
     return n
+
+
+def write_moments(store: str, run: str, moments: np.ndarray) -> None:
+    """Each voxel's (mean, standard deviation) of a run, to ``zscore/<run>``."""
+    with quiet_zarr():
+        stats = zarr.open_array(store, path=f"zscore/{run}", mode="r+", zarr_format=3)
+    stats[:] = moments
 
 
 def stream_smoothed(
@@ -166,7 +186,8 @@ def stream_smoothed(
     threads: int = 1,
 ) -> int:
     """Pass 1 for a gzipped run, as one task: stream its volumes once, smooth and mask each block of
-    ``time_chunk`` volumes, and write them to ``smoothed/<run>`` (:func:`write_blocks`).
+    ``time_chunk`` volumes, and write them to ``smoothed/<run>`` (:func:`write_blocks`); with ``ddof``, also
+    each voxel's mean and standard deviation to ``zscore/<run>``, merged block by block.
 
     One thread inflates (inside ``volumes.stream``) while ``threads`` threads smooth blocks, at most
     ``threads + 1`` blocks in flight; results are taken in order, so the values do not depend on ``threads``."""
@@ -174,8 +195,12 @@ def stream_smoothed(
     def smooth(item: tuple[int, np.ndarray]) -> np.ndarray:
         return smooth_block(item[1], sigma, fast, mask=mask)
 
+    moments = Moments() if ddof is not None else None
     blocks = ordered_map(smooth, volumes.stream(time_chunk), threads)
-    return write_blocks(blocks, store, f"smoothed/{run}", store_time, ddof)
+    n = write_blocks(blocks, store, f"smoothed/{run}", store_time, moments)
+    if moments is not None:
+        write_moments(store, run, moments.result(ddof or 0))
+    return n
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,11 +244,17 @@ def superset_arguments(mask_args: dict[str, Any] | None) -> dict[str, Any] | Non
     return merged | {"connected": False}
 
 
-def first_block_mean(volumes: NiftiVolumes, n_volumes: int) -> np.ndarray:
-    """The mean image of a run's first ``n_volumes`` volumes (only they are inflated)."""
+def first_block_mask(
+    volumes: NiftiVolumes, n_volumes: int, affine: np.ndarray, args: dict[str, Any]
+) -> np.ndarray:
+    """The EPI mask (``epi_mask_from_mean`` with ``args``) of the mean of a run's first ``n_volumes``
+    volumes; only they are inflated."""
+    from daskparcel.preprocessing.masking.strategies import epi_mask_from_mean
+
     with contextlib.closing(volumes.stream(n_volumes)) as stream:
         _, block = next(stream)
-    return block.mean(axis=3, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return epi_mask_from_mean(block.mean(axis=3, dtype=np.float64), affine, **args)
 
 
 def plan_streamed_mask(
@@ -237,8 +268,6 @@ def plan_streamed_mask(
     an untouched ``.nii.gz``, ``mask_args`` change the grid, or the superset is empty or most of the grid.
 
     Reads each run's first block of volumes (one task per run)."""
-    from daskparcel.preprocessing.masking.strategies import epi_mask_from_mean
-
     args = superset_arguments(mask_args)
     if args is None:
         return None
@@ -249,13 +278,13 @@ def plan_streamed_mask(
     if any(run.data["bold"].shape[:3] != shape for run in runs):
         return None
     chunks = [int(run.data["bold"].data.chunks[3][0]) for run in runs]
-    means = dask.compute(
-        *[dask.delayed(first_block_mean)(v, k) for v, k in zip(gzipped, chunks, strict=True)]
+    masks = dask.compute(
+        *[
+            dask.delayed(first_block_mask)(v, k, affine, args)
+            for v, k in zip(gzipped, chunks, strict=True)
+        ]
     )
-    superset = np.zeros(shape, bool)
-    for mean in means:
-        with np.errstate(invalid="ignore"):
-            superset |= epi_mask_from_mean(np.asarray(mean), affine, **args)
+    superset = np.logical_or.reduce(masks)
     superset = ndimage.binary_dilation(superset, iterations=SUPERSET_DILATION)
     if not superset.any() or superset.mean() > SUPERSET_MAX_FRACTION:
         return None
@@ -281,10 +310,13 @@ def stream_superset(
     fast: bool,
     time_chunk: int,
     store_time: int,
+    ddof: int | None = None,
     threads: int = 1,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`stream_smoothed` of the superset's voxels into ``superset/<run>`` of the scratch store, which
-    also sums the volumes (float64, block by block in order): returns the run's mean image."""
+    also sums the volumes (float64, block by block in order). Returns the run's mean image and, with
+    ``ddof``, its superset voxels' (mean, standard deviation): each voxel's are computed from its own values
+    only, so the mask's rows of them are what :func:`stream_smoothed` gives."""
     total = np.zeros(volumes.shape[:3], dtype=np.float64)
 
     def smooth(item: tuple[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -296,8 +328,10 @@ def stream_superset(
             np.add(total, part, out=total)
             yield signals
 
-    write_blocks(blocks(), store, f"superset/{run}", store_time)
-    return total / volumes.shape[3]
+    moments = Moments() if ddof is not None else None
+    write_blocks(blocks(), store, f"superset/{run}", store_time, moments)
+    stats = moments.result(ddof or 0) if moments is not None else None
+    return total / volumes.shape[3], stats
 
 
 def copy_rows(
@@ -305,23 +339,36 @@ def copy_rows(
     run: str,
     rows: np.ndarray,
     store: str,
-    time_chunk: int,
     store_time: int,
-    ddof: int | None = None,
+    moments: np.ndarray | None = None,
 ) -> int:
-    """Pass 1 of a run streamed with its mask's superset: its ``rows`` of ``superset/<run>`` into
-    ``smoothed/<run>``, in blocks of ``time_chunk`` volumes (as :func:`stream_smoothed` writes them, so the
-    z-scoring moments are merged in the same order)."""
+    """Pass 1 of a run streamed with its mask's superset (:func:`stream_superset`): its ``rows`` of
+    ``superset/<run>`` into ``smoothed/<run>``, by zarr chunks of ``store_time`` volumes, and their z-scoring
+    ``moments`` (when given) to ``zscore/<run>``."""
     with quiet_zarr():
         source = zarr.open_array(scratch, path=f"superset/{run}", mode="r", zarr_format=3)
+        target = zarr.open_array(store, path=f"smoothed/{run}", mode="r+", zarr_format=3)
+    n = source.shape[1]
+    for start in range(0, n, store_time):
+        stop = min(n, start + store_time)
+        row_bytes = (stop - start) * source.dtype.itemsize
+        for r0, r1 in row_pieces(len(rows), target.chunks[0], row_bytes):
+            low, high = int(rows[r0]), int(rows[r1 - 1]) + 1
+            piece = np.asarray(source[low:high, start:stop])
+            target[r0:r1, start:stop] = piece[rows[r0:r1] - low]
+    if moments is not None:
+        write_moments(store, run, moments)
+    return n
 
-    def blocks() -> Iterator[np.ndarray]:
-        for start in range(0, source.shape[1], store_time):
-            block = np.asarray(source[:, start : start + store_time])[rows]
-            for t in range(0, block.shape[1], time_chunk):
-                yield block[:, t : t + time_chunk]
 
-    return write_blocks(blocks(), store, f"smoothed/{run}", store_time, ddof)
+@dataclass
+class Copy:
+    """A run's smoothed signals in the scratch store: the mask's ``rows`` of its superset, and their
+    z-scoring ``moments`` (or None)."""
+
+    scratch: str
+    rows: np.ndarray
+    moments: np.ndarray | None
 
 
 @contextlib.contextmanager
@@ -333,10 +380,11 @@ def streamed_mask_pass(
     time_chunk: int,
     voxel_chunk: int,
     cache_dir: Path,
-) -> Iterator[tuple[np.ndarray, dict[str, tuple[str, np.ndarray]]]]:
+    ddof: int | None = None,
+) -> Iterator[tuple[np.ndarray, dict[str, Copy]]]:
     """Stream every run once (:func:`stream_superset`), compute the mask from the means and keep it in the
-    cache; yields ``(mask, copies)``, ``copies`` mapping each run to its scratch store and the mask's rows in
-    its superset (empty when the mask is not inside the superset: the runs must then be streamed again).
+    cache; yields ``(mask, copies)``, ``copies`` mapping each run to what :func:`copy_rows` takes (empty when
+    the mask is not inside the superset: the runs must then be streamed again).
     The scratch store is removed when the block ends, whatever happens."""
     from daskparcel.preprocessing.masking import mask_of_means
 
@@ -351,7 +399,7 @@ def streamed_mask_pass(
                 zarr.create_array(
                     str(scratch), name=f"superset/{run.name}", shape=(n_superset, run.n_time),
                     dtype=np.float32, chunks=(min(voxel_chunk, n_superset), store_time),
-                    compressors=SIGNALS_COMPRESSORS,
+                    compressors=None,  # read once, soon: compressing costs more than it saves
                 )  # fmt: skip
             volumes = gzipped_volumes(run)
             assert volumes is not None  # plan_streamed_mask took only untouched .nii.gz runs
@@ -365,11 +413,13 @@ def streamed_mask_pass(
                     fast,
                     time_chunk,
                     store_time,
+                    ddof,
                     threads,
                 )
             )
         logger.info("signals: streaming %d run(s) once for the mask and the signals", len(runs))
-        means = dask.compute(*tasks)
+        streamed = dask.compute(*tasks)
+        means = [mean for mean, _ in streamed]
         mask = mask_of_means(means, plan.labels, plan.affines, "epi", dict(plan.args))
         keep_mask(plan.cache, mask)
         outside = int((mask & ~plan.superset).sum())
@@ -382,6 +432,12 @@ def streamed_mask_pass(
             yield mask, {}
             return
         rows = np.flatnonzero(mask[plan.superset])
-        yield mask, {run.name: (str(scratch), rows) for run in runs}
+        yield (
+            mask,
+            {
+                run.name: Copy(str(scratch), rows, None if stats is None else stats[rows])
+                for run, (_, stats) in zip(runs, streamed, strict=True)
+            },
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
