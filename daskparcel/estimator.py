@@ -288,22 +288,20 @@ class Parcellations(TransformerMixin, BaseEstimator):
             cache = Path(self.store) if self.store is not None else default_cache_dir()
             since = workers.now()  # workers_: the workers of this fit, also those lost on the way
             with connect(self.client) as client, verbosity(self.verbose):
-                with step("mask", logger):
-                    pending = geometry.grid_mask() if geometry else run_mask(
+                with step("mask", logger) as notes:
+                    mask = geometry.grid_mask() if geometry else run_mask(
                         runs, affine, cache, mask=self.mask, strategy=self.mask_strategy,
                         mask_args=self.mask_args,
                     )  # fmt: skip
-                if self.n_parcels is not None and isinstance(pending, np.ndarray):
-                    check_n_clusters(self.n_parcels, int(pending.sum()), "n_parcels")
+                    notes.append(f"{int(mask.sum())} voxels")
+                if self.n_parcels is not None:
+                    check_n_clusters(self.n_parcels, int(mask.sum()), "n_parcels")
                 logger.debug("signals: %d run(s), %s, into %s", len(runs), params, cache)
                 with step("signals", logger) as notes:
                     store = write_signals(
-                        runs, pending, affine, params, cache, voxel_chunk=self.voxel_chunk
+                        runs, mask, affine, params, cache, voxel_chunk=self.voxel_chunk
                     )
-                    notes.append(f"{len(runs)} run(s), {store.n_voxels} voxels in {store.path}")
-                mask = store.mask
-                if self.n_parcels is not None:
-                    check_n_clusters(self.n_parcels, int(mask.sum()), "n_parcels")
+                    notes.append(f"{len(runs)} run(s) in {store.path}")
                 with step("reduction", logger) as notes:
                     reduce = partial(
                         reduce_runs, n_components=self.n_components, random_state=self.random_state

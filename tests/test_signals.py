@@ -137,13 +137,13 @@ def test_one_streamed_run_smooths_on_several_threads_with_the_same_values(tmp_pa
     mask[1:9, 1:8, 1:7] = True
     params = CleanParams(smoothing_fwhm=6.0, standardize="zscore_sample")
     used: list[int] = []
-    original = pipeline.stream_smoothed
+    original = pipeline._stream_smoothed
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         used.append(args[-1])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "stream_smoothed", spy)
+    monkeypatch.setattr(pipeline, "_stream_smoothed", spy)
     stores = []
     for workers in (1, 4):
         with dask.config.set(num_workers=workers):

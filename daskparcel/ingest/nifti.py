@@ -21,7 +21,7 @@ import gzip
 import logging
 import os
 import zlib
-from collections.abc import Generator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +196,7 @@ class NiftiVolumes:
         """Whether the file is gzip-compressed (read in order only: see :meth:`stream`)."""
         return _is_gzip(self.path)
 
-    def stream(self, volumes_per_block: int) -> Generator[tuple[int, np.ndarray], None, None]:
+    def stream(self, volumes_per_block: int) -> Iterator[tuple[int, np.ndarray]]:
         """Every volume, in order, by blocks: ``(first volume index, block (x, y, z, n) float32)``.
 
         One sequential read of the file (gzip inflated by ISA-L in a background thread when ``isal`` is installed,

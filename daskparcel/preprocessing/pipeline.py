@@ -41,7 +41,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -53,24 +55,15 @@ import xarray as xr
 import zarr
 
 from daskparcel import config
+from daskparcel._dask import local_cores
 from daskparcel.errors import InputError
+from daskparcel.ingest.nifti import NiftiVolumes
 from daskparcel.preprocessing.cleaning import (
     clean,
     count_zeroed_voxels,
     warn_zeroed_voxels,
 )
 from daskparcel.preprocessing.smoothing import smooth_block, smooth_bold, smoothing_kernel
-from daskparcel.preprocessing.streaming import (
-    Copy,
-    StreamedMask,
-    copy_rows,
-    gzipped_volumes,
-    keep_mask,
-    plan_streamed_mask,
-    stream_smoothed,
-    streamed_mask_pass,
-    threads_per_stream,
-)
 from daskparcel.store.runs import quiet_zarr, set_store_info, store_info, store_lock
 from daskparcel.store.signals import (
     SIGNALS_COMPRESSORS,
@@ -109,46 +102,36 @@ def run_mask(
     mask: Any = None,
     strategy: str = "epi",
     mask_args: dict[str, Any] | None = None,
-) -> np.ndarray | StreamedMask:
+) -> np.ndarray:
     """The mask pass: the user's ``mask`` on the runs' grid, or the ``strategy`` mask of the runs.
 
     A computed mask is kept in ``cache_dir/masks/`` under a hash of the runs' identities, the strategy and its
     arguments, so refits of the same runs (another method, another K, another session) do not read them again.
-    The EPI mask of untouched ``.nii.gz`` runs is left to the signals pass, which reads each run once for both
-    (a :class:`~daskparcel.preprocessing.streaming.StreamedMask`; :func:`write_signals` computes it).
     """
-    from daskparcel.preprocessing.masking import compute_mask, resample_mask
+    from daskparcel.preprocessing.masking import compute_mask, resample_mask, warn_whole_grid
 
     shape = runs[0].data["bold"].shape[:3]
     if mask is not None:
-        return checked_mask(resample_mask(mask, affine, shape), mask)
-    key = hashlib.sha256(
-        json.dumps(
-            [[r.identity for r in runs], strategy, repr(mask_args), MASK_CACHE_VERSION]
-        ).encode()
-    ).hexdigest()[:20]
-    cached = Path(cache_dir) / "masks" / f"mask-{key}.npy"
-    if cached.is_file():
-        logger.info("mask reused from %s", cached)
-        return checked_mask(np.load(cached), None, strategy)
-    names = [r.nifti or r.name for r in runs]
-    if strategy == "epi":
-        plan = plan_streamed_mask(runs, affine, mask_args, names, cached)
-        if plan is not None:
-            return plan
-    result = compute_mask(
-        [r.data["bold"] for r in runs], affine, strategy, mask_args,
-        niftis=[r.nifti for r in runs], names=names,
-    )  # fmt: skip
-    keep_mask(cached, result)
-    return checked_mask(result, None, strategy)
-
-
-def checked_mask(result: np.ndarray, mask: Any, strategy: str = "epi") -> np.ndarray:
-    """A mask refused when empty, warned about when it is the whole grid (naming the user's ``mask``, else the
-    strategy)."""
-    from daskparcel.preprocessing.masking import warn_whole_grid
-
+        result = resample_mask(mask, affine, shape)
+    else:
+        key = hashlib.sha256(
+            json.dumps(
+                [[r.identity for r in runs], strategy, repr(mask_args), MASK_CACHE_VERSION]
+            ).encode()
+        ).hexdigest()[:20]
+        cached = Path(cache_dir) / "masks" / f"mask-{key}.npy"
+        if cached.is_file():
+            logger.info("mask reused from %s", cached)
+            result = np.load(cached)
+        else:
+            result = compute_mask(
+                [r.data["bold"] for r in runs], affine, strategy, mask_args,
+                niftis=[r.nifti for r in runs], names=[r.nifti or r.name for r in runs],
+            )  # fmt: skip
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_name(cached.name + ".partial.npy")
+            np.save(partial, np.asarray(result, dtype=bool))
+            os.replace(partial, cached)
     if not result.any():
         raise InputError("the mask has no voxel; give another mask or mask_strategy / mask_args")
     source = str(mask) if isinstance(mask, str | os.PathLike) else "mask_img"
@@ -215,7 +198,7 @@ def voxel_signals(bold: xr.DataArray, mask: np.ndarray) -> da.Array:
 
 def write_signals(
     runs: Sequence[RunInput],
-    mask: np.ndarray | StreamedMask,
+    mask: np.ndarray,
     affine: np.ndarray,
     params: CleanParams,
     cache_dir: str | os.PathLike[str],
@@ -228,9 +211,7 @@ def write_signals(
     ----------
     runs : list of RunInput
         The runs, all on the mask's grid.
-    mask : numpy.ndarray of bool (x, y, z), or StreamedMask
-        The mask, or the EPI mask still to compute in this pass's read of the runs (:func:`run_mask`); the
-        store's ``mask`` is then the computed one, and it is kept in the mask cache.
+    mask : numpy.ndarray of bool (x, y, z)
     affine : numpy.ndarray (4, 4)
     params : CleanParams
         Smoothing and cleaning parameters (per run: each run is cleaned on its own, as nilearn does).
@@ -245,7 +226,8 @@ def write_signals(
     """
     if not runs:
         raise InputError("no run to preprocess; give at least one BOLD run")
-    if isinstance(mask, np.ndarray) and not mask.any():
+    n_voxels = int(mask.sum())
+    if n_voxels == 0:
         raise InputError("the mask has no voxel; use another mask or mask strategy")
     for run in runs:
         if run.data["bold"].shape[:3] != mask.shape:
@@ -254,36 +236,11 @@ def write_signals(
                 "resample the run or give a mask on its grid"
             )
     voxel_chunk = int(voxel_chunk or config.get("voxel-chunk"))
+    voxel_chunk = max(1, min(voxel_chunk, n_voxels))
     time_chunk = int(runs[0].data["bold"].data.chunks[3][0])
+    key = signals_identity(runs, mask, params, voxel_chunk, time_chunk)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(mask, np.ndarray):
-        return _write_store(runs, mask, affine, params, cache_dir, voxel_chunk, time_chunk, {})
-    sigma, fast = smoothing_kernel(params.smoothing_fwhm, affine)
-    ddof = {"zscore_sample": 1, "zscore": 0}.get(_zscore_alone(runs, params) or "")
-    streamed = streamed_mask_pass(mask, runs, sigma, fast, time_chunk, voxel_chunk, cache_dir, ddof)
-    with streamed as (computed, copies):
-        computed = checked_mask(computed, None)
-        return _write_store(
-            runs, computed, affine, params, cache_dir, voxel_chunk, time_chunk, copies
-        )
-
-
-def _write_store(
-    runs: Sequence[RunInput],
-    mask: np.ndarray,
-    affine: np.ndarray,
-    params: CleanParams,
-    cache_dir: Path,
-    voxel_chunk: int,
-    time_chunk: int,
-    copies: dict[str, Copy],
-) -> SignalsStore:
-    """:func:`write_signals` once the mask is known; ``copies``: the runs whose smoothed signals are in a
-    scratch store already (:func:`~daskparcel.preprocessing.streaming.streamed_mask_pass`)."""
-    n_voxels = int(mask.sum())
-    voxel_chunk = max(1, min(voxel_chunk, n_voxels))
-    key = signals_identity(runs, mask, params, voxel_chunk, time_chunk)
     path = cache_dir / f"signals-{key}.zarr"
     names = [r.name for r in runs]
     subjects = [r.subject or r.name for r in runs]
@@ -304,8 +261,8 @@ def _write_store(
         fresh_store(path, key, names, subjects, mask, affine, params)
         smoothed_targets, sources, streams = [], [], []
         sigma, fast = smoothing_kernel(params.smoothing_fwhm, affine)
-        gzipped = {run.name: gzipped_volumes(run) for run in runs}
-        threads = threads_per_stream(sum(v is not None for v in gzipped.values()))
+        gzipped = {run.name: _gzipped_volumes(run) for run in runs}
+        threads = _threads_per_stream(sum(v is not None for v in gzipped.values()))
         for run in runs:
             shape = (n_voxels, run.n_time)
             store_time = store_time_chunk(time_chunk, run.n_time)
@@ -321,17 +278,9 @@ def _write_store(
                         chunks=(voxel_chunk, 2), dimension_names=("voxel", "moment"), overwrite=True,
                     )  # fmt: skip
             volumes = gzipped[run.name]
-            if run.name in copies:
-                copy = copies[run.name]
-                streams.append(
-                    dask.delayed(copy_rows, pure=False)(
-                        copy.scratch, run.name, copy.rows, str(path), store_time, copy.moments
-                    )
-                )
-                continue
             if volumes is not None:
                 streams.append(
-                    dask.delayed(stream_smoothed, pure=False)(
+                    dask.delayed(_stream_smoothed, pure=False)(
                         volumes,
                         str(path),
                         run.name,
@@ -436,3 +385,114 @@ def _voxel_moments(signals: da.Array, ddof: int) -> da.Array:
     """(voxel, 2) float64: each voxel's mean and standard deviation over time (dask's pairwise moments)."""
     x = signals.astype(np.float64)
     return da.stack([x.mean(axis=1), x.std(axis=1, ddof=ddof)], axis=1).rechunk({1: 2})
+
+
+class _Moments:
+    """Per-voxel mean and sum of squared deviations, merged block by block (Chan et al.'s parallel formula)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+
+    def add(self, block: np.ndarray) -> None:
+        x = block.astype(np.float64)
+        n_b = x.shape[1]
+        mean_b = x.mean(axis=1)
+        m2_b = ((x - mean_b[:, None]) ** 2).sum(axis=1)
+        if self.mean is None or self.m2 is None:
+            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + delta**2 * (self.n * n_b / n)
+        self.n = n
+
+    def result(self, ddof: int) -> np.ndarray:
+        assert self.mean is not None and self.m2 is not None
+        std = np.sqrt(self.m2 / max(self.n - ddof, 1))
+        return np.stack([self.mean, std], axis=1)
+
+
+def _gzipped_volumes(run: RunInput) -> NiftiVolumes | None:
+    """The run's gzipped NIfTI file, when its ``bold`` is that file's volumes untouched (else None)."""
+    if run.nifti is None:
+        return None
+    volumes = NiftiVolumes(run.nifti)
+    if not volumes.gzipped or volumes.shape != tuple(run.data["bold"].shape):
+        return None
+    return volumes
+
+
+def _threads_per_stream(n_streams: int) -> int:
+    """Smoothing threads for each streamed run: the local threaded scheduler's cores shared among the runs
+    streamed at once (1 on a distributed cluster, whose workers run one task per thread)."""
+    try:
+        from distributed import default_client
+
+        default_client()
+        return 1
+    except (ImportError, ValueError):
+        pass
+    if dask.config.get("scheduler", "threads") not in ("threads", "threading"):
+        return 1
+    return max(1, local_cores() // max(1, n_streams))
+
+
+def _ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], threads: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, with ``threads`` threads and at most ``threads + 1`` items in flight."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque[Future[Any]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _stream_smoothed(
+    volumes: NiftiVolumes,
+    store: str,
+    run: str,
+    mask: np.ndarray,
+    sigma: np.ndarray | None,
+    fast: bool,
+    time_chunk: int,
+    store_time: int,
+    ddof: int | None = None,
+    threads: int = 1,
+) -> int:
+    """Pass 1 for a gzipped run, as one task: stream its volumes once, smooth and mask each block of
+    ``time_chunk`` volumes, and write them to ``smoothed/<run>`` by whole zarr chunks of ``store_time`` volumes
+    (with ``ddof``, also each voxel's mean and standard deviation to ``zscore/<run>``).
+
+    One thread inflates (inside ``volumes.stream``) while ``threads`` threads smooth blocks, at most
+    ``threads + 1`` blocks in flight; results are taken in order, so the values do not depend on ``threads``."""
+    with quiet_zarr():
+        target = zarr.open_array(store, path=f"smoothed/{run}", mode="r+", zarr_format=3)
+    moments = _Moments() if ddof is not None else None
+    pending: list[np.ndarray] = []
+    written = 0
+    n = 0
+
+    def smooth(item: tuple[int, np.ndarray]) -> np.ndarray:
+        return smooth_block(item[1], sigma, fast, mask=mask)
+
+    for signals in _ordered_map(smooth, volumes.stream(time_chunk), threads):
+        if moments is not None:
+            moments.add(signals)
+        pending.append(signals)
+        n += signals.shape[1]
+        if n - written >= store_time or n == target.shape[1]:
+            target[:, written:n] = np.concatenate(pending, axis=1)
+            pending, written = [], n
+    if moments is not None:
+        with quiet_zarr():
+            stats = zarr.open_array(store, path=f"zscore/{run}", mode="r+", zarr_format=3)
+        stats[:] = moments.result(ddof or 0)
+    return n
