@@ -182,14 +182,20 @@ def collect_serial(timings: dict[str, float]) -> Iterator[None]:
 def serial_step(name: str) -> Iterator[None]:
     """Time a step that runs on one core by nature (ward's merge loop, ReNA's groupings), so that a fit's
     timings (and the scaling benchmark) say how much of the wall time no number of cores can shorten."""
-    timings = _SERIAL.get()
     start = time.perf_counter()
     try:
         yield
     finally:
-        if timings is not None:
-            key = f"serial: {name}"
-            timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+        add_serial(name, time.perf_counter() - start)
+
+
+def add_serial(name: str, seconds: float) -> None:
+    """Add ``seconds`` to the serial step ``name`` of the fit (:func:`serial_step`), for a step timed where it
+    ran (a dask task, on any thread or worker) and reported by the thread that runs the fit."""
+    timings = _SERIAL.get()
+    if timings is not None:
+        key = f"serial: {name}"
+        timings[key] = timings.get(key, 0.0) + seconds
 
 
 @contextmanager

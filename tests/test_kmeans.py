@@ -380,7 +380,7 @@ def test_minibatch_in_memory_distances_without_a_float64_copy_of_the_features(n_
     minibatch_in_memory(x, 10, **options)  # imports and numba's compilation outside the trace
     tracemalloc.start()
     try:
-        labels, d2, _ = minibatch_in_memory(x, 10, **options)
+        labels, d2, *_ = minibatch_in_memory(x, 10, **options)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -24,6 +24,7 @@ from daskparcel import config
 from daskparcel._checks import check_int, check_n_clusters
 from daskparcel._dask import from_numpy
 from daskparcel._dask import shared as shared_value
+from daskparcel._log import add_serial
 from daskparcel.clustering._blocks import finalize, raise_non_finite, reseed_empty
 from daskparcel.clustering._common import features_dask
 from daskparcel.clustering.kmeans import (
@@ -112,7 +113,7 @@ def _fine_cluster(
     """Second-level clustering of one coarse cluster, exactly ``n_small`` labels."""
     if n_small == 1:
         return np.zeros(x.shape[0], dtype=np.int64)
-    labels, d2, _ = _nilearn_minibatch(
+    labels, d2, _, _ = _nilearn_minibatch(
         x,
         n_small,
         random_state=random_state,
@@ -149,7 +150,9 @@ def _coarse_starts(
                 for seed in seeds
             ]
         )
-        return [reseed_empty(labels, d2, n_big)[0] for labels, d2, _ in runs]
+        if len(seeds) == 1:  # one start is one task: its mini-batch steps run on one core
+            add_serial("hierarchical kmeans first level (one start)", runs[0][3])
+        return [reseed_empty(labels, d2, n_big)[0] for labels, d2, _, _ in runs]
     return [
         kmeans(
             x,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from daskparcel import config
 from daskparcel._checks import check_int, check_n_clusters
 from daskparcel._dask import from_numpy, row_windows
 from daskparcel._dask import shared as shared_value
+from daskparcel._log import add_serial, serial_step
 from daskparcel.clustering._blocks import (
     assign,
     delayed_blocks,
@@ -222,8 +224,13 @@ def minibatch_in_memory(
     max_no_improvement: int | None,
     init: str,
     refine: bool = False,
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """scikit-learn's ``MiniBatchKMeans`` of ``x``, then (``refine``) Lloyd iterations from its centres: the
+    labels, each row's squared distance to its centre, the iterations, and the seconds of the mini-batch
+    steps (on one thread: what no number of cores shortens)."""
     from threadpoolctl import threadpool_limits
+
+    start = time.perf_counter()
 
     # one OpenMP thread, in the thread that runs this (OpenMP limits are per thread: the client's do not
     # reach dask's threads): scikit-learn's sums depend on its thread count, and mini-batch steps are too
@@ -239,6 +246,7 @@ def minibatch_in_memory(
             max_no_improvement=max_no_improvement,
             random_state=random_state,
         ).fit(x)
+    seconds = time.perf_counter() - start
     labels = np.asarray(mbk.labels_, dtype=np.int64)
     centers = np.asarray(mbk.cluster_centers_, dtype=np.float64)
     n_iter = int(mbk.n_iter_)
@@ -246,8 +254,8 @@ def minibatch_in_memory(
         # full Lloyd iterations from the mini-batch centres (mini-batch stops short of a local optimum), on
         # every thread the task has, with the same result on any number of them
         labels, d2, refine_iter = lloyd_in_memory(x, centers, max_iter=50, tol=1e-4)
-        return labels, d2, n_iter + refine_iter
-    return labels, _squared_distances(x, centers, labels), n_iter
+        return labels, d2, n_iter + refine_iter, seconds
+    return labels, _squared_distances(x, centers, labels), n_iter, seconds
 
 
 def _squared_distances(x: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -287,8 +295,9 @@ def _minibatch_streaming(
             if check and epoch == 1 and not np.isfinite(chunk).all():
                 raise_non_finite(f" in chunk {i}")
             chunk = chunk[rng.permutation(chunk.shape[0])]
-            for start in range(0, chunk.shape[0], batch_size):
-                mbk.partial_fit(chunk[start : start + batch_size])
+            with serial_step("streamed mini-batch kmeans steps"):
+                for start in range(0, chunk.shape[0], batch_size):
+                    mbk.partial_fit(chunk[start : start + batch_size])
         shift = float(((mbk.cluster_centers_ - before) ** 2).sum())
         logger.debug("streaming mini-batch epoch %d: centre shift %.3g", epoch, shift)
     # a few full-batch (Lloyd) passes polish what the stream of mini-batches found
@@ -426,6 +435,9 @@ def kmeans(
                     for seed in seeds
                 ]
             )
+            if len(seeds) == 1:  # one start is one task: its mini-batch steps run on one core
+                add_serial("mini-batch kmeans (one start)", runs[0][3])
+            runs = tuple(run[:3] for run in runs)
             x = from_numpy(arr, chunks=(default_rows(arr.shape), -1))
         else:
             logger.debug(
