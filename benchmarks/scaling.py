@@ -149,8 +149,9 @@ def scaling_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -
             "efficiency = speed-up / cores. Weak: one subject per core; efficiency = time of 1 subject on 1 "
             "core / time. Processes: a LocalCluster of 2-thread workers on the same cores. Serial: the seconds "
             "of the fit in steps that run on one core by nature (ward/complete/average's merge loop, "
-            "ReNA's groupings; ``serial: <step>`` in ``timings_``), and their share of the fit: what no "
-            "number of cores shortens. kmeans' mini-batch start is one thread too (its OpenMP sums would "
-            "change with the thread count), inside a task; its Lloyd iterations use the task's threads.",
+            "ReNA's groupings, a single kmeans start's mini-batch steps, which scikit-learn runs on one "
+            "thread so that the labels do not change with the cores; ``serial: <step>`` in ``timings_``), "
+            "and their share of the fit: what no number of cores shortens. kmeans' Lloyd iterations after "
+            "the mini-batch use the task's threads.",
         ],
     )
