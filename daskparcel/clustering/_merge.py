@@ -8,6 +8,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+
+@numba.njit(cache=True, inline="always")
+def _copy(dst, at, src, start, n):  # pragma: no cover - compiled
+    """``dst[at:at + n] = src[start:start + n]`` element by element (the regions do not overlap). A slice
+    assignment would compile numba's shape-mismatch error messages: seconds of the first fit's compilation."""
+    for i in range(n):
+        dst[at + i] = src[start + i]
+
+
 # --------------------------------------------------------------------------------------------------
 # A binary heap that reproduces CPython's heapq (heappush / heappop / heapify) operation by operation.
 # Entries are (weight, a, b). ``lexi`` selects the comparison: scikit-learn's ward heap holds tuples
@@ -62,7 +71,7 @@ def _grow(arr, need):
     if need <= arr.shape[0]:
         return arr
     new = np.empty(max(need, 2 * arr.shape[0]), dtype=arr.dtype)
-    new[: arr.shape[0]] = arr
+    _copy(new, 0, arr, 0, arr.shape[0])
     return new
 
 
@@ -94,7 +103,7 @@ def _adjacency(indptr, indices, n_nodes, capacity):
         start[i] = top
         length[i] = d
         capac[i] = d
-        pool[top : top + d] = indices[indptr[i] : indptr[i + 1]]
+        _copy(pool, top, indices, indptr[i], d)
         top += d
     return pool, start, length, capac, top
 
@@ -167,14 +176,15 @@ def ward_loop(indptr, indices, x, weights):
     n_nodes = 2 * n - 1
     n_features = x.shape[1]
     m1 = np.zeros(n_nodes)
-    m1[:n] = weights
+    _copy(m1, 0, weights, 0, n)
     # moments of order 2, stored in slots: a merged node reuses its first child's slot
     m2 = np.empty((n, n_features))
     for i in range(n):
         for f in range(n_features):
             m2[i, f] = x[i, f] * weights[i] if weights[i] != 1.0 else x[i, f]
     slot = np.empty(n_nodes, dtype=np.int64)
-    slot[:n] = np.arange(n)
+    for i in range(n):
+        slot[i] = i
 
     pool, start, length, capac, top = _adjacency(
         indptr, indices, n_nodes, 2 * (indices.shape[0] + 16)
@@ -248,14 +258,14 @@ def ward_loop(indptr, indices, x, weights):
         start[k] = top
         length[k] = nb
         capac[k] = nb
-        pool[top : top + nb] = buf[:nb]
+        _copy(pool, top, buf, 0, nb)
         top += nb
         for q in range(nb):
             col = buf[q]
             if length[col] == capac[col]:
                 newcap = 2 * capac[col] + 4
                 pool = _grow(pool, top + newcap)
-                pool[top : top + length[col]] = pool[start[col] : start[col] + length[col]]
+                _copy(pool, top, pool, start[col], length[col])
                 start[col] = top
                 capac[col] = newcap
                 top += newcap
@@ -279,7 +289,7 @@ def linkage_loop(indptr, indices, dist, method):
     )
     vpool = np.empty(kpool.shape[0])  # the distances, beside their keys
     for i in range(n):
-        vpool[start[i] : start[i] + length[i]] = dist[indptr[i] : indptr[i + 1]]
+        _copy(vpool, start[i], dist, indptr[i], length[i])
     hw, ha, hb = _heap_arrays(indptr, indices)
     size = 0
     for i in range(n):
@@ -348,8 +358,8 @@ def linkage_loop(indptr, indices, dist, method):
         start[k] = top
         length[k] = nb
         capac[k] = nb
-        kpool[top : top + nb] = bk[:nb]
-        vpool[top : top + nb] = bv[:nb]
+        _copy(kpool, top, bk, 0, nb)
+        _copy(vpool, top, bv, 0, nb)
         top += nb
         hw, ha, hb = _reserve(hw, ha, hb, size + nb)
         for q in range(nb):
@@ -370,8 +380,8 @@ def linkage_loop(indptr, indices, dist, method):
                 newcap = 2 * capac[col] + 4
                 kpool = _grow(kpool, top + newcap)
                 vpool = _grow(vpool, top + newcap)
-                kpool[top : top + length[col]] = kpool[start[col] : start[col] + length[col]]
-                vpool[top : top + length[col]] = vpool[start[col] : start[col] + length[col]]
+                _copy(kpool, top, kpool, start[col], length[col])
+                _copy(vpool, top, vpool, start[col], length[col])
                 start[col] = top
                 capac[col] = newcap
                 top += newcap
@@ -412,7 +422,7 @@ def cut(children, n_leaves, merge_comp, n_merges_per_comp):
 def merge_components(children, leaf_comp):
     n = leaf_comp.shape[0]
     node_comp = np.empty(n + children.shape[0], dtype=np.int64)
-    node_comp[:n] = leaf_comp
+    _copy(node_comp, 0, leaf_comp, 0, n)
     out = np.empty(children.shape[0], dtype=np.int64)
     for m in range(children.shape[0]):
         c = node_comp[children[m, 0]]

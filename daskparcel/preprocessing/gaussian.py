@@ -65,11 +65,17 @@ def _filter_rows(
 def _filter_lines(
     lines: np.ndarray, w: np.ndarray, buf: np.ndarray, acc: np.ndarray
 ) -> None:  # pragma: no cover - compiled
-    """Filter a plane's lines along its axis 0, in place (float32): copied to the contiguous ``buf`` first."""
-    buf[:, :] = lines
+    """Filter a plane's lines along its axis 0, in place (float32): copied to the contiguous ``buf`` first.
+
+    Element loops, not slice assignments: those compile numba's shape-mismatch error messages (string
+    formatting), which was half of the first fit's compilation time."""
+    for row in range(lines.shape[0]):
+        for k in range(lines.shape[1]):
+            buf[row, k] = lines[row, k]
     for row in range(lines.shape[0]):
         _filter_rows(buf, w, acc, row)
-        lines[row, :] = acc
+        for k in range(acc.size):
+            lines[row, k] = acc[k]
 
 
 @numba.njit(cache=True, nogil=True)
