@@ -67,8 +67,8 @@ def _filter_lines(
 ) -> None:  # pragma: no cover - compiled
     """Filter a plane's lines along its axis 0, in place (float32): copied to the contiguous ``buf`` first.
 
-    Element loops, not slice assignments: those compile numba's shape-mismatch error messages (string
-    formatting), which was half of the first fit's compilation time."""
+    Element loops, not slice assignments: those make numba compile its shape-mismatch error messages (string
+    formatting), seconds of the first fit's compilation."""
     for row in range(lines.shape[0]):
         for k in range(lines.shape[1]):
             buf[row, k] = lines[row, k]

@@ -54,7 +54,6 @@ __all__ = [
     "compute_multi_background_mask",
     "compute_multi_epi_mask",
     "compute_template_mask",
-    "mask_of_means",
     "mean_images",
     "resample_mask",
     "temporal_mean",
@@ -132,17 +131,17 @@ def compute_mask(
         check_same_grid(runs, affines)
         args.setdefault("template", strategy[: -len("-template")])
         call_args = (affines[0], spatial_shape(runs[0]))
-        return call_strategy(compute_template_mask, call_args, args, strategy)
+        return _call_strategy(compute_template_mask, call_args, args, strategy)
     labels = (
         [str(n) for n in names]
         if names is not None
         else [describe(b, i if len(runs) > 1 else None) for i, b in enumerate(runs)]
     )
     means = dask.compute(*mean_images(runs, niftis))
-    return mask_of_means(means, labels, affines, strategy, args)
+    return _mask_of_means(means, labels, affines, strategy, args)
 
 
-def mask_of_means(
+def _mask_of_means(
     means: Sequence[np.ndarray],
     labels: Sequence[str],
     affines: Sequence[np.ndarray],
@@ -158,10 +157,10 @@ def mask_of_means(
         for m, label in zip(means, labels, strict=True)
     ]
     func = compute_multi_epi_mask if strategy == "epi" else compute_multi_background_mask
-    return call_strategy(func, (mean_runs, list(affines)), args, strategy)
+    return _call_strategy(func, (mean_runs, list(affines)), args, strategy)
 
 
-def call_strategy(
+def _call_strategy(
     func: Any, call_args: tuple[Any, ...], args: dict[str, Any], strategy: str
 ) -> np.ndarray:
     """``func(*call_args, **args)``, an argument it does not take refused as an :class:`InputError`."""
