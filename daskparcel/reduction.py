@@ -46,6 +46,7 @@ from daskparcel._dask import distributed_client, gather_rows, row_windows
 from daskparcel.errors import InputError
 from daskparcel.svd import (
     block_gram,
+    exact_left_singular,
     exact_max_columns,
     passes_left_singular,
     project,
@@ -346,7 +347,8 @@ def reduce_runs(
     float32 (their Gram matrices are float64), as the stored components are float32; one run alone is
     projected in float64, as :func:`reduce` does.
 
-    When the group SVD is randomized (a large cohort), the signals' scatter along the features (what
+    When the group SVD is randomized (a large cohort), or exact with every run keeping all its time points
+    (``n_components`` >= its length: then the scatter is exact), the signals' scatter along the features (what
     :func:`daskparcel.clustering.weights.weigh_components` needs) is computed from the runs' reductions
     (:func:`_scatter`) and written to ``group["scatter"]`` (float64, (component, component)), so that weighing
     the features needs no read of the signals; the caller keeps it before removing ``group``.
@@ -439,15 +441,18 @@ def reduce_runs(
     n_out = min(n_components, stacked.shape[1])
     seed = _seed(random_state, 2**31 - 1)
     if stacked.shape[1] <= exact_max_columns():
-        features = passes_left_singular(
-            stacked, n_out, n_power_iter=3, seed=seed, what="group", exact_dtype=np.float32
-        )
+        logger.debug("group: exact SVD of %d x %d in 2 passes", *stacked.shape)
+        features, xtu = exact_left_singular(stacked, n_out, np.float32)
+        # the exact path's scatter only where it is exact: every run keeps all its time points (else
+        # small cohorts keep the numbers of a read of the signals)
+        keeps_all = all(k == x.shape[1] for k, x in zip(ranks, data, strict=True))
     else:
         features, xtu = stacked_svd(stored, n_out, n_power_iter=3, seed=seed, scratch=group)
-        if len(spectra) == len(runs):  # not after a randomized run: no singular values
-            n_time = sum(x.shape[1] for x in data)
-            scatter = _scatter(xtu, [spectra[i] for i in range(len(runs))], n_time)
-            group.create_array("scatter", data=scatter, overwrite=True)
+        keeps_all = True
+    if keeps_all and len(spectra) == len(runs):  # not after a randomized run: no singular values
+        n_time = sum(x.shape[1] for x in data)
+        scatter = _scatter(xtu, [spectra[i] for i in range(len(runs))], n_time)
+        group.create_array("scatter", data=scatter, overwrite=True)
     if isinstance(group, zarr.Group) and "runs" in group:
         del group["runs"]
     return features.astype(np.float32)

@@ -537,35 +537,44 @@ def _weighted_gram(features: np.ndarray, step: int = 1, **how: object) -> np.nda
     "budget", [0, 512]
 )  # runs in 2 passes (Gram, projection) or in a task each
 @pytest.mark.parametrize("chunks", [128, (97, 400, 103)])
-def test_randomized_group_leaves_the_scatter_of_the_signals(tmp_path, chunks, budget):
-    """Past exact-max-columns, reduce_runs leaves the signals' scatter along the features, computed from the runs'
-    singular values: when every run keeps all its time points it is the scatter one read of the signals gives
-    (the weighted features' inner products to float32 rounding), on any chunking. Not on the exact path."""
+def test_the_group_leaves_the_scatter_of_the_signals(tmp_path, chunks, budget):
+    """reduce_runs leaves the signals' scatter along the features, computed from the runs' singular values:
+    when every run keeps all its time points it is the scatter one read of the signals gives (the weighted
+    features' inner products to float32 rounding), on any chunking, past exact-max-columns (randomized group
+    SVD) and on the exact path. On the exact path with runs that drop components there is none (small
+    cohorts keep the read's numbers)."""
     import zarr
 
     from daskparcel.reduction import reduce_runs
 
     reads = {"n": 0}
-    runs = _counted_runs(chunks, 8, reads)  # 3 runs of 8 time points, 6 components each: 18 columns
+    runs = _counted_runs(
+        chunks, 8, reads
+    )  # 3 runs of 8 time points: 24 columns with 8 components each
     runs = [r + 5.0 for r in runs]  # not centred: the time sums count
     signals = xr.concat(runs, dim="time")
-    groups, features = {}, {}
     for exact_max in (10, 1500):
-        groups[exact_max] = zarr.open_group(str(tmp_path / f"g{exact_max}.zarr"), mode="w")
+        group = zarr.open_group(str(tmp_path / f"g{exact_max}.zarr"), mode="w")
         settings = {
             "daskparcel.reduction.exact-max-columns": exact_max,
             "daskparcel.reduction.run-in-task-mb": budget,
         }
         with dask.config.set(settings):
-            features[exact_max] = reduce_runs(runs, groups[exact_max], n_components=8)
-    assert "scatter" not in groups[1500]
-    scatter, features = np.asarray(groups[10]["scatter"][...]), features[10]
-    assert scatter.shape == (8, 8)
-    from_signals = _weighted_gram(features, signals=signals)
-    got = _weighted_gram(features, scatter=scatter)
-    np.testing.assert_allclose(got, from_signals, rtol=1e-4, atol=1e-4 * np.abs(from_signals).max())
+            features = reduce_runs(runs, group, n_components=8)
+        scatter = np.asarray(group["scatter"][...])
+        assert scatter.shape == (8, 8)
+        from_signals = _weighted_gram(features, signals=signals)
+        got = _weighted_gram(features, scatter=scatter)
+        scale = np.abs(from_signals).max()
+        np.testing.assert_allclose(got, from_signals, rtol=1e-4, atol=1e-4 * scale)
     with pytest.raises(InputError, match="scatter: shape"):
         _weighted_gram(features, scatter=scatter[:4, :4])
+    group = zarr.open_group(str(tmp_path / "drop.zarr"), mode="w")
+    with dask.config.set({"daskparcel.reduction.run-in-task-mb": budget}):
+        reduce_runs(
+            runs, group, n_components=6
+        )  # exact path, each run keeps 6 of its 8 time points
+    assert "scatter" not in group
 
 
 @pytest.mark.real_data
