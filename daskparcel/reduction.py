@@ -441,8 +441,7 @@ def reduce_runs(
     n_out = min(n_components, stacked.shape[1])
     seed = _seed(random_state, 2**31 - 1)
     if stacked.shape[1] <= exact_max_columns():
-        logger.debug("group: exact SVD of %d x %d in 2 passes", *stacked.shape)
-        features, xtu = exact_left_singular(stacked, n_out, np.float32)
+        features, xtu = exact_left_singular(stacked, n_out, np.float32, what="group")
         # the exact path's scatter only where it is exact: every run keeps all its time points (else
         # small cohorts keep the numbers of a read of the signals)
         keeps_all = all(k == x.shape[1] for k, x in zip(ranks, data, strict=True))

@@ -98,11 +98,12 @@ def tall_array(group: Any, name: str, n_rows: int, n_cols: int, row_chunk: int) 
 
 
 def exact_left_singular(
-    x: da.Array, k: int, dtype: Any = np.float64
+    x: da.Array, k: int, dtype: Any = np.float64, *, what: str = "array"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` left singular vectors ``u`` of a tall array from its Gram matrix (one pass), multiplied in
     ``dtype`` (a second pass), and ``x.T @ u`` (float64, (columns, k)), which the Gram matrix gives without a
     pass: ``x.T @ x @ V / S = V S``."""
+    logger.debug("%s: exact SVD of %d x %d in 2 passes", what, *x.shape)
     (gram,) = dask.compute(tree_gram(x, dtype))
     rtol = FLOAT32_GRAM_RTOL if np.dtype(dtype) == np.float32 else 1e-7
     w, _ = top_eig(gram, k, rtol=rtol)
@@ -135,8 +136,7 @@ def passes_left_singular(
     """
     n_rows, n_cols = x.shape
     if n_cols <= exact_max_columns():
-        logger.debug("%s: exact SVD of %d x %d in 2 passes", what, n_rows, n_cols)
-        return exact_left_singular(x, k, exact_dtype)[0]
+        return exact_left_singular(x, k, exact_dtype, what=what)[0]
     x32 = x.rechunk({1: -1}).astype(np.float32)
     n_oversample = min(n_cols, k + 10)
     logger.debug(

@@ -387,7 +387,6 @@ def test_minibatch_in_memory_distances_without_a_float64_copy_of_the_features(n_
     assert peak < 2 * x.nbytes
     mbk = MiniBatchKMeans(10, **{k: v for k, v in options.items() if k != "init"}).fit(x)
     np.testing.assert_array_equal(labels, mbk.labels_)
-    expected = ((x.astype(np.float64) - mbk.cluster_centers_[labels].astype(np.float64)) ** 2).sum(
-        1
-    )
+    diff = x.astype(np.float64) - mbk.cluster_centers_[labels].astype(np.float64)
+    expected = (diff**2).sum(1)
     np.testing.assert_allclose(d2, expected, rtol=1e-12)

@@ -548,9 +548,8 @@ def test_the_group_leaves_the_scatter_of_the_signals(tmp_path, chunks, budget):
     from daskparcel.reduction import reduce_runs
 
     reads = {"n": 0}
-    runs = _counted_runs(
-        chunks, 8, reads
-    )  # 3 runs of 8 time points: 24 columns with 8 components each
+    # 3 runs of 8 time points: 24 columns with 8 components each
+    runs = _counted_runs(chunks, 8, reads)
     runs = [r + 5.0 for r in runs]  # not centred: the time sums count
     signals = xr.concat(runs, dim="time")
     for exact_max in (10, 1500):
@@ -571,9 +570,8 @@ def test_the_group_leaves_the_scatter_of_the_signals(tmp_path, chunks, budget):
         _weighted_gram(features, scatter=scatter[:4, :4])
     group = zarr.open_group(str(tmp_path / "drop.zarr"), mode="w")
     with dask.config.set({"daskparcel.reduction.run-in-task-mb": budget}):
-        reduce_runs(
-            runs, group, n_components=6
-        )  # exact path, each run keeps 6 of its 8 time points
+        # the exact path, each run keeping 6 of its 8 time points
+        reduce_runs(runs, group, n_components=6)
     assert "scatter" not in group
 
 

@@ -127,43 +127,27 @@ def compute_mask(
     if names is not None and len(names) != len(runs):
         raise InputError(f"names: {len(names)} names for {len(runs)} runs; pass one per run")
     affines = run_affines(runs, affine)
+    func: Any
     if strategy.endswith("-template"):
         check_same_grid(runs, affines)
+        func = compute_template_mask
+        call_args: tuple[Any, ...] = (affines[0], spatial_shape(runs[0]))
         args.setdefault("template", strategy[: -len("-template")])
-        call_args = (affines[0], spatial_shape(runs[0]))
-        return _call_strategy(compute_template_mask, call_args, args, strategy)
-    labels = (
-        [str(n) for n in names]
-        if names is not None
-        else [describe(b, i if len(runs) > 1 else None) for i, b in enumerate(runs)]
-    )
-    means = dask.compute(*mean_images(runs, niftis))
-    return _mask_of_means(means, labels, affines, strategy, args)
-
-
-def _mask_of_means(
-    means: Sequence[np.ndarray],
-    labels: Sequence[str],
-    affines: Sequence[np.ndarray],
-    strategy: str,
-    args: dict[str, Any],
-) -> np.ndarray:
-    """The ``"epi"`` or ``"background"`` mask of runs once their temporal means are known: each mean is
-    checked (:func:`check_mean_image`, naming the run by its label), then nilearn's multi-run function."""
-    for mean, label in zip(means, labels, strict=True):
-        check_mean_image(np.asarray(mean), label)
-    mean_runs = [
-        xr.DataArray(np.asarray(m), dims=("x", "y", "z"), attrs={"daskparcel_label": label})
-        for m, label in zip(means, labels, strict=True)
-    ]
-    func = compute_multi_epi_mask if strategy == "epi" else compute_multi_background_mask
-    return _call_strategy(func, (mean_runs, list(affines)), args, strategy)
-
-
-def _call_strategy(
-    func: Any, call_args: tuple[Any, ...], args: dict[str, Any], strategy: str
-) -> np.ndarray:
-    """``func(*call_args, **args)``, an argument it does not take refused as an :class:`InputError`."""
+    else:
+        labels = (
+            [str(n) for n in names]
+            if names is not None
+            else [describe(b, i if len(runs) > 1 else None) for i, b in enumerate(runs)]
+        )
+        means = dask.compute(*mean_images(runs, niftis))
+        for mean, label in zip(means, labels, strict=True):
+            check_mean_image(np.asarray(mean), label)
+        mean_runs = [
+            xr.DataArray(np.asarray(m), dims=("x", "y", "z"), attrs={"daskparcel_label": label})
+            for m, label in zip(means, labels, strict=True)
+        ]
+        func = compute_multi_epi_mask if strategy == "epi" else compute_multi_background_mask
+        call_args = (mean_runs, affines)
     logger.debug("compute_mask: strategy=%s -> %s(%s)", strategy, func.__name__, args)
     try:
         return func(*call_args, **args)
