@@ -244,26 +244,36 @@ def test_transform_of_a_run_on_another_grid(synthetic, tmp_path):
 def test_a_large_cohort_weighs_its_features_without_reading_the_signals_again(tmp_path, caplog):
     """Past exact-max-columns (forced here: 3 runs x 20 components > 50), the reduction keeps the signals' scatter
     along the features (``<features>-scatter``) and kmeans' weighting uses it: no read of the signals. Its
-    parcellation explains the signals as well as the one weighted from a read of the signals."""
+    parcellation explains the signals as well as the one weighted from a read of the signals, whose scatter is
+    kept in its turn: the next fit reads nothing either. The weighted features are not kept (one product)."""
     import dask
     import zarr
 
     paths, _ = datasets.write_synthetic_nifti(tmp_path / "in", 3, 4, 40, n_parcels=20)
     params = dict(method="kmeans", n_parcels=20, n_components=20, smoothing_fwhm=4.0)
     caplog.set_level(logging.INFO, logger="daskparcel.clustering")
+    kept = "weighted by the scatter kept in the store"
     with dask.config.set({"daskparcel.reduction.exact-max-columns": 50}):
         est = Parcellations(**params, store=tmp_path / "s").fit(paths)
     key = est.store_.features_group(20, 0)
-    assert "weighted with the reduction's scatter" in caplog.text
-    root = zarr.open_group(str(est.signals_store_), mode="r")
-    assert root[key + "-scatter"].attrs["complete"] and root[key + "-weighted"].attrs["complete"]
-    # the same fit, its weights from a read of the signals: the scatter and the weighted features removed
+    assert kept in caplog.text
     root = zarr.open_group(str(est.signals_store_), mode="a")
-    del root[key + "-scatter"], root[key + "-weighted"]
+    assert root[key + "-scatter"].attrs["complete"] and key + "-weighted" not in root
+    reduction_scatter = np.asarray(root[key + "-scatter"]["scatter"][...])
+    # the same fit, its weights from a read of the signals: the scatter removed
+    del root[key + "-scatter"]
     caplog.clear()
     with dask.config.set({"daskparcel.reduction.exact-max-columns": 50}):
         read = Parcellations(**params, store=tmp_path / "s").fit(paths)
-    assert "weighted with the reduction's scatter" not in caplog.text
+    assert kept not in caplog.text
     signals = est.store_.signals("cleaned")
     ours = float(compression_r2(signals, est.labels_.values))
     assert ours == pytest.approx(float(compression_r2(signals, read.labels_.values)), abs=0.01)
+    # the read's scatter is kept (the reduction's, up to what the runs' dropped components carry) and reused
+    read_scatter = np.asarray(root[key + "-scatter"]["scatter"][...])
+    assert np.linalg.norm(read_scatter - reduction_scatter) < 0.05 * np.linalg.norm(read_scatter)
+    caplog.clear()
+    with dask.config.set({"daskparcel.reduction.exact-max-columns": 50}):
+        again = Parcellations(**params, store=tmp_path / "s").fit(paths)
+    assert kept in caplog.text
+    np.testing.assert_array_equal(again.labels_.values, read.labels_.values)

@@ -217,7 +217,8 @@ def _sample_features(
     from daskparcel.clustering.weights import weighted
 
     joined = xr.concat(parts, dim="time") if len(parts) > 1 else parts[0]
-    weighted(store, name, features, joined)
+    # kept in the store: the clustering tasks read them from there
+    store.derived(name + "-weighted", lambda: weighted(store, name, features, joined))
     return name, name + "-weighted"
 
 
