@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -67,9 +68,16 @@ def gather_rows(tall: da.Array) -> np.ndarray:
 
     ``dask.compute(tall)`` would concatenate every block in one task, on one worker of a cluster: a
     (voxel x k) float64 peak there (380 MB at 2 mm and k=200), enough to kill a worker with a tight
-    memory limit. The blocks come back one by one and are stacked here instead.
+    memory limit. The blocks come back one by one and are stacked here instead; on the local schedulers
+    each task copies its block into the result itself (in parallel: the serial concatenation of 2 mm x 200
+    float32 rows took 0.3 s).
     """
-    blocks = dask.compute(*tall.rechunk({1: -1}).to_delayed().ravel())
+    tall = tall.rechunk({1: -1})
+    if distributed_client() is None:
+        out = np.empty(tall.shape, tall.dtype)
+        da.store(tall, out, lock=False)
+        return out
+    blocks = dask.compute(*tall.to_delayed().ravel())
     return np.concatenate([np.asarray(b) for b in blocks], axis=0)
 
 
@@ -132,8 +140,18 @@ def shared_many(values: Sequence[Any]) -> list[Any]:
 
 def from_numpy(arr: np.ndarray, chunks: Any = "auto") -> da.Array:
     """``da.from_array(arr, chunks)``, whose blocks, on a distributed cluster, are scattered to the workers
-    rather than shipped inside every graph that uses them (see :func:`shared`)."""
-    x = da.from_array(arr, chunks=chunks)
+    rather than shipped inside every graph that uses them (see :func:`shared`).
+
+    Locally its blocks are views of ``arr`` under a random name: ``da.from_array`` copies the array, and names
+    it by hashing its bytes (each 0.07-0.2 s for 2 mm x 200 float32 components, on one core, at every call).
+    """
+    arr = np.asarray(arr)
+    chunks = da.core.normalize_chunks(chunks, arr.shape, dtype=arr.dtype)
+    name = f"from-numpy-{uuid.uuid4().hex}"
+    keys = itertools.product([name], *(range(len(c)) for c in chunks))
+    slices = da.core.slices_from_chunks(chunks)
+    views = {key: arr[where] for key, where in zip(keys, slices, strict=True)}
+    x = da.Array(views, name, chunks, dtype=arr.dtype)
     client = distributed_client()
     if client is None or arr.nbytes <= SCATTER_BYTES or any(len(c) > 1 for c in x.chunks[1:]):
         return x

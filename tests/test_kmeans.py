@@ -254,6 +254,27 @@ def test_lloyd_in_memory_is_scikit_learns_kmeans(rows):
     assert np.isclose(_within_ss(x, labels), _within_ss(x, reference.labels_), rtol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [1000, 8192])
+def test_lloyd_tolerance_is_scikit_learns_on_any_blocks_and_threads(rows):
+    """The refine step's tolerance scale, the features' mean variance, from blocks' moments: scikit-learn's
+    (``np.mean(np.var(x, axis=0))``) to rounding, on features far from 0 (where summing squares would cancel),
+    and the same number on 1 and 3 threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from daskparcel.clustering._blocks import _mean_variance
+
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(20_000, 6)) * [1, 2, 3, 4, 5, 6] + 1e4).astype(np.float32)
+    blocks = [slice(start, min(start + rows, len(x))) for start in range(0, len(x), rows)]
+    values = []
+    for threads in (1, 3):
+        with ThreadPoolExecutor(threads) as pool:
+            values.append(_mean_variance(x, blocks, pool))
+    assert values[0] == values[1]
+    reference = float(np.mean(np.var(x, axis=0, dtype=np.float64)))
+    assert values[0] == pytest.approx(reference, rel=1e-12)
+
+
 def test_lloyd_in_memory_gives_the_same_result_on_any_number_of_threads():
     """Overlapping clusters (many near ties), 20 iterations: bitwise the same labels and distances on 1, 2
     and 5 threads, as the blocks' sums are added in block order (scikit-learn's change with its threads)."""

@@ -211,6 +211,25 @@ def lloyd(
     return labels, d2, n_iter
 
 
+def _mean_variance(x: np.ndarray, blocks: list[slice], pool: ThreadPoolExecutor) -> float:
+    """``np.mean(np.var(x, axis=0))`` in float64, from the blocks' means and squared deviations combined in
+    block order (Chan et al.'s pairwise update): no float64 copy of ``x`` (``np.var``'s took 0.5 s for 2 mm x
+    200 float32 features, on one core), the same number on any number of threads."""
+
+    def moments(rows: slice) -> tuple[int, np.ndarray, np.ndarray]:
+        block = np.asarray(x[rows], dtype=np.float64)
+        mean = block.mean(axis=0)
+        return len(block), mean, ((block - mean) ** 2).sum(axis=0)
+
+    n, mean, m2 = 0, np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for size, block_mean, block_m2 in pool.map(moments, blocks):
+        delta = block_mean - mean
+        mean = mean + delta * (size / (n + size))
+        m2 = m2 + block_m2 + delta**2 * (n * size / (n + size))
+        n += size
+    return float(np.mean(m2 / max(n, 1)))
+
+
 def lloyd_in_memory(
     x: np.ndarray,
     centers: np.ndarray,
@@ -232,9 +251,11 @@ def lloyd_in_memory(
     dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
     x = np.asarray(x, dtype=dtype)
     blocks = [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
-    x_sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-    tol_abs = float(tol) * float(np.mean(np.var(x, axis=0, dtype=np.float64)))
     with ThreadPoolExecutor(max(1, threads or task_threads())) as pool:
+        x_sq = np.concatenate(
+            list(pool.map(lambda b: np.einsum("ij,ij->i", x[b], x[b], dtype=np.float64), blocks))
+        )
+        tol_abs = float(tol) * _mean_variance(x, blocks, pool)
 
         def in_block_order(parts: list[Any], i: int) -> Any:
             return functools.reduce(operator.add, (part[i] for part in parts))

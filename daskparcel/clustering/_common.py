@@ -47,6 +47,17 @@ def features_dask(features: Any) -> da.Array:
     return x
 
 
+def held_features(features: Any) -> np.ndarray | None:
+    """The (voxel, component) features when they are a floating numpy array already (no copy), else None."""
+    if isinstance(features, xr.DataArray):
+        if set(features.dims) == {"voxel", "component"}:
+            features = features.transpose("voxel", "component")
+        features = features.data
+    if isinstance(features, np.ndarray) and features.ndim == 2 and features.dtype.kind == "f":
+        return features
+    return None
+
+
 def default_rows(shape: tuple[int, ...]) -> int:
     """Rows of a ~32 MB float64 chunk of a (rows, columns) array."""
     n_cols = shape[1] if len(shape) > 1 else 1
