@@ -107,6 +107,11 @@ def test_a_worker_that_left_is_kept_and_flagged(tmp_path):
         client.register_plugin(IdentifyWorkers())
         since = time.time()
         first = sorted(client.scheduler_info()["workers"])
+        # a worker sends its identity through its batched stream after the plugin's setup returns: killed before
+        # that is sent (CI under load), it was never seen; wait until both are
+        deadline = time.monotonic() + 30
+        while len(workers_seen(client, since)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         with contextlib.suppress(Exception):  # the worker dies mid-call; its nanny starts a new one
             client.run(os._exit, 1, workers=first[:1])
         deadline = time.monotonic() + 90  # the plugin runs on a worker that joins later too
