@@ -249,6 +249,26 @@ def test_weighted_features_keep_the_kind_and_coordinates():
         weigh_components(u[1:], signals)
 
 
+def test_weighted_features_in_memory_are_the_product_on_any_number_of_cores():
+    """In memory, the weighting's product runs in fixed 8192-row windows on the local cores: the lazy product's
+    numbers (to float32 rounding), and bitwise the same on 1 and 3 cores."""
+    import dask
+
+    from daskparcel.clustering.weights import weigh_components
+
+    rng = np.random.default_rng(5)
+    u = rng.normal(size=(20_000, 12)).astype(np.float32)
+    a = rng.normal(size=(12, 12))
+    scatter = a @ a.T
+    runs = []
+    for cores in (1, 3):
+        with dask.config.set(num_workers=cores):
+            runs.append(weigh_components(u, scatter=scatter))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    lazy = weigh_components(da.from_array(u, chunks=(5000, -1)), scatter=scatter)
+    np.testing.assert_allclose(runs[0], lazy.compute(), rtol=1e-5, atol=1e-5)
+
+
 def test_weighted_features_raise_the_compression_r2_on_planted_data():
     from test_kmeans import planted_signals, reference_r2
 

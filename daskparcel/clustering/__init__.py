@@ -172,10 +172,10 @@ def run_method(
     """Labels 0..K-1 of the mask's voxels by ``method``, and its merge tree (None for partitions).
 
     ``key`` names the features in ``cache`` (``reduced/c<k>-r<seed>``). A weighted method clusters the
-    features weighted by their signal (by the scatter ``<key>-scatter`` of the cache: the reduction's when it left
-    one, else one read of the signals kept there) unless ``job.options["weighting"]`` is False. A tree method's tree is
-    read from ``cache`` (group ``trees/...-<method>[-<graph token>]``) when it is there, else built and kept
-    there; either way it is cut at ``job.n_clusters``.
+    features weighted by their signal, by the scatter ``<key>-scatter`` of the cache (the reduction's when it
+    left one, else one read of the signals, kept there), unless ``job.options["weighting"]`` is False. A tree
+    method's tree is read from ``cache`` (group ``trees/...-<method>[-<graph token>]``) when it is there, else
+    built and kept there; either way it is cut at ``job.n_clusters``.
     """
     if method.weighted and job.options.get("weighting", True) and job.signals is not None:
         from daskparcel.clustering.weights import weighted

@@ -163,7 +163,7 @@ def weighing_scatter(cache: Any, key: str, features: Any, signals: xr.DataArray)
 def weighted(cache: Any, key: str, features: Any, signals: xr.DataArray) -> np.ndarray:
     """``features`` weighted (:func:`weigh_components`) by :func:`weighing_scatter`. The weighted features are
     not kept: from the features and the (component, component) scatter they are one product, on every core
-    (0.2 s at 2 mm x 200 components on 2 cores), where writing them and reading them back took longer."""
+    (0.1 s at 2 mm x 200 components on 2 cores), where writing them and reading them back took 0.5-1 s."""
     return np.asarray(
         weigh_components(features, scatter=weighing_scatter(cache, key, features, signals))
     )
