@@ -1,4 +1,5 @@
-"""dask helpers shared by the passes: tree reductions of delayed results and gathering tall arrays."""
+"""dask helpers shared by the passes: tree reductions of delayed results, gathering tall arrays, and moments
+merged block by block."""
 
 from __future__ import annotations
 
@@ -61,6 +62,43 @@ def row_windows(blocks: list[np.ndarray], rows: int) -> Any:
                 pending, held = [], 0
     if held:
         yield start, pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
+class Moments:
+    """Means and sums of squared deviations along ``axis``, merged block by block in the order the blocks come
+    (Chan et al.'s parallel formula, in float64): one pass, no float64 copy of the whole data, and the same
+    numbers however the blocks were computed (a block's part, :meth:`of`, can be taken on any thread)."""
+
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+        self.n = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+
+    @staticmethod
+    def of(block: np.ndarray, axis: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """A block's count, means and sums of squared deviations along ``axis``."""
+        x = np.asarray(block, dtype=np.float64)
+        mean = x.mean(axis=axis, keepdims=True)
+        return x.shape[axis], mean.squeeze(axis), ((x - mean) ** 2).sum(axis=axis)
+
+    def merge(self, part: tuple[int, np.ndarray, np.ndarray]) -> None:
+        n_b, mean_b, m2_b = part
+        if self.mean is None or self.m2 is None:
+            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + delta**2 * (self.n * n_b / n)
+        self.n = n
+
+    def add(self, block: np.ndarray) -> None:
+        self.merge(self.of(block, self.axis))
+
+    def variance(self, ddof: int = 0) -> np.ndarray:
+        assert self.m2 is not None
+        return self.m2 / max(self.n - ddof, 1)
 
 
 def gather_rows(tall: da.Array) -> np.ndarray:

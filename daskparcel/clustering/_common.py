@@ -15,12 +15,18 @@ from daskparcel.errors import InputError
 logger = logging.getLogger(__name__)
 
 
-def features_dask(features: Any) -> da.Array:
-    """Features (voxel, component) as a 2-D floating dask array, one column block (kmeans)."""
+def _unwrapped(features: Any) -> Any:
+    """The array behind features given as an xarray.DataArray (rows: voxels), else ``features``."""
     if isinstance(features, xr.DataArray):
         if set(features.dims) == {"voxel", "component"}:
             features = features.transpose("voxel", "component")
-        features = features.data
+        return features.data
+    return features
+
+
+def features_dask(features: Any) -> da.Array:
+    """Features (voxel, component) as a 2-D floating dask array, one column block (kmeans)."""
+    features = _unwrapped(features)
     if isinstance(features, da.Array):
         x = features
     else:
@@ -47,15 +53,13 @@ def features_dask(features: Any) -> da.Array:
     return x
 
 
-def held_features(features: Any) -> np.ndarray | None:
-    """The (voxel, component) features when they are a floating numpy array already (no copy), else None."""
-    if isinstance(features, xr.DataArray):
-        if set(features.dims) == {"voxel", "component"}:
-            features = features.transpose("voxel", "component")
-        features = features.data
-    if isinstance(features, np.ndarray) and features.ndim == 2 and features.dtype.kind == "f":
-        return features
-    return None
+def features_in_memory(features: Any, x: da.Array) -> np.ndarray:
+    """The features in memory: the numpy array they are (no copy), else ``x``, their :func:`features_dask`,
+    computed."""
+    held = _unwrapped(features)
+    if isinstance(held, np.ndarray) and held.ndim == 2 and held.dtype.kind == "f":
+        return held
+    return np.asarray(x.compute())
 
 
 def default_rows(shape: tuple[int, ...]) -> int:

@@ -26,7 +26,7 @@ from daskparcel._dask import from_numpy
 from daskparcel._dask import shared as shared_value
 from daskparcel._log import add_serial
 from daskparcel.clustering._blocks import finalize, raise_non_finite, reseed_empty
-from daskparcel.clustering._common import features_dask, held_features
+from daskparcel.clustering._common import features_dask, features_in_memory
 from daskparcel.clustering.kmeans import (
     kmeans,
     minibatch_in_memory,
@@ -222,8 +222,7 @@ def hierarchical_kmeans(
     limit = int(config.get("kmeans.in-memory-bytes"))
     data: Any = x
     if x.nbytes <= limit:  # read the features once, for every start and both levels
-        held = held_features(features)
-        data = held if held is not None else np.asarray(x.compute())
+        data = features_in_memory(features, x)
         if not np.isfinite(data).all():
             raise_non_finite("")
     # one copy of the in-memory features for both levels (scattered once on a distributed cluster)

@@ -48,7 +48,7 @@ from daskparcel.clustering._blocks import (
     raise_non_finite,
     reseed_empty,
 )
-from daskparcel.clustering._common import default_rows, features_dask, held_features
+from daskparcel.clustering._common import default_rows, features_dask, features_in_memory
 from daskparcel.clustering.starts import check_judge_signals, select_start, start_seeds
 from daskparcel.errors import InputError
 
@@ -414,8 +414,7 @@ def kmeans(
         limit = int(config.get("kmeans.in-memory-bytes"))
         if x.nbytes <= limit:
             logger.debug("minibatch kmeans in memory (%d bytes <= %d)", x.nbytes, limit)
-            held = held_features(features)
-            arr = held if held is not None else np.asarray(x.compute())
+            arr = features_in_memory(features, x)
             if not np.isfinite(arr).all():
                 raise_non_finite("")
             shared = shared_value(arr)  # one copy of the features for every start

@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from daskparcel._dask import from_numpy, local_cores
+from daskparcel.clustering._common import features_dask
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def weigh_components(
         is not (component, component).
     """
     if scatter is None:
-        scatter = _scatter_of(_loadings(features), signals)
+        scatter = _scatter_of(features_dask(features), signals)
     shape = (
         features.transpose("voxel", "component").shape
         if isinstance(features, xr.DataArray)
@@ -96,13 +97,6 @@ def weigh_components(
     if isinstance(features, da.Array):
         return features.astype(np.float32) @ scale
     return _times(np.asarray(features), scale)
-
-
-def _loadings(features: Any) -> da.Array:
-    """(voxel, component) features as a dask array."""
-    if isinstance(features, xr.DataArray):
-        features = features.transpose("voxel", "component").data
-    return features if isinstance(features, da.Array) else from_numpy(np.asarray(features))
 
 
 def _times(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -154,7 +148,7 @@ def weighing_scatter(cache: Any, key: str, features: Any, signals: xr.DataArray)
     if known is not None:
         logger.info("%s: weighted by the scatter kept in the store (no read of the signals)", key)
         return np.asarray(known[0]["scatter"])
-    scatter = _scatter_of(_loadings(features), signals)
+    scatter = _scatter_of(features_dask(features), signals)
     if cache is not None:
         cache.write_arrays(f"{key}-scatter", {"scatter": scatter})
     return scatter

@@ -55,7 +55,7 @@ import xarray as xr
 import zarr
 
 from daskparcel import config
-from daskparcel._dask import local_cores
+from daskparcel._dask import Moments, local_cores
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import NiftiVolumes
 from daskparcel.preprocessing.cleaning import (
@@ -387,34 +387,6 @@ def _voxel_moments(signals: da.Array, ddof: int) -> da.Array:
     return da.stack([x.mean(axis=1), x.std(axis=1, ddof=ddof)], axis=1).rechunk({1: 2})
 
 
-class _Moments:
-    """Per-voxel mean and sum of squared deviations, merged block by block (Chan et al.'s parallel formula)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean: np.ndarray | None = None
-        self.m2: np.ndarray | None = None
-
-    def add(self, block: np.ndarray) -> None:
-        x = block.astype(np.float64)
-        n_b = x.shape[1]
-        mean_b = x.mean(axis=1)
-        m2_b = ((x - mean_b[:, None]) ** 2).sum(axis=1)
-        if self.mean is None or self.m2 is None:
-            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
-            return
-        n = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / n)
-        self.m2 = self.m2 + m2_b + delta**2 * (self.n * n_b / n)
-        self.n = n
-
-    def result(self, ddof: int) -> np.ndarray:
-        assert self.mean is not None and self.m2 is not None
-        std = np.sqrt(self.m2 / max(self.n - ddof, 1))
-        return np.stack([self.mean, std], axis=1)
-
-
 def _gzipped_volumes(run: RunInput) -> NiftiVolumes | None:
     """The run's gzipped NIfTI file, when its ``bold`` is that file's volumes untouched (else None)."""
     if run.nifti is None:
@@ -475,7 +447,7 @@ def _stream_smoothed(
     ``threads + 1`` blocks in flight; results are taken in order, so the values do not depend on ``threads``."""
     with quiet_zarr():
         target = zarr.open_array(store, path=f"smoothed/{run}", mode="r+", zarr_format=3)
-    moments = _Moments() if ddof is not None else None
+    moments = Moments(axis=1) if ddof is not None else None
     pending: list[np.ndarray] = []
     written = 0
     n = 0
@@ -494,5 +466,6 @@ def _stream_smoothed(
     if moments is not None:
         with quiet_zarr():
             stats = zarr.open_array(store, path=f"zscore/{run}", mode="r+", zarr_format=3)
-        stats[:] = moments.result(ddof or 0)
+        assert moments.mean is not None
+        stats[:] = np.stack([moments.mean, np.sqrt(moments.variance(ddof or 0))], axis=1)
     return n
