@@ -135,3 +135,31 @@ def test_truncated_gzip_detected_when_read(tmp_path):
     with pytest.raises(InputError, match=r"cut\.nii\.gz.*truncated or corrupt"):
         convert(path, out, chunk_volumes=5)
     assert not out.exists(), "a failed convert must leave nothing behind"
+
+
+def test_an_in_memory_image_is_a_run_without_a_copy():
+    """A nibabel image held in memory is chunked in place: no second copy of the run for the fit, the same
+    values, and the same identity and graph name when it is given again (so its cached signals are found)."""
+    import tracemalloc
+
+    from daskparcel.ingest.resolve import resolve_runs
+
+    data = np.random.default_rng(0).standard_normal((20, 20, 20, 250), dtype=np.float32)
+    img = nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0]))
+    tracemalloc.start()
+    try:
+        (run,) = resolve_runs([img], chunk_volumes=16)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < data.nbytes / 4, (
+        f"resolving an in-memory run allocated {peak} bytes for {data.nbytes}"
+    )
+    bold = run.data["bold"].data
+    assert bold.chunks[3][0] == 16
+    np.testing.assert_array_equal(bold.compute(scheduler="sync"), data)
+    (again,) = resolve_runs([img], chunk_volumes=16)
+    assert again.identity == run.identity
+    assert again.data["bold"].data.name == bold.name
+    other = nib.Nifti1Image(data + 1, img.affine)
+    assert resolve_runs([other], chunk_volumes=16)[0].identity != run.identity

@@ -456,3 +456,24 @@ def test_more_vertices_than_a_nifti_axis_holds(tmp_path: Path) -> None:
     assert not [w for w in caught if "Freesurfer" in str(w.message)]
     assert np.array_equal(est.labels_["vertex"].values, np.arange(81924))
     assert np.array_equal(np.unique(vertices(est.labels_img_)), np.arange(1, 41))
+
+
+def test_an_in_memory_surface_run_is_copied_once() -> None:
+    """A SurfaceImage's hemispheres are stacked once (one copy of the run), and that copy is chunked in place."""
+    import tracemalloc
+
+    from daskparcel.ingest.resolve import resolve_runs
+
+    img = synthetic_surface_run(100, n_parcels=20)
+    data = np.concatenate([np.asarray(v) for v in img.data.parts.values()])
+    tracemalloc.start()
+    try:
+        (run,) = resolve_runs([img], chunk_volumes=32)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * data.nbytes, (
+        f"resolving a surface run allocated {peak} bytes for {data.nbytes}"
+    )
+    bold = run.data["bold"].data
+    np.testing.assert_array_equal(bold.compute(scheduler="sync")[:, 0, 0, :], data)

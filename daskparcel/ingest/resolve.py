@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from daskparcel._checks import expand_glob, same_grid, sample_mask_indices
+from daskparcel._dask import numpy_views
 from daskparcel.errors import InputError
 from daskparcel.ingest.cifti import CiftiRun, check_one_brain_model, is_cifti, open_cifti_run
 from daskparcel.ingest.nifti import is_nifti_path, open_nifti, run_name
@@ -269,9 +270,8 @@ def _run_from_image(img: Any, index: int, chunk_volumes: int | None) -> RunInput
     data = np.asarray(img.dataobj, dtype=np.float32)
     n = chunk_volumes or volumes_per_chunk(data.shape)
     attrs = header_attrs(img)
-    ds = xr.Dataset(
-        {"bold": (("x", "y", "z", "t"), da.from_array(data, chunks=(*data.shape[:3], n)))},
-        attrs=attrs,
-    )
+    token = dask.base.tokenize(data)
+    bold = numpy_views(data, chunks=(*data.shape[:3], n), name=f"image-{token}")
+    ds = xr.Dataset({"bold": (("x", "y", "z", "t"), bold)}, attrs=attrs)
     name = f"image-{index}"
-    return RunInput(name, ds, "array:" + dask.base.tokenize(data), name, t_r=attrs.get("t_r"))
+    return RunInput(name, ds, "array:" + token, name, t_r=attrs.get("t_r"))

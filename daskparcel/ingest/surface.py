@@ -13,10 +13,10 @@ import os
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
 
+from daskparcel._dask import numpy_views
 from daskparcel.errors import InputError
 from daskparcel.geometry.surface import SurfaceGeometry
 from daskparcel.store.signals import RunInput
@@ -52,13 +52,14 @@ def surface_run(img: Any, index: int, chunk_volumes: int | None = None) -> RunIn
     data = np.asarray(data, dtype=np.float32)
     grid = (data.shape[0], 1, 1, data.shape[1])
     n = chunk_volumes or volumes_per_chunk(grid)
-    bold = da.from_array(data.reshape(grid), chunks=(*grid[:3], n))
+    token = dask.base.tokenize(data)
+    bold = numpy_views(data.reshape(grid), chunks=(*grid[:3], n), name=f"surface-{token}")
     name = f"surface-{index}"
     ds = xr.Dataset(
         {"bold": (("x", "y", "z", "t"), bold)},
         attrs={"affine": np.eye(4).tolist(), "geometry": "surface", "mesh": geometry.describe()},
     )
-    identity = f"surface:{dask.base.tokenize(data)}:{geometry.token()}"
+    identity = f"surface:{token}:{geometry.token()}"
     return RunInput(name, ds, identity, name, geometry=geometry)
 
 
