@@ -163,3 +163,31 @@ def test_an_in_memory_image_is_a_run_without_a_copy():
     assert again.data["bold"].data.name == bold.name
     other = nib.Nifti1Image(data + 1, img.affine)
     assert resolve_runs([other], chunk_volumes=16)[0].identity != run.identity
+
+
+def test_an_in_memory_dataset_is_a_run_without_a_copy():
+    """A Dataset whose bold is a numpy array (e.g. ``open_nifti(path).load()``) is chunked in place too, with
+    its dimensions in any order."""
+    import tracemalloc
+
+    import xarray as xr
+
+    from daskparcel.ingest.resolve import resolve_runs
+
+    data = np.random.default_rng(1).standard_normal((40, 20, 20, 25), dtype=np.float32)
+    ds = xr.Dataset(
+        {"bold": (("t", "x", "y", "z"), data)}, attrs={"affine": np.eye(4).tolist(), "run": "r"}
+    )
+    tracemalloc.start()
+    try:
+        (run,) = resolve_runs([ds])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < data.nbytes / 4, (
+        f"resolving an in-memory Dataset allocated {peak} bytes for {data.nbytes}"
+    )
+    bold = run.data["bold"]
+    assert bold.dims == ("t", "x", "y", "z") and bold.data.chunks[0] == (16, 16, 8)
+    np.testing.assert_array_equal(bold.data.compute(scheduler="sync"), data)
+    assert resolve_runs([ds])[0].identity == run.identity

@@ -193,7 +193,7 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
                     "an xarray Dataset given as a run needs a variable bold(x, y, z, t) and an 'affine' attribute "
                     "(as daskparcel.open_nifti / open_store give)"
                 )
-            ds = item if isinstance(item["bold"].data, da.Array) else item.chunk({"t": 16})
+            ds = item if isinstance(item["bold"].data, da.Array) else _chunked_in_place(item)
             name = str(ds.attrs.get("run", f"run-{len(runs)}"))
             runs.append(
                 RunInput(
@@ -275,3 +275,13 @@ def _run_from_image(img: Any, index: int, chunk_volumes: int | None) -> RunInput
     ds = xr.Dataset({"bold": (("x", "y", "z", "t"), bold)}, attrs=attrs)
     name = f"image-{index}"
     return RunInput(name, ds, "array:" + token, name, t_r=attrs.get("t_r"))
+
+
+def _chunked_in_place(ds: xr.Dataset) -> xr.Dataset:
+    """A Dataset whose bold is in memory, with bold chunked by 16 volumes as views of its data (``.chunk``
+    would copy the whole run)."""
+    bold = ds["bold"]
+    data = np.asarray(bold.data)
+    chunks = tuple(16 if dim == "t" else -1 for dim in bold.dims)
+    name = "dataset-" + dask.base.tokenize(data)
+    return ds.assign(bold=(bold.dims, numpy_views(data, chunks, name=name), bold.attrs))
