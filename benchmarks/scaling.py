@@ -90,6 +90,91 @@ def _efficiency(rows: list[dict[str, Any]]) -> None:
                     row[f"{step}_eff"] = t1 / t
 
 
+PER_RUN = (
+    "mask",
+    "signals",
+    "reduction",
+    "transform",
+)  # work that grows with the runs (clustering does not)
+PROJECTED_RUNS = 12  # the issue's 16-core target: 12 subjects x 150 volumes, 2 mm, kmeans 50
+
+
+def projection(
+    rows: list[dict[str, Any]],
+    n_runs: int,
+    runs: int = PROJECTED_RUNS,
+    counts: tuple[int, ...] = (2, 4, 8, 16),
+) -> list[dict[str, Any]]:
+    """Per-step times of a cohort of ``runs`` runs on ``counts`` cores, projected from a strong-scaling run.
+
+    Each step follows Amdahl's law, its serial fraction from the 1-core time and the most cores measured
+    (``s = (p T_p / T_1 - 1) / (p - 1)``); whatever the 1-to-p loss comes from (serial code, memory
+    bandwidth, the machine's other load) is assumed to stay. The steps of ``PER_RUN`` grow with the runs,
+    the clustering does not (its features are components, not runs). Floors: the mask and signals passes
+    inflate each .nii.gz on one thread (a run's inflate is about its 1-core mask time), so neither is
+    faster than ``ceil(runs / cores)`` of those; the clustering is never faster than its serial seconds
+    (a kmeans start's mini-batch). What is outside the steps (store set-up, the graph) is taken as serial.
+    """
+    out: list[dict[str, Any]] = []
+    for kind in ("threads", "processes"):
+        strong = [
+            r
+            for r in rows
+            if r["mode"] == "strong" and r["kind"] == kind and r.get("status") == "ok"
+        ]
+        base = next((r for r in strong if r["cores"] == 1), None)
+        top = max((r for r in strong if r["cores"] > 1), key=lambda r: r["cores"], default=None)
+        if (
+            base is None
+            or top is None
+            or not all(base.get(k) and top.get(k) for k in ("total", *STEPS))
+        ):
+            continue
+        p = top["cores"]
+        inflate = base["mask"] / n_runs
+        fractions = {
+            step: min(1.0, max(0.0, (p * top[step] / base[step] - 1) / (p - 1))) for step in STEPS
+        }
+        other = max(0.0, base["total"] - sum(base[step] for step in STEPS if step != "transform"))
+        for cores in counts:
+            row: dict[str, Any] = {"kind": kind, "cores": cores, "runs": runs, "measured_on": p}
+            for step in STEPS:
+                work = base[step] * (runs / n_runs if step in PER_RUN else 1.0)
+                floor = {"mask": -(-runs // cores) * inflate, "signals": -(-runs // cores) * inflate,
+                         "clustering": base.get("serial") or 0.0}.get(step, 0.0)  # fmt: skip
+                row[step] = max(floor, work * (fractions[step] + (1 - fractions[step]) / cores))
+                row[f"{step}_serial"] = fractions[step]
+            row["total"] = other + sum(row[step] for step in STEPS if step != "transform")
+            out.append(row)
+        two = next((r for r in out if r["kind"] == kind and r["cores"] == 2), None)
+        for row in out:
+            if two is not None and row["kind"] == kind:
+                row["vs_2"] = two["total"] / row["total"]
+    return out
+
+
+def projection_table(rows: list[dict[str, Any]], run: Any) -> list[str]:
+    """The Markdown lines of :func:`projection`'s rows (none when they are empty)."""
+    if not rows:
+        return []
+    f1, f2 = run.fmt(".1f"), run.fmt(".2f")
+    columns = [("kind", "where", run.fmt("")), ("runs", "runs", run.fmt("d")),
+               ("cores", "cores", run.fmt("d")), ("total", "fit (s)", f1), ("vs_2", "speed-up over 2 cores", f2)]  # fmt: skip
+    for step in STEPS:
+        columns += [(step, f"{step} (s)", f1), (f"{step}_serial", f"{step} serial fraction", f2)]
+    first = rows[0]
+    return [
+        f"### projection: {first['runs']} runs, from the measured 1 and {first['measured_on']} cores",
+        "",
+        markdown_table(rows, columns),
+        "",
+        "Not measured: each step's time under Amdahl's law with the serial fraction of its measured 1-to-"
+        f"{first['measured_on']}-core speed-up, the per-run steps scaled to {first['runs']} runs, floors of one "
+        ".nii.gz inflate per run and core for the mask and signals passes and of the serial seconds for the "
+        "clustering (``scaling.projection``). A measurement on that many cores replaces it.",
+    ]
+
+
 def scaling_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -> None:
     """Strong scaling of one cohort and weak scaling (one subject per core), threads and processes."""
     available = len(os.sched_getaffinity(0))
@@ -153,5 +238,34 @@ def scaling_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -
             "thread so that the labels do not change with the cores; ``serial: <step>`` in ``timings_``), "
             "and their share of the fit: what no number of cores shortens. kmeans' Lloyd iterations after "
             "the mini-batch use the task's threads.",
+            "",
+            *projection_table(projection(rows, n_subjects), run),
         ],
     )
+
+
+if (
+    __name__ == "__main__"
+):  # the projection of a saved run: python benchmarks/scaling.py [results/scaling-*.json]
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    import run as run_module
+    from _measure import RESULTS
+
+    parser = argparse.ArgumentParser(
+        description="Project a saved scaling run to more cores and runs."
+    )
+    parser.add_argument("result", nargs="?", default=str(RESULTS / "scaling-latest.json"))
+    parser.add_argument(
+        "--runs", type=int, default=PROJECTED_RUNS, help="runs of the projected cohort"
+    )
+    args = parser.parse_args()
+    saved = json.loads(Path(args.result).read_text())
+    measured = [r for r in saved["rows"] if r["mode"] == "strong"]
+    if not measured:
+        sys.exit(f"{args.result}: no strong-scaling rows to project from")
+    n_runs = int(measured[0]["input"].split()[-1].split("x")[0])
+    print("\n".join(projection_table(projection(saved["rows"], n_runs, args.runs), run_module)))
