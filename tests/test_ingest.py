@@ -191,3 +191,34 @@ def test_an_in_memory_dataset_is_a_run_without_a_copy():
     assert bold.dims == ("t", "x", "y", "z") and bold.data.chunks[0] == (16, 16, 8)
     np.testing.assert_array_equal(bold.data.compute(scheduler="sync"), data)
     assert resolve_runs([ds])[0].identity == run.identity
+
+
+@pytest.mark.parametrize("as_images", [False, True])
+def test_input_files_are_hashed_on_every_local_core(tmp_path, monkeypatch, as_images):
+    """The runs' SHA-256 (their cache identity) are taken in parallel, one file per local core: paths, and
+    nibabel images read from their files alike. Each hash waits at a barrier that only as many concurrent
+    hashes as cores pass."""
+    import functools
+    import threading
+
+    import dask
+
+    import daskparcel.store.runs as store_runs
+    from daskparcel.ingest.resolve import resolve_runs
+
+    paths = [
+        _save(tmp_path, np.full((3, 3, 3, 4), i, np.float32), f"run-{i}.nii.gz") for i in range(5)
+    ]
+    barrier = threading.Barrier(5, timeout=10)
+    real = store_runs._sha256_cached.__wrapped__
+
+    @functools.lru_cache
+    def waiting(path, size, mtime_ns):
+        barrier.wait()  # BrokenBarrierError unless five files are hashed at once
+        return real(path, size, mtime_ns)
+
+    monkeypatch.setattr(store_runs, "_sha256_cached", waiting)
+    items = [nib.load(p) for p in paths] if as_images else [str(p) for p in paths]
+    with dask.config.set(num_workers=5):
+        runs = resolve_runs(items)
+    assert [r.identity for r in runs] == ["sha256:" + real(str(p.resolve()), 0, 0) for p in paths]

@@ -132,13 +132,7 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
     if not items:
         raise InputError("imgs is empty; give one or more BOLD runs")
     check_not_mixed(items)  # before any file is hashed or read
-    prefetch_sha256(
-        [
-            i.path if isinstance(i, BidsRun | CiftiRun) else i
-            for i in items
-            if isinstance(i, str | os.PathLike | BidsRun | CiftiRun)
-        ]
-    )
+    prefetch_sha256([path for path in map(_file_behind, items) if path is not None])
     runs: list[RunInput] = []
     for item in items:
         if is_cifti(item):  # before the NIfTI paths: a .dtseries.nii is a CIFTI-2 file
@@ -225,6 +219,21 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
         for index, run in enumerate(runs):
             run.name = f"{index:03d}-{run.name}"
     return runs
+
+
+def _file_behind(item: Any) -> str | os.PathLike[str] | None:
+    """The file a run item reads whole to hash it (a path, a BIDS or CIFTI run, an image loaded from a file)."""
+    from daskparcel.ingest.bids import BidsRun
+
+    if isinstance(item, BidsRun | CiftiRun):
+        return item.path
+    if isinstance(item, str | os.PathLike):
+        return item
+    if isinstance(item, nib.spatialimages.SpatialImage) and hasattr(item.dataobj, "offset"):
+        return (
+            item.get_filename()
+        )  # read from its file (as _run_from_image does), else its data are hashed
+    return None
 
 
 def nifti_run(
