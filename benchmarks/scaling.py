@@ -15,7 +15,7 @@ from typing import Any
 
 from _measure import markdown_table, measure
 
-STEPS = ("mask", "signals", "reduction", "clustering", "transform")
+STEPS = ("inputs", "mask", "signals", "reduction", "clustering", "transform")
 
 
 def core_counts(available: int) -> list[int]:
@@ -91,11 +91,12 @@ def _efficiency(rows: list[dict[str, Any]]) -> None:
 
 
 PER_RUN = (
+    "inputs",
     "mask",
     "signals",
     "reduction",
     "transform",
-)  # work that grows with the runs (clustering does not)
+)  # grow with the runs; clustering does not
 PROJECTED_RUNS = 12  # the issue's 16-core target: 12 subjects x 150 volumes, 2 mm, kmeans 50
 
 
@@ -112,8 +113,9 @@ def projection(
     bandwidth, the machine's other load) is assumed to stay. The steps of ``PER_RUN`` grow with the runs,
     the clustering does not (its features are components, not runs). Floors: the mask and signals passes
     inflate each .nii.gz on one thread (a run's inflate is about its 1-core mask time), so neither is
-    faster than ``ceil(runs / cores)`` of those; the clustering is never faster than its serial seconds
-    (a kmeans start's mini-batch). What is outside the steps (store set-up, the graph) is taken as serial.
+    faster than ``ceil(runs / cores)`` of those, nor the inputs step than as many files' hashes; the
+    clustering is never faster than its serial seconds (a kmeans start's mini-batch). What is outside the
+    steps (store set-up, the graph) is taken as serial. Steps a saved run did not time are left out.
     """
     out: list[dict[str, Any]] = []
     for kind in ("threads", "processes"):
@@ -124,27 +126,28 @@ def projection(
         ]
         base = next((r for r in strong if r["cores"] == 1), None)
         top = max((r for r in strong if r["cores"] > 1), key=lambda r: r["cores"], default=None)
-        if (
-            base is None
-            or top is None
-            or not all(base.get(k) and top.get(k) for k in ("total", *STEPS))
-        ):
+        if base is None or top is None or not (base.get("total") and base.get("mask")):
             continue
         p = top["cores"]
-        inflate = base["mask"] / n_runs
+        steps = [step for step in STEPS if base.get(step) and top.get(step)]
+        fit_steps = [step for step in steps if step != "transform"]
+        per_run = {step: base[step] / n_runs for step in ("inputs", "mask") if step in steps}
         fractions = {
-            step: min(1.0, max(0.0, (p * top[step] / base[step] - 1) / (p - 1))) for step in STEPS
+            step: min(1.0, max(0.0, (p * top[step] / base[step] - 1) / (p - 1))) for step in steps
         }
-        other = max(0.0, base["total"] - sum(base[step] for step in STEPS if step != "transform"))
+        other = max(0.0, base["total"] - sum(base[step] for step in fit_steps))
         for cores in counts:
             row: dict[str, Any] = {"kind": kind, "cores": cores, "runs": runs, "measured_on": p}
-            for step in STEPS:
+            rounds = -(-runs // cores)  # one file per core at a time
+            floors = {"inputs": rounds * per_run.get("inputs", 0.0), "mask": rounds * per_run["mask"],
+                      "signals": rounds * per_run["mask"], "clustering": base.get("serial") or 0.0}  # fmt: skip
+            for step in steps:
                 work = base[step] * (runs / n_runs if step in PER_RUN else 1.0)
-                floor = {"mask": -(-runs // cores) * inflate, "signals": -(-runs // cores) * inflate,
-                         "clustering": base.get("serial") or 0.0}.get(step, 0.0)  # fmt: skip
-                row[step] = max(floor, work * (fractions[step] + (1 - fractions[step]) / cores))
+                row[step] = max(
+                    floors.get(step, 0.0), work * (fractions[step] + (1 - fractions[step]) / cores)
+                )
                 row[f"{step}_serial"] = fractions[step]
-            row["total"] = other + sum(row[step] for step in STEPS if step != "transform")
+            row["total"] = other + sum(row[step] for step in fit_steps)
             out.append(row)
         two = next((r for r in out if r["kind"] == kind and r["cores"] == 2), None)
         for row in out:

@@ -278,10 +278,13 @@ class Parcellations(TransformerMixin, BaseEstimator):
         timings: dict[str, float] = {}
         step = partial(timed, timings)
         with step("total"), collect_serial(timings):
-            runs = prepare_runs(  # 3D maps: one run whose "time" axis is the maps
-                maps_dataset(imgs) if is_maps(imgs, 2) else imgs, confounds, sample_mask, chunk_volumes=self.chunk_volumes,
-                confounds_columns=self.confounds_columns,
-            )  # fmt: skip
+            with step(
+                "inputs"
+            ):  # headers, confounds, and each file's SHA-256 (the cache's identity)
+                runs = prepare_runs(  # 3D maps: one run whose "time" axis is the maps
+                    maps_dataset(imgs) if is_maps(imgs, 2) else imgs, confounds, sample_mask,
+                    chunk_volumes=self.chunk_volumes, confounds_columns=self.confounds_columns,
+                )  # fmt: skip
             geometry = fit_geometry(runs, self.get_params())  # None: volume runs
             affine = np.asarray(runs[0].data.attrs["affine"], dtype=float)
             params = self._clean_params(runs)

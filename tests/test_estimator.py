@@ -66,6 +66,9 @@ def test_every_method_gives_exactly_k_parcels_and_nilearn_attributes(method, syn
                 "hierarchical_kmeans": "hierarchical kmeans first level (one start)"}.get(method)  # fmt: skip
     assert list(serial) == ([f"serial: {expected}"] if expected else [])
     assert all(0 < v <= est.timings_["clustering"] for v in serial.values())
+    steps = ("inputs", "mask", "signals", "reduction", "clustering")
+    assert all(0 < est.timings_[k] for k in steps)
+    assert sum(est.timings_[k] for k in steps) <= est.timings_["total"]
     if method in ("ward", "kmeans", "hierarchical_kmeans", "rena"):
         # the planted parcellation is recovered (in the voxels of both masks)
         true = np.asarray(truth.dataobj)

@@ -61,6 +61,7 @@ FILE_DESCRIPTIONS = {
 }
 # timing keys of fit.json in pipeline order, with what each step does
 TIMING_STEPS = (
+    ("inputs", "inputs", "read the runs' headers and hash their files (the cache's identity)"),
     ("mask", "mask", "compute the brain mask (one pass over the runs)"),
     ("signals", "signals", "smooth, mask and clean; write the signals store"),
     ("reduction", "reduction", "randomized SVD of the signals"),

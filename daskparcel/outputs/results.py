@@ -20,7 +20,7 @@ above listed in ``.bidsignore``; ``fit.json`` records them under ``"bids"``.
 ``fit.json``: ``{"schema": 1, "daskparcel_version", "versions": {package: version}, "created",
 "inputs": [str], "input_files": [{"path", "sha256", "bytes"}], "command": {"argv", "cwd", "job"},
 "parameters": {...}, "data": {"shape", "voxel_size", "t_r", "t_r_source", "n_runs", "runs": [names],
-"n_volumes": [per run], "voxels_in_mask"}, "timings": {"mask", "signals", "reduction", "clustering", "total"
+"n_volumes": [per run], "voxels_in_mask"}, "timings": {"inputs", "mask", "signals", "reduction", "clustering", "total"
 (the fit), "transform", "outputs"} (seconds), "metrics": {"compression_r2", "n_parcels", "sizes": {"cv", "largest",
 "smallest", "median", "singletons"}, "contiguity", "disconnected_parcels", "nan_r2_voxels"}, "files": {name:
 relative path}}``. ``parcels.tsv``: one row per parcel (:mod:`daskparcel.outputs.parcel_table`).
