@@ -411,3 +411,38 @@ def test_minibatch_in_memory_distances_without_a_float64_copy_of_the_features(n_
     diff = x.astype(np.float64) - mbk.cluster_centers_[labels].astype(np.float64)
     expected = (diff**2).sum(1)
     np.testing.assert_allclose(d2, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "hierarchical_kmeans"])
+def test_in_memory_features_leave_the_client_once_on_a_cluster(method):
+    """On a distributed cluster, in-memory features are sent to the workers once (their row blocks; the
+    starts take them joined on a worker), with the labels of the local threads. Scattered whole for the
+    starts and again as blocks, they were sent three times."""
+    from distributed import Client, LocalCluster
+
+    from daskparcel.clustering.hierarchical_kmeans import hierarchical_kmeans
+
+    x, _ = make_blobs(40000, n_features=50, centers=30, cluster_std=2.0, random_state=0)
+    x = x.astype(np.float32)  # 8 MB: above what is put in graphs
+    fit = (lambda f: kmeans(f, 30, refine=True).labels) if method == "kmeans" else (
+        lambda f: hierarchical_kmeans(f, 30, n_init=2)
+    )  # fmt: skip
+    local = fit(x)
+    sent: list[int] = []
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster, Client(cluster) as client:  # fmt: skip
+        scatter = client.scatter
+
+        def counting(data, *args, **kwargs):
+            items = data if isinstance(data, list | tuple) else [data]
+            sent.append(sum(getattr(item, "nbytes", 0) for item in items))
+            return scatter(data, *args, **kwargs)
+
+        client.scatter = counting
+        with dask.config.set(scheduler=client.get):
+            labels = fit(x)
+    assert sum(sent) <= 1.05 * x.nbytes, (
+        f"{sum(sent)} bytes scattered for {x.nbytes} bytes of features"
+    )
+    np.testing.assert_array_equal(labels, local)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from daskparcel._dask import from_numpy
+from daskparcel._dask import SCATTER_BYTES, distributed_client, from_numpy, shared
 from daskparcel.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -53,13 +54,24 @@ def features_dask(features: Any) -> da.Array:
     return x
 
 
-def features_in_memory(features: Any, x: da.Array) -> np.ndarray:
-    """The features in memory: the numpy array they are (no copy), else ``x``, their :func:`features_dask`,
-    computed."""
+def features_in_memory(features: Any, x: da.Array) -> tuple[np.ndarray, da.Array, Any]:
+    """The features in memory, for the in-memory kmeans: ``(array, blocks, whole)``.
+
+    ``array`` is the numpy array the features are (no copy), else ``x`` (their :func:`features_dask`)
+    computed; ``blocks`` its rows as a dask array (``x`` itself for held features); ``whole`` one copy of it
+    for the tasks that take the features whole (every start). On a distributed cluster ``x``'s blocks are
+    already on the workers (:func:`~daskparcel._dask.from_numpy` scattered them), so ``whole`` is those
+    blocks joined on a worker: the features leave this process once, where scattering them whole again
+    (and again for ``blocks``) sent them three times (0.9 s of a 2.8 s clustering step on 2 cores).
+    """
     held = _unwrapped(features)
-    if isinstance(held, np.ndarray) and held.ndim == 2 and held.dtype.kind == "f":
-        return held
-    return np.asarray(x.compute())
+    if not (isinstance(held, np.ndarray) and held.ndim == 2 and held.dtype.kind == "f"):
+        arr = np.asarray(x.compute())
+        return arr, from_numpy(arr, chunks=(default_rows(arr.shape), -1)), shared(arr)
+    if distributed_client() is None or held.nbytes <= SCATTER_BYTES:
+        return held, x, shared(held)
+    blocks = list(x.to_delayed().ravel())
+    return held, x, dask.delayed(np.concatenate, pure=True)(blocks)
 
 
 def default_rows(shape: tuple[int, ...]) -> int:

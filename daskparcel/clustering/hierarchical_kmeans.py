@@ -22,8 +22,6 @@ import xarray as xr
 
 from daskparcel import config
 from daskparcel._checks import check_int, check_n_clusters
-from daskparcel._dask import from_numpy
-from daskparcel._dask import shared as shared_value
 from daskparcel._log import add_serial
 from daskparcel.clustering._blocks import finalize, raise_non_finite, reseed_empty
 from daskparcel.clustering._common import features_dask, features_in_memory
@@ -221,12 +219,12 @@ def hierarchical_kmeans(
     n_big = int(np.sqrt(k))
     limit = int(config.get("kmeans.in-memory-bytes"))
     data: Any = x
+    shared = None
     if x.nbytes <= limit:  # read the features once, for every start and both levels
-        data = features_in_memory(features, x)
+        # one copy of the in-memory features for both levels (sent to a distributed cluster once)
+        data, x, shared = features_in_memory(features, x)
         if not np.isfinite(data).all():
             raise_non_finite("")
-    # one copy of the in-memory features for both levels (scattered once on a distributed cluster)
-    shared = shared_value(data) if isinstance(data, np.ndarray) else None
     coarse_starts = _coarse_starts(
         data if shared is None else shared,
         n_big,
@@ -276,8 +274,7 @@ def hierarchical_kmeans(
         labelings.append(labels)
     inertias = None
     if signals is None and len(labelings) > 1:
-        features_d = from_numpy(data) if isinstance(data, np.ndarray) else x
-        inertias = [finalize(features_d, labels, k)["inertia"] for labels in labelings]
+        inertias = [finalize(x, labels, k)["inertia"] for labels in labelings]
     return labelings[select_start(labelings, signals, inertias=inertias)]
 
 

@@ -35,8 +35,7 @@ from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
 
 from daskparcel import config
 from daskparcel._checks import check_int, check_n_clusters
-from daskparcel._dask import from_numpy, row_windows
-from daskparcel._dask import shared as shared_value
+from daskparcel._dask import row_windows
 from daskparcel._log import add_serial, serial_step
 from daskparcel.clustering._blocks import (
     assign,
@@ -48,7 +47,7 @@ from daskparcel.clustering._blocks import (
     raise_non_finite,
     reseed_empty,
 )
-from daskparcel.clustering._common import default_rows, features_dask, features_in_memory
+from daskparcel.clustering._common import features_dask, features_in_memory
 from daskparcel.clustering.starts import check_judge_signals, select_start, start_seeds
 from daskparcel.errors import InputError
 
@@ -414,10 +413,9 @@ def kmeans(
         limit = int(config.get("kmeans.in-memory-bytes"))
         if x.nbytes <= limit:
             logger.debug("minibatch kmeans in memory (%d bytes <= %d)", x.nbytes, limit)
-            arr = features_in_memory(features, x)
+            arr, x, shared = features_in_memory(features, x)  # one copy of them for every start
             if not np.isfinite(arr).all():
                 raise_non_finite("")
-            shared = shared_value(arr)  # one copy of the features for every start
             runs = dask.compute(
                 *[
                     dask.delayed(minibatch_in_memory, pure=True)(
@@ -438,7 +436,6 @@ def kmeans(
             if len(seeds) == 1:  # one start is one task: its mini-batch steps run on one core
                 add_serial("mini-batch kmeans (one start)", runs[0][3])
             runs = tuple(run[:3] for run in runs)
-            x = from_numpy(arr, chunks=(default_rows(arr.shape), -1))
         else:
             logger.debug(
                 "minibatch kmeans streamed over %d chunks (%d bytes > %d)",
