@@ -280,3 +280,17 @@ def test_a_large_cohort_weighs_its_features_without_reading_the_signals_again(tm
         again = Parcellations(**params, store=tmp_path / "s").fit(paths)
     assert kept in caplog.text
     np.testing.assert_array_equal(again.labels_.values, read.labels_.values)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("method", ["kmeans", "ward"])
+def test_an_image_in_memory_gives_the_labels_of_its_file(method, tmp_path):
+    """A run given as an in-memory image (chunked in place, not copied) is parcellated as its file is."""
+    path = real_scan("nitime1")
+    loaded = nib.load(path)
+    in_memory = nib.Nifti1Image(loaded.get_fdata(dtype=np.float32), loaded.affine, loaded.header)
+    kwargs = {"method": method, "n_parcels": 12, "n_components": 10, "mask_strategy": "background"}
+    from_file = Parcellations(store=tmp_path / "file", **kwargs).fit(path)
+    ours = Parcellations(store=tmp_path / "memory", chunk_volumes=7, **kwargs).fit(in_memory)
+    np.testing.assert_array_equal(ours.labels_.values, from_file.labels_.values)
+    np.testing.assert_array_equal(ours.mask_img_.get_fdata(), from_file.mask_img_.get_fdata())
