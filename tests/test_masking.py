@@ -307,6 +307,26 @@ def test_mask_functions_compute_once(synthetic):
         dm.compute_background_mask(bold, affine)
 
 
+def test_masks_of_mean_images_in_memory_compute_nothing(synthetic):
+    """Mean images already in memory (what compute_mask passes on after its one pass) are not sent through
+    dask (a distributed cluster got them only to send them back), and give the masks of their runs."""
+    bold, affine, _ = synthetic
+    runs = [bold, bold * 1.01 + 1]
+    means = [np.asarray(r.mean("t").values, dtype=np.float64) for r in runs]
+    epi, background = (
+        dm.compute_multi_epi_mask(runs, affine),
+        dm.compute_multi_background_mask(runs, affine),
+    )
+    one = dm.compute_epi_mask(bold, affine)
+    as_dataarrays = [xr.DataArray(m, dims=("x", "y", "z")) for m in means]
+    with raise_if_dask_computes(max_computes=0):
+        np.testing.assert_array_equal(dm.compute_multi_epi_mask(means, affine), epi)
+        np.testing.assert_array_equal(
+            dm.compute_multi_background_mask(as_dataarrays, affine), background
+        )
+        np.testing.assert_array_equal(dm.compute_epi_mask(means[0], affine), one)
+
+
 # ------------------------------------------------------------------------------------------------
 # streamed mean images (one sequential inflate per .nii.gz run) and the masks nilearn's
 # Parcellations computes (a MultiNiftiMasker's)

@@ -9,7 +9,6 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 
-import dask
 import nibabel as nib
 import numpy as np
 
@@ -29,7 +28,7 @@ from daskparcel.preprocessing.masking._common import (
     run_affines,
     smooth_mean,
 )
-from daskparcel.preprocessing.masking.means import temporal_mean
+from daskparcel.preprocessing.masking.means import computed_means
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ def compute_epi_mask(
         When the mask is empty (naming the run and what to try instead).
     """
     affine = as_affine(affine)
-    (mean,) = dask.compute(temporal_mean(bold_or_mean))
+    (mean,) = computed_means([bold_or_mean])
     mask = epi_mask_from_mean(
         np.asarray(mean),
         affine,
@@ -207,7 +206,7 @@ def multi_mask(
     affines = run_affines(runs, affine)
     if same_grid:
         check_same_grid(runs, affines)
-    means = dask.compute(*[temporal_mean(b) for b in runs])
+    means = computed_means(runs)
     masks = []
     for i, (mean, aff) in enumerate(zip(means, affines, strict=True)):
         m = mask_from_mean(np.asarray(mean), aff)
@@ -285,7 +284,7 @@ def compute_background_mask(
     numpy.ndarray of bool (x, y, z)
     """
     affine = as_affine(affine)
-    (mean,) = dask.compute(temporal_mean(bold_or_mean))
+    (mean,) = computed_means([bold_or_mean])
     mask = background_mask_from_mean(
         np.asarray(mean),
         affine,
