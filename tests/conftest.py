@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dask
 import pytest
@@ -26,6 +27,18 @@ REAL_SCANS = {
     "pyhrf_4regions": REAL_DATA / "pyhrf" / "real_data_vol_4_regions_BOLD.nii.gz",
     "pymvpa": REAL_DATA / "pymvpa" / "bold.nii.gz",
 }
+
+
+def traced_peak(function: Any, *args: Any, **kwargs: Any) -> tuple[Any, int]:
+    """``function(*args, **kwargs)`` and the peak bytes Python and numpy allocated meanwhile (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = function(*args, **kwargs)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def real_scan(name: str) -> Path:

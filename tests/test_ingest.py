@@ -7,7 +7,7 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import raise_if_dask_computes, real_scan
+from conftest import raise_if_dask_computes, real_scan, traced_peak
 
 from daskparcel.errors import InputError
 from daskparcel.ingest.nifti import open_nifti, repetition_time
@@ -140,18 +140,11 @@ def test_truncated_gzip_detected_when_read(tmp_path):
 def test_an_in_memory_image_is_a_run_without_a_copy():
     """A nibabel image held in memory is chunked in place: no second copy of the run for the fit, the same
     values, and the same identity and graph name when it is given again (so its cached signals are found)."""
-    import tracemalloc
-
     from daskparcel.ingest.resolve import resolve_runs
 
     data = np.random.default_rng(0).standard_normal((20, 20, 20, 250), dtype=np.float32)
     img = nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0]))
-    tracemalloc.start()
-    try:
-        (run,) = resolve_runs([img], chunk_volumes=16)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    (run,), peak = traced_peak(resolve_runs, [img], chunk_volumes=16)
     assert peak < data.nbytes / 4, (
         f"resolving an in-memory run allocated {peak} bytes for {data.nbytes}"
     )
@@ -168,8 +161,6 @@ def test_an_in_memory_image_is_a_run_without_a_copy():
 def test_an_in_memory_dataset_is_a_run_without_a_copy():
     """A Dataset whose bold is a numpy array (e.g. ``open_nifti(path).load()``) is chunked in place too, with
     its dimensions in any order."""
-    import tracemalloc
-
     import xarray as xr
 
     from daskparcel.ingest.resolve import resolve_runs
@@ -178,12 +169,7 @@ def test_an_in_memory_dataset_is_a_run_without_a_copy():
     ds = xr.Dataset(
         {"bold": (("t", "x", "y", "z"), data)}, attrs={"affine": np.eye(4).tolist(), "run": "r"}
     )
-    tracemalloc.start()
-    try:
-        (run,) = resolve_runs([ds])
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    (run,), peak = traced_peak(resolve_runs, [ds])
     assert peak < data.nbytes / 4, (
         f"resolving an in-memory Dataset allocated {peak} bytes for {data.nbytes}"
     )

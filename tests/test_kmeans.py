@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import real_scan
+from conftest import real_scan, traced_peak
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
@@ -389,8 +389,6 @@ def test_minibatch_in_memory_distances_without_a_float64_copy_of_the_features(n_
     squared distance to its centre, computed 8192 rows at a time: the task's traced peak stays under twice the
     features (a float64 copy of them, and of their centres, made it 4x: 1.1 GB at 2 mm, which killed a
     1.5 GiB worker of the 40-subject run)."""
-    import tracemalloc
-
     from daskparcel.clustering.kmeans import minibatch_in_memory
 
     x = np.random.default_rng(0).standard_normal((n_rows, 50)).astype(np.float32)
@@ -399,12 +397,7 @@ def test_minibatch_in_memory_distances_without_a_float64_copy_of_the_features(n_
         init="k-means++",
     )  # fmt: skip
     minibatch_in_memory(x, 10, **options)  # imports and numba's compilation outside the trace
-    tracemalloc.start()
-    try:
-        labels, d2, *_ = minibatch_in_memory(x, 10, **options)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    (labels, d2, *_), peak = traced_peak(minibatch_in_memory, x, 10, **options)
     assert peak < 2 * x.nbytes
     mbk = MiniBatchKMeans(10, **{k: v for k, v in options.items() if k != "init"}).fit(x)
     np.testing.assert_array_equal(labels, mbk.labels_)

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import xarray as xr
+from conftest import traced_peak
 from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import adjusted_rand_score
 
@@ -460,18 +461,11 @@ def test_more_vertices_than_a_nifti_axis_holds(tmp_path: Path) -> None:
 
 def test_an_in_memory_surface_run_is_copied_once() -> None:
     """A SurfaceImage's hemispheres are stacked once (one copy of the run), and that copy is chunked in place."""
-    import tracemalloc
-
     from daskparcel.ingest.resolve import resolve_runs
 
     img = synthetic_surface_run(100, n_parcels=20)
     data = np.concatenate([np.asarray(v) for v in img.data.parts.values()])
-    tracemalloc.start()
-    try:
-        (run,) = resolve_runs([img], chunk_volumes=32)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    (run,), peak = traced_peak(resolve_runs, [img], chunk_volumes=32)
     assert peak < 1.5 * data.nbytes, (
         f"resolving a surface run allocated {peak} bytes for {data.nbytes}"
     )
