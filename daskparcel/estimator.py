@@ -278,9 +278,8 @@ class Parcellations(TransformerMixin, BaseEstimator):
         timings: dict[str, float] = {}
         step = partial(timed, timings)
         with step("total"), collect_serial(timings):
-            with step(
-                "inputs"
-            ):  # headers, confounds, and each file's SHA-256 (the cache's identity)
+            # the runs' headers, confounds, and each file's SHA-256 (the cache's identity)
+            with step("inputs"):
                 runs = prepare_runs(  # 3D maps: one run whose "time" axis is the maps
                     maps_dataset(imgs) if is_maps(imgs, 2) else imgs, confounds, sample_mask,
                     chunk_volumes=self.chunk_volumes, confounds_columns=self.confounds_columns,

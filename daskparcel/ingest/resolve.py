@@ -230,9 +230,8 @@ def _file_behind(item: Any) -> str | os.PathLike[str] | None:
     if isinstance(item, str | os.PathLike):
         return item
     if isinstance(item, nib.spatialimages.SpatialImage) and hasattr(item.dataobj, "offset"):
-        return (
-            item.get_filename()
-        )  # read from its file (as _run_from_image does), else its data are hashed
+        # read from its file (as _run_from_image does); an image whose data are in memory hashes them
+        return item.get_filename()
     return None
 
 
