@@ -176,18 +176,24 @@ def shared_many(values: Sequence[Any]) -> list[Any]:
     return list(client.scatter(list(values), hash=False))
 
 
-def numpy_views(arr: np.ndarray, chunks: Any = "auto", name: str | None = None) -> da.Array:
+def numpy_views(
+    arr: np.ndarray, chunks: Any = "auto", name: str | None = None, *, read_only: bool = False
+) -> da.Array:
     """A dask array whose blocks are views of ``arr`` (no copy), named ``name`` (a random name if None).
 
     ``da.from_array`` copies a numpy array whole before it chunks it, and hashes its bytes for a name: for
     a user's in-memory 2 mm run (1 GB at 300 volumes), one more GB held for the whole fit. The blocks share
-    ``arr``'s memory, so ``arr`` must not change while the array is in use.
+    ``arr``'s memory, so ``arr`` must not change while the array is in use; ``read_only`` views (a user's
+    data) make any task that would write into them fail instead of changing ``arr``.
     """
     chunks = da.core.normalize_chunks(chunks, arr.shape, dtype=arr.dtype)
     name = name or f"from-numpy-{uuid.uuid4().hex}"
     keys = itertools.product([name], *(range(len(c)) for c in chunks))
     slices = da.core.slices_from_chunks(chunks)
     views = {key: arr[where] for key, where in zip(keys, slices, strict=True)}
+    if read_only:
+        for view in views.values():
+            view.flags.writeable = False
     return da.Array(views, name, chunks, dtype=arr.dtype)
 
 

@@ -151,6 +151,11 @@ def test_an_in_memory_image_is_a_run_without_a_copy():
     bold = run.data["bold"].data
     assert bold.chunks[3][0] == 16
     np.testing.assert_array_equal(bold.compute(scheduler="sync"), data)
+    # its blocks are read-only views: a task cannot change the user's array, which stays writable
+    block = bold.__dask_graph__()[(bold.name, 0, 0, 0, 1)]
+    assert np.shares_memory(block, data) and not block.flags.writeable and data.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        block += 1
     (again,) = resolve_runs([img], chunk_volumes=16)
     assert again.identity == run.identity
     assert again.data["bold"].data.name == bold.name

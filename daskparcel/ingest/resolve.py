@@ -279,7 +279,7 @@ def _run_from_image(img: Any, index: int, chunk_volumes: int | None) -> RunInput
     n = chunk_volumes or volumes_per_chunk(data.shape)
     attrs = header_attrs(img)
     token = dask.base.tokenize(data)
-    bold = numpy_views(data, chunks=(*data.shape[:3], n), name=f"image-{token}")
+    bold = numpy_views(data, chunks=(*data.shape[:3], n), name=f"image-{token}", read_only=True)
     ds = xr.Dataset({"bold": (("x", "y", "z", "t"), bold)}, attrs=attrs)
     name = f"image-{index}"
     return RunInput(name, ds, "array:" + token, name, t_r=attrs.get("t_r"))
@@ -292,4 +292,5 @@ def _chunked_in_place(ds: xr.Dataset) -> xr.Dataset:
     data = np.asarray(bold.data)
     chunks = tuple(16 if dim == "t" else -1 for dim in bold.dims)
     name = "dataset-" + dask.base.tokenize(data)
-    return ds.assign(bold=(bold.dims, numpy_views(data, chunks, name=name), bold.attrs))
+    views = numpy_views(data, chunks, name=name, read_only=True)
+    return ds.assign(bold=(bold.dims, views, bold.attrs))

@@ -53,7 +53,9 @@ def surface_run(img: Any, index: int, chunk_volumes: int | None = None) -> RunIn
     grid = (data.shape[0], 1, 1, data.shape[1])
     n = chunk_volumes or volumes_per_chunk(grid)
     token = dask.base.tokenize(data)
-    bold = numpy_views(data.reshape(grid), chunks=(*grid[:3], n), name=f"surface-{token}")
+    bold = numpy_views(
+        data.reshape(grid), chunks=(*grid[:3], n), name=f"surface-{token}", read_only=True
+    )
     name = f"surface-{index}"
     ds = xr.Dataset(
         {"bold": (("x", "y", "z", "t"), bold)},
