@@ -90,13 +90,8 @@ def _efficiency(rows: list[dict[str, Any]]) -> None:
                     row[f"{step}_eff"] = t1 / t
 
 
-PER_RUN = (
-    "inputs",
-    "mask",
-    "signals",
-    "reduction",
-    "transform",
-)  # grow with the runs; clustering does not
+#: The steps whose work grows with the runs (the clustering's does not: its features are components).
+PER_RUN = ("inputs", "mask", "signals", "reduction", "transform")
 PROJECTED_RUNS = 12  # the 16-core target: 12 subjects x 150 volumes, 2 mm, kmeans 50
 
 
@@ -136,6 +131,7 @@ def projection(
             step: min(1.0, max(0.0, (p * top[step] / base[step] - 1) / (p - 1))) for step in steps
         }
         other = max(0.0, base["total"] - sum(base[step] for step in fit_steps))
+        projected = []
         for cores in counts:
             row: dict[str, Any] = {"kind": kind, "cores": cores, "runs": runs, "measured_on": p}
             rounds = -(-runs // cores)  # one file per core at a time
@@ -148,11 +144,11 @@ def projection(
                 )
                 row[f"{step}_serial"] = fractions[step]
             row["total"] = other + sum(row[step] for step in fit_steps)
-            out.append(row)
-        two = next((r for r in out if r["kind"] == kind and r["cores"] == 2), None)
-        for row in out:
-            if two is not None and row["kind"] == kind:
-                row["vs_2"] = two["total"] / row["total"]
+            projected.append(row)
+        two = next((r["total"] for r in projected if r["cores"] == 2), None)
+        for row in projected:
+            row["vs_2"] = two / row["total"] if two else None
+        out += projected
     return out
 
 
@@ -226,7 +222,7 @@ def scaling_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -
                 ("serial_steps", "serial steps", run.fmt(""))]  # fmt: skip
     run.publish(
         "scaling",
-        {"rows": rows, "cores_available": available},
+        {"rows": rows, "cores_available": available, "runs": n_subjects},
         [
             "## scaling",
             "",
@@ -247,9 +243,8 @@ def scaling_suite(run: Any, opts: Any, names: list[str], subjects: int | None) -
     )
 
 
-if (
-    __name__ == "__main__"
-):  # the projection of a saved run: python benchmarks/scaling.py [results/scaling-*.json]
+# the projection of a saved run: python benchmarks/scaling.py [results/scaling-<time>.json] [--runs N]
+if __name__ == "__main__":
     import argparse
     import json
     import sys
@@ -270,5 +265,6 @@ if (
     measured = [r for r in saved["rows"] if r["mode"] == "strong"]
     if not measured:
         sys.exit(f"{args.result}: no strong-scaling rows to project from")
-    n_runs = int(measured[0]["input"].split()[-1].split("x")[0])
+    # runs saved since the projection exists say how many; earlier ones name the cohort "<grid> NxT"
+    n_runs = saved.get("runs") or int(measured[0]["input"].split()[-1].split("x")[0])
     print("\n".join(projection_table(projection(saved["rows"], n_runs, args.runs), run_module)))

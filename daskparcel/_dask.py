@@ -197,6 +197,13 @@ def numpy_views(
     return da.Array(views, name, chunks, dtype=arr.dtype)
 
 
+def user_array(arr: np.ndarray, chunks: Any, prefix: str) -> tuple[da.Array, str]:
+    """A user's in-memory run as read-only :func:`numpy_views` named ``<prefix>-<token>``, and that token (a
+    hash of its values: the run's identity)."""
+    token = dask.base.tokenize(arr)
+    return numpy_views(arr, chunks, name=f"{prefix}-{token}", read_only=True), token
+
+
 def from_numpy(arr: np.ndarray, chunks: Any = "auto") -> da.Array:
     """``da.from_array(arr, chunks)``, whose blocks, on a distributed cluster, are scattered to the workers
     rather than shipped inside every graph that uses them (see :func:`shared`).

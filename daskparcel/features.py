@@ -56,12 +56,13 @@ def _load(item: Any) -> np.ndarray:
 
 def _identity(item: Any) -> str:
     """What a map's data are (the cache key of a fit on maps): its file's sha256, or its values' token."""
+    from daskparcel.ingest.nifti import image_file
     from daskparcel.store.runs import file_sha256
 
     if isinstance(item, str | os.PathLike):
         return file_sha256(item)
-    filename = item.get_filename()
-    if filename and hasattr(item.dataobj, "offset") and os.path.exists(filename):
+    filename = image_file(item)
+    if filename is not None:
         return file_sha256(filename)  # an image loaded from a file: not read into memory here
     return dask.base.tokenize(np.asarray(item.dataobj), np.asarray(item.affine))
 

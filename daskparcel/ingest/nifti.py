@@ -48,6 +48,15 @@ def is_nifti_path(path: str | os.PathLike[str]) -> bool:
     return str(path).endswith(NIFTI_SUFFIXES)
 
 
+def image_file(img: Any) -> str | None:
+    """The file a nibabel image reads its data from, untouched (its proxy reads the file: not loaded into
+    memory, not modified), else None."""
+    filename = img.get_filename()
+    if filename and hasattr(getattr(img, "dataobj", None), "offset") and os.path.exists(filename):
+        return str(filename)
+    return None
+
+
 def run_name(path: str | os.PathLike[str]) -> str:
     """The name of a run: its file name without the NIfTI suffix."""
     name = Path(path).name

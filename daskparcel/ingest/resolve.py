@@ -21,10 +21,10 @@ import numpy as np
 import xarray as xr
 
 from daskparcel._checks import expand_glob, same_grid, sample_mask_indices
-from daskparcel._dask import numpy_views
+from daskparcel._dask import user_array
 from daskparcel.errors import InputError
 from daskparcel.ingest.cifti import CiftiRun, check_one_brain_model, is_cifti, open_cifti_run
-from daskparcel.ingest.nifti import is_nifti_path, open_nifti, run_name
+from daskparcel.ingest.nifti import image_file, is_nifti_path, open_nifti, run_name
 from daskparcel.ingest.surface import (
     check_not_mixed,
     check_one_geometry,
@@ -229,10 +229,15 @@ def _file_behind(item: Any) -> str | os.PathLike[str] | None:
         return item.path
     if isinstance(item, str | os.PathLike):
         return item
-    if isinstance(item, nib.spatialimages.SpatialImage) and hasattr(item.dataobj, "offset"):
-        # read from its file (as _run_from_image does); an image whose data are in memory hashes them
-        return item.get_filename()
+    if isinstance(item, nib.spatialimages.SpatialImage):
+        return _nifti_behind(item)  # an image whose data are in memory hashes them instead
     return None
+
+
+def _nifti_behind(img: Any) -> str | None:
+    """The NIfTI file an image reads untouched (then it is that file's run), else None."""
+    filename = image_file(img)
+    return filename if filename is not None and is_nifti_path(filename) else None
 
 
 def nifti_run(
@@ -260,14 +265,8 @@ def nifti_run(
 
 
 def _run_from_image(img: Any, index: int, chunk_volumes: int | None) -> RunInput:
-    filename = img.get_filename()
-    proxy = getattr(img, "dataobj", None)
-    if (
-        filename
-        and is_nifti_path(filename)
-        and hasattr(proxy, "offset")
-        and os.path.exists(filename)
-    ):
+    filename = _nifti_behind(img)
+    if filename is not None:
         return nifti_run(filename, chunk_volumes)
     if len(img.shape) != 4:
         raise InputError(
@@ -278,8 +277,7 @@ def _run_from_image(img: Any, index: int, chunk_volumes: int | None) -> RunInput
     data = np.asarray(img.dataobj, dtype=np.float32)
     n = chunk_volumes or volumes_per_chunk(data.shape)
     attrs = header_attrs(img)
-    token = dask.base.tokenize(data)
-    bold = numpy_views(data, chunks=(*data.shape[:3], n), name=f"image-{token}", read_only=True)
+    bold, token = user_array(data, (*data.shape[:3], n), "image")
     ds = xr.Dataset({"bold": (("x", "y", "z", "t"), bold)}, attrs=attrs)
     name = f"image-{index}"
     return RunInput(name, ds, "array:" + token, name, t_r=attrs.get("t_r"))
@@ -291,6 +289,5 @@ def _chunked_in_place(ds: xr.Dataset) -> xr.Dataset:
     bold = ds["bold"]
     data = np.asarray(bold.data)
     chunks = tuple(16 if dim == "t" else -1 for dim in bold.dims)
-    name = "dataset-" + dask.base.tokenize(data)
-    views = numpy_views(data, chunks, name=name, read_only=True)
+    views, _ = user_array(data, chunks, "dataset")
     return ds.assign(bold=(bold.dims, views, bold.attrs))

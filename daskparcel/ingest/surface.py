@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
 
-from daskparcel._dask import numpy_views
+from daskparcel._dask import user_array
 from daskparcel.errors import InputError
 from daskparcel.geometry.surface import SurfaceGeometry
 from daskparcel.store.signals import RunInput
@@ -52,10 +51,7 @@ def surface_run(img: Any, index: int, chunk_volumes: int | None = None) -> RunIn
     data = np.asarray(data, dtype=np.float32)
     grid = (data.shape[0], 1, 1, data.shape[1])
     n = chunk_volumes or volumes_per_chunk(grid)
-    token = dask.base.tokenize(data)
-    bold = numpy_views(
-        data.reshape(grid), chunks=(*grid[:3], n), name=f"surface-{token}", read_only=True
-    )
+    bold, token = user_array(data.reshape(grid), (*grid[:3], n), "surface")
     name = f"surface-{index}"
     ds = xr.Dataset(
         {"bold": (("x", "y", "z", "t"), bold)},

@@ -41,6 +41,7 @@ import xarray as xr
 import zarr
 
 from daskparcel import __version__
+from daskparcel._dask import local_cores
 from daskparcel.errors import IncompleteStoreError, InputError, StoreLockedError
 
 logger = logging.getLogger(__name__)
@@ -254,8 +255,6 @@ def prefetch_sha256(paths: list[str | os.PathLike[str]], threads: int | None = N
     """Hash several files at once (hashlib releases the GIL), filling :func:`file_sha256`'s cache; on
     ``threads`` threads, by default the local cores (:func:`daskparcel._dask.local_cores`: SHA-256 takes about
     1 s of a core per GB, so 12 files on 16 cores take one file's time)."""
-    from daskparcel._dask import local_cores
-
     files = [p for p in paths if os.path.isfile(p)]
     if len(files) < 2:
         return
