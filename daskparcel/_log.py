@@ -148,6 +148,18 @@ class ProgressScheduler:
         return self.client.persist(*args, **kwargs)
 
 
+def wait_futures(futures: list[Any]) -> None:
+    """Wait until a distributed client's ``futures`` are done (or one failed), drawing the current step's bar
+    as a computation under :class:`ProgressScheduler` does (for results fetched piece by piece)."""
+    out = bars_out()
+    if out is not None and futures:
+        _distributed_bar(futures, current_step(), out)
+        return
+    from distributed import wait
+
+    wait(futures)
+
+
 def _distributed_bar(futures: list[Any], label: str, out: TextIO) -> Any:
     """distributed's text progress bar (all tasks the futures depend on), labelled, on ``out``; returns
     when they are done or one failed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import warnings
 
 import dask
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import xarray as xr
-from conftest import raise_if_dask_computes, real_scan
+from conftest import raise_if_dask_computes, real_scan, traced_peak
 from threadpoolctl import threadpool_limits
 
 from daskparcel.errors import InputError
@@ -613,3 +614,29 @@ def test_scatter_of_runs_that_drop_components_is_the_signals_within_a_percent(tm
     assert r2(np.asarray(weigh_components(features, scatter=scatter))) == pytest.approx(
         exact, abs=0.005
     )
+
+
+@pytest.mark.cluster
+def test_gather_rows_from_a_cluster_holds_the_result_and_one_batch(monkeypatch):
+    """A cluster's blocks come into the result a batch at a time: the client's peak is the result plus one
+    batch, not every block and their concatenation (twice the result); the rows are those of the array,
+    in order, on uneven blocks."""
+    from distributed import Client, LocalCluster
+
+    from daskparcel import _dask
+
+    monkeypatch.setattr(_dask, "GATHER_BYTES", 4 * 2**20)
+    chunks = ((7000, 3000, 9000, 1000, 8000) * 4, (60, 40))
+    tall = da.random.default_rng(3).standard_normal((sum(chunks[0]), 100), chunks=chunks)
+    tall = tall.astype(np.float32)
+    expected = tall.compute(scheduler="sync")
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster, Client(cluster):  # fmt: skip
+        got, peak = traced_peak(_dask.gather_rows, tall)
+        deadline = time.monotonic() + 10  # releases reach the scheduler asynchronously
+        while cluster.scheduler.tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not cluster.scheduler.tasks, "blocks left on the workers"
+    np.testing.assert_array_equal(got, expected)
+    assert peak < 1.3 * expected.nbytes, f"peak {peak / expected.nbytes:.2f}x the result"
