@@ -18,7 +18,7 @@ from daskparcel._log import wait_futures
 SCATTER_BYTES = (
     2**20
 )  # arrays above this size are scattered to a distributed cluster, not put in graphs
-GATHER_BYTES = 64 * 2**20  # gather_rows fetches a cluster's blocks in batches of at most this size
+GATHER_BYTES = 64 * 2**20  # gather_rows fetches a cluster's blocks in batches of about this size
 
 
 def tree_reduce(parts: Sequence[Any], combine: Callable[..., Any], split_every: int = 8) -> Any:
