@@ -136,8 +136,7 @@ class ProgressScheduler:
         packed = self.client.get(dsk, keys, sync=False, **kwargs)
         futures = [f for f in flatten(packed) if hasattr(f, "key")]
         try:
-            if futures:
-                _distributed_bar(futures, current_step(), out)
+            wait_futures(futures)
             return self.client.gather(packed)
         finally:
             for future in futures:

@@ -406,17 +406,20 @@ def test_minibatch_in_memory_distances_without_a_float64_copy_of_the_features(n_
     np.testing.assert_allclose(d2, expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("given", ["numpy", "dask"])
 @pytest.mark.parametrize("method", ["kmeans", "hierarchical_kmeans"])
-def test_in_memory_features_leave_the_client_once_on_a_cluster(method):
+def test_in_memory_features_leave_the_client_once_on_a_cluster(method, given):
     """On a distributed cluster, in-memory features are sent to the workers once (their row blocks; the
-    starts take them joined on a worker), with the labels of the local threads. Scattered whole for the
-    starts and again as blocks, they were sent three times."""
+    starts take them joined on a worker), with the labels of the local threads; also features given lazily,
+    once computed into memory. Scattered whole for the starts and again as blocks, they were sent three
+    times (twice when given lazily)."""
     from distributed import Client, LocalCluster
 
     from daskparcel.clustering.hierarchical_kmeans import hierarchical_kmeans
 
     x, _ = make_blobs(40000, n_features=50, centers=30, cluster_std=2.0, random_state=0)
     x = x.astype(np.float32)  # 8 MB: above what is put in graphs
+    features = x if given == "numpy" else da.from_array(x, chunks=(7000, -1))
     fit = (lambda f: kmeans(f, 30, refine=True).labels) if method == "kmeans" else (
         lambda f: hierarchical_kmeans(f, 30, n_init=2)
     )  # fmt: skip
@@ -434,7 +437,7 @@ def test_in_memory_features_leave_the_client_once_on_a_cluster(method):
 
         client.scatter = counting
         with dask.config.set(scheduler=client.get):
-            labels = fit(x)
+            labels = fit(features)
     assert sum(sent) <= 1.05 * x.nbytes, (
         f"{sum(sent)} bytes scattered for {x.nbytes} bytes of features"
     )

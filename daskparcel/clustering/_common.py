@@ -59,19 +59,20 @@ def features_in_memory(features: Any, x: da.Array) -> tuple[np.ndarray, da.Array
 
     ``array`` is the numpy array the features are (no copy), else ``x`` (their :func:`features_dask`)
     computed; ``blocks`` its rows as a dask array (``x`` itself for held features); ``whole`` one copy of it
-    for the tasks that take the features whole (every start). On a distributed cluster ``x``'s blocks are
-    already on the workers (:func:`~daskparcel._dask.from_numpy` scattered them), so ``whole`` is those
-    blocks joined on a worker: the features leave this process once, where scattering them whole again
-    (and again for ``blocks``) sent them three times (0.9 s of a 2.8 s clustering step on 2 cores).
+    for the tasks that take the features whole (every start). On a distributed cluster the blocks are on the
+    workers (:func:`~daskparcel._dask.from_numpy` scattered them), so ``whole`` is those blocks joined on a
+    worker: the features leave this process once, where scattering them whole again (and again for
+    ``blocks``) sent them three times (0.9 s of a 2.8 s clustering step on 2 cores).
     """
     held = _unwrapped(features)
-    if not (isinstance(held, np.ndarray) and held.ndim == 2 and held.dtype.kind == "f"):
+    if isinstance(held, np.ndarray) and held.ndim == 2 and held.dtype.kind == "f":
+        arr = held
+    else:
         arr = np.asarray(x.compute())
-        return arr, from_numpy(arr, chunks=(default_rows(arr.shape), -1)), shared(arr)
-    if distributed_client() is None or held.nbytes <= SCATTER_BYTES:
-        return held, x, shared(held)
-    blocks = list(x.to_delayed().ravel())
-    return held, x, dask.delayed(np.concatenate, pure=True)(blocks)
+        x = from_numpy(arr, chunks=(default_rows(arr.shape), -1))
+    if distributed_client() is None or arr.nbytes <= SCATTER_BYTES:
+        return arr, x, shared(arr)
+    return arr, x, dask.delayed(np.concatenate, pure=True)(list(x.to_delayed().ravel()))
 
 
 def default_rows(shape: tuple[int, ...]) -> int:
