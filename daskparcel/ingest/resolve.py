@@ -23,6 +23,7 @@ import xarray as xr
 from daskparcel._checks import expand_glob, same_grid, sample_mask_indices
 from daskparcel._dask import user_array
 from daskparcel.errors import InputError
+from daskparcel.ingest.bids import BidsRun, find_bids_runs
 from daskparcel.ingest.cifti import CiftiRun, check_one_brain_model, is_cifti, open_cifti_run
 from daskparcel.ingest.nifti import image_file, is_nifti_path, open_nifti, run_name
 from daskparcel.ingest.surface import (
@@ -125,7 +126,6 @@ def per_run(name: str, value: Any, n_runs: int) -> list[Any]:
 
 def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInput]:
     """Turn what a user passes as ``imgs`` into runs (lazy Datasets with an identity for the cache)."""
-    from daskparcel.ingest.bids import BidsRun, find_bids_runs
     from daskparcel.store.runs import open_runs, prefetch_sha256, store_info
 
     items = list(imgs) if isinstance(imgs, list | tuple) else [imgs]
@@ -223,8 +223,6 @@ def resolve_runs(imgs: Any, *, chunk_volumes: int | None = None) -> list[RunInpu
 
 def _file_behind(item: Any) -> str | os.PathLike[str] | None:
     """The file a run item reads whole to hash it (a path, a BIDS or CIFTI run, an image loaded from a file)."""
-    from daskparcel.ingest.bids import BidsRun
-
     if isinstance(item, BidsRun | CiftiRun):
         return item.path
     if isinstance(item, str | os.PathLike):
